@@ -1,0 +1,5 @@
+import sys
+
+from cnnserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Export: folded SavedModel → ONNX / TFLite / SavedModel model repository."""

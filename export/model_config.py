@@ -1,0 +1,104 @@
+"""`models/<model>/config.json`: the contract between the exporter (writes) and the server (reads).
+
+Standard library only: the server imports this module and must never pull in TensorFlow.
+The repository follows Triton's layout:
+    models/<model>/config.json
+    models/<model>/<version>/model.onnx | model.savedmodel/ | model.tflite
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cnnserve.errors import CnnserveError
+
+CONFIG_FILE = "config.json"
+# Model names become directory names and metric labels: keep them to a safe alphabet.
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+PLATFORM_FILES = {
+    "onnxruntime_onnx": "model.onnx",
+    "tensorflow_savedmodel": "model.savedmodel",
+    "tflite": "model.tflite",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "uint8", "float32"
+    shape: tuple[int, ...]  # -1 for the batch dimension
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TensorSpec:
+        return cls(str(raw["name"]), str(raw["dtype"]), tuple(int(d) for d in raw["shape"]))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    class_labels: tuple[str, ...]
+    max_batch_size: int = 64
+    max_queue_delay_ms: float = 2.0
+    source_run: str = ""
+    test_accuracy: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not MODEL_NAME_PATTERN.match(self.name):
+            raise CnnserveError(
+                f"invalid model name {self.name!r}: use letters, digits, '_', '.', '-' "
+                "(at most 128, not starting with a symbol)"
+            )
+        if self.platform not in PLATFORM_FILES:
+            raise CnnserveError(
+                f"unknown platform {self.platform!r}; expected one of {', '.join(PLATFORM_FILES)}"
+            )
+        if self.max_batch_size < 1:
+            raise CnnserveError(f"max_batch_size must be >= 1, received {self.max_batch_size}")
+
+    @property
+    def model_file(self) -> str:
+        return PLATFORM_FILES[self.platform]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    def save(self, model_dir: Path) -> None:
+        (model_dir / CONFIG_FILE).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, model_dir: Path) -> ModelConfig:
+        path = model_dir / CONFIG_FILE
+        try:
+            raw = json.loads(path.read_text())
+            return cls(
+                name=str(raw["name"]),
+                platform=str(raw["platform"]),
+                inputs=tuple(TensorSpec.from_dict(t) for t in raw["inputs"]),
+                outputs=tuple(TensorSpec.from_dict(t) for t in raw["outputs"]),
+                class_labels=tuple(str(label) for label in raw["class_labels"]),
+                max_batch_size=int(raw.get("max_batch_size", 64)),
+                max_queue_delay_ms=float(raw.get("max_queue_delay_ms", 2.0)),
+                source_run=str(raw.get("source_run", "")),
+                test_accuracy=raw.get("test_accuracy"),
+                extra=dict(raw.get("extra", {})),
+            )
+        except FileNotFoundError:
+            raise CnnserveError(f"{path} is missing; re-export with 'cnnserve export'") from None
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise CnnserveError(f"{path} is damaged ({error}); re-export the model") from None
+
+
+def model_versions(model_dir: Path) -> list[int]:
+    """Version sub-directories (positive integers), ascending, as Triton numbers them."""
+    return sorted(
+        int(child.name)
+        for child in model_dir.iterdir()
+        if child.is_dir() and child.name.isdigit() and int(child.name) > 0
+    )

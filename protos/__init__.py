@@ -1,0 +1,1 @@
+"""Protocol buffers and their generated code."""

@@ -1,0 +1,1 @@
+"""Serving: the gRPC inference server on ONNX Runtime. Never imports TensorFlow."""

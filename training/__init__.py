@@ -1,0 +1,1 @@
+"""Training: the model zoo, data loaders, the training loop and BatchNorm folding."""

@@ -1,0 +1,151 @@
+"""Keras layers the source models need and Keras lacks: in-graph preprocessing and LRN.
+
+Every model takes uint8 images, so all preprocessing lives here, inside the graph, and a client
+never needs to know the scaling, the mean image or the crop. All layers are serializable, so
+`model.keras` reloads without custom code beyond importing this module.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+PACKAGE = "cnnserve"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MeanImageSubtraction(keras.layers.Layer):
+    """x − mean training image (CS231n). The mean is a baked-in constant, not a parameter."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.mean_image = None
+
+    def build(self, input_shape) -> None:
+        self.mean_image = self.add_weight(
+            name="mean_image", shape=tuple(input_shape[1:]), initializer="zeros", trainable=False
+        )
+
+    def set_mean(self, images: np.ndarray) -> None:
+        """Sets the constant from training images (uint8 NHWC), in float64 then float32."""
+        self.mean_image.assign(images.astype(np.float64).mean(axis=0).astype(np.float32))
+
+    def call(self, inputs):
+        return tf.cast(inputs, self.compute_dtype) - self.mean_image
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PerImageStandardization(keras.layers.Layer):
+    """tf.image.per_image_standardization: zero mean, unit variance per image."""
+
+    def call(self, inputs):
+        return tf.image.per_image_standardization(tf.cast(inputs, self.compute_dtype))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LocalResponseNormalization(keras.layers.Layer):
+    """tf.nn.local_response_normalization across channels (AlexNet / cuda-convnet)."""
+
+    def __init__(
+        self,
+        depth_radius: int = 4,
+        bias: float = 1.0,
+        alpha: float = 0.001 / 9.0,
+        beta: float = 0.75,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.depth_radius = depth_radius
+        self.bias = bias
+        self.alpha = alpha
+        self.beta = beta
+
+    def call(self, inputs):
+        return tf.nn.local_response_normalization(
+            inputs, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta
+        )
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "depth_radius": self.depth_radius,
+            "bias": self.bias,
+            "alpha": self.alpha,
+            "beta": self.beta,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CifarAugmentation(keras.layers.Layer):
+    """The TensorFlow CIFAR-10 tutorial's distortions, in training only; a central crop otherwise.
+
+    Training: a random `crop`×`crop` window, a random left-right flip, brightness + U(−δ, δ)
+    with δ = `max_brightness`, and contrast × U(lower, upper) around each image's channel
+    means, all per image and in float32 on the 0–255 scale (no clipping, as in the tutorial).
+    Inference: the central window only, so serving is deterministic.
+    """
+
+    def __init__(
+        self,
+        crop: int = 24,
+        max_brightness: float = 63.0,
+        contrast_range: tuple[float, float] = (0.2, 1.8),
+        seed: int | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.crop = crop
+        self.max_brightness = max_brightness
+        self.contrast_range = tuple(contrast_range)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.crop, self.crop, input_shape[3])
+
+    def call(self, inputs, training=None):
+        images = tf.cast(inputs, self.compute_dtype)
+        if not training:
+            return self._central_crop(images)
+        return self._distort(images)
+
+    def _central_crop(self, images):
+        top = (images.shape[1] - self.crop) // 2
+        left = (images.shape[2] - self.crop) // 2
+        return images[:, top : top + self.crop, left : left + self.crop, :]
+
+    def _distort(self, images):
+        batch = tf.shape(images)[0]
+        height, width = images.shape[1], images.shape[2]
+
+        def uniform(minval, maxval, shape=None, dtype="float32"):
+            return keras.random.uniform(
+                shape if shape is not None else (batch,), minval, maxval, dtype, self.seed_generator
+            )
+
+        tops = tf.cast(uniform(0, height - self.crop + 1, dtype="float32"), tf.int32)
+        lefts = tf.cast(uniform(0, width - self.crop + 1, dtype="float32"), tf.int32)
+        steps = tf.range(self.crop)
+        rows = tops[:, None] + steps[None, :]  # (B, crop)
+        cols = lefts[:, None] + steps[None, :]
+        images = tf.gather(images, rows, axis=1, batch_dims=1)  # (B, crop, W, C)
+        images = tf.gather(images, cols, axis=2, batch_dims=1)  # (B, crop, crop, C)
+
+        flip = uniform(0.0, 1.0) < 0.5
+        images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+
+        images = images + uniform(-self.max_brightness, self.max_brightness)[:, None, None, None]
+        lower, upper = self.contrast_range
+        factor = uniform(lower, upper)[:, None, None, None]
+        means = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+        return (images - means) * factor + means
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "crop": self.crop,
+            "max_brightness": self.max_brightness,
+            "contrast_range": list(self.contrast_range),
+            "seed": self.seed,
+        }
