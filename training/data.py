@@ -13,6 +13,7 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -147,9 +148,7 @@ def _load_idx_split(directory: Path, prefix: str, num_classes: int) -> Split:
     images = read_idx(images_path, expected_ndim=3)
     labels = read_idx(labels_path, expected_ndim=1).astype(np.int64)
     if len(images) != len(labels):
-        raise DataError(
-            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
-        )
+        raise DataError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
     _check_labels(labels, num_classes, labels_path)
     return Split(images[..., np.newaxis].copy(), labels)
 
@@ -158,8 +157,7 @@ def _check_labels(labels: np.ndarray, num_classes: int, path: Path) -> None:
     if labels.size and int(labels.max()) >= num_classes:
         bad = int(np.argmax(labels >= num_classes))
         raise DataError(
-            f"{path}: label {int(labels[bad])} at index {bad} is out of range "
-            f"(expected 0..{num_classes - 1})"
+            f"{path}: label {int(labels[bad])} at index {bad} is out of range (expected 0..{num_classes - 1})"
         )
 
 
@@ -197,7 +195,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     reconstruction helpers are let through, so loading cannot run code.
     """
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.numeric", "_frombuffer"),
@@ -264,9 +262,7 @@ def _cifar_bin_batch(path: Path) -> Split:
 
 
 def _concat(splits: list[Split]) -> Split:
-    return Split(
-        np.concatenate([s.images for s in splits]), np.concatenate([s.labels for s in splits])
-    )
+    return Split(np.concatenate([s.images for s in splits]), np.concatenate([s.labels for s in splits]))
 
 
 def load_cifar10(data_dir: Path | None) -> tuple[Split, Split]:
@@ -298,9 +294,7 @@ def load_cifar10(data_dir: Path | None) -> tuple[Split, Split]:
 # --------------------------------------------------------------------------- synthetic
 
 
-def synthetic_split(
-    image_shape: tuple[int, int, int], count: int, seed: int, num_classes: int = 10
-) -> Split:
+def synthetic_split(image_shape: tuple[int, int, int], count: int, seed: int, num_classes: int = 10) -> Split:
     """Deterministic, learnable images: a fixed random template per class plus noise."""
     templates = np.random.default_rng(1234).integers(40, 216, size=(num_classes, *image_shape))
     rng = np.random.default_rng(seed)

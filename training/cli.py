@@ -1,0 +1,107 @@
+"""`cnnserve models` and `cnnserve train`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cnnserve.training.data import DATASETS
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    models = commands.add_parser("models", help="list the model zoo")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    models.set_defaults(handler=run_models)
+
+    train = commands.add_parser(
+        "train",
+        help="train a zoo model and write a run directory",
+        description="Train a zoo model; unset options take the source tutorial's defaults.",
+    )
+    train.add_argument("--model", required=True, help="zoo model name (see 'cnnserve models')")
+    train.add_argument("--dataset", default="fashion_mnist", choices=DATASETS)
+    train.add_argument("--data-dir", type=Path, help="folder with the dataset files")
+    train.add_argument("--out", type=Path, required=True, help="run directory to write")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="passes over the training set")
+    length.add_argument("--steps", type=int, help="optimizer steps (instead of --epochs)")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float, help="initial learning rate")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--val-size", type=int, help="validation images held out of train")
+    train.add_argument(
+        "--synthetic-size", type=int, default=4096, help="training images for --dataset synthetic"
+    )
+    train.add_argument(
+        "--precise-bn-batches",
+        type=int,
+        default=20,
+        help="after training, recompute BatchNorm statistics over this many batches of 256 "
+        "training images (0: keep the moving averages, as the sources did)",
+    )
+    train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    train.add_argument("--no-progress", action="store_true", help="per-epoch lines only")
+    train.set_defaults(handler=run_train)
+
+
+def zoo_table() -> list[dict]:
+    from cnnserve.training.models import ZOO, count_params, flops_per_image
+
+    rows = []
+    for spec in ZOO.values():
+        model = spec.build()
+        rows.append(
+            {
+                "name": spec.name,
+                "input_shape": list(spec.input_shape),
+                "dataset": spec.dataset,
+                "params": count_params(model),
+                "flops_per_image": flops_per_image(model),
+                "description": spec.description,
+            }
+        )
+    return rows
+
+
+def run_models(args: argparse.Namespace) -> int:
+    rows = zoo_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="cnnserve model zoo")
+    for column in ("name", "input", "source dataset", "params", "MFLOPs/image"):
+        table.add_column(column, justify="right" if column in ("params", "MFLOPs/image") else "left")
+    for row in rows:
+        table.add_row(
+            row["name"], "x".join(map(str, row["input_shape"])), row["dataset"],
+            f"{row['params']:,}", f"{row['flops_per_image'] / 1e6:.1f}",
+        )  # fmt: skip
+    Console().print(table)
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from cnnserve.training.train import TrainConfig, train
+
+    config = TrainConfig(
+        model=args.model,
+        out=args.out,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+        val_size=args.val_size,
+        synthetic_size=args.synthetic_size,
+        precise_bn_batches=args.precise_bn_batches,
+        overwrite=args.overwrite,
+        show_progress=not args.no_progress,
+    )
+    train(config)
+    return 0
