@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from cnnserve.quiet_tf import import_tensorflow_quietly
 from cnnserve.training.data import DATASETS
 
 
@@ -46,6 +47,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def zoo_table() -> list[dict]:
+    import_tensorflow_quietly()
     from cnnserve.training.models import ZOO, count_params, flops_per_image
 
     rows = []
@@ -85,6 +87,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import_tensorflow_quietly()
     from cnnserve.training.train import TrainConfig, train
 
     config = TrainConfig(

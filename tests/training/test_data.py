@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from cnnserve.training import data
 from cnnserve.training.data import DataError, load_dataset
-
 from tests.training.idx_files import (
     idx_bytes,
     write_cifar_bin,

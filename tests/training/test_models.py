@@ -7,11 +7,11 @@ import json
 import keras
 import numpy as np
 import pytest
-from cnnserve.training.layers import CifarAugmentation, LocalResponseNormalization
-from cnnserve.training.models import ZOO, build_model, count_params, flops_per_image, get_spec
 
 from cnnserve.cli import main
 from cnnserve.errors import CnnserveError
+from cnnserve.training.layers import CifarAugmentation, LocalResponseNormalization
+from cnnserve.training.models import ZOO, build_model, count_params, flops_per_image, get_spec
 
 SOURCE_PARAMS = {
     "mnist_cnn": 242_062,
