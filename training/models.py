@@ -11,15 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
+from keras import initializers, layers, regularizers
+
+from cnnserve.errors import CnnserveError
 from cnnserve.training.layers import (
     CifarAugmentation,
     LocalResponseNormalization,
     MeanImageSubtraction,
     PerImageStandardization,
 )
-from keras import initializers, layers, regularizers
-
-from cnnserve.errors import CnnserveError
 
 NUM_CLASSES = 10
 INPUT_NAME = "images"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import tensorflow as tf
+
 from cnnserve.training.data import Split
 
 SHUFFLE_BUFFER = 10_000

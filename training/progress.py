@@ -129,5 +129,5 @@ class EpochLogger(keras.callbacks.Callback):
         )
         self.console.print(
             f"wrote {out}/model.keras, metrics.json and plots: {out}/history.png, "
-            f"{out}/confusion_matrix.png, {out}/errors.png"
+            f"{out}/confusion_matrix.png, {out}/errors.png, {out}/filters.png, {out}/feature_maps.png"
         )

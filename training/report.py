@@ -1,4 +1,4 @@
-"""Evaluation figures and pictures of a trained model: metrics.json and the three PNGs."""
+"""Evaluation of a trained model: the metrics in metrics.json and the pictures the tutorials show."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers or CI
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
+
 from cnnserve.training.data import Split
 
 
@@ -102,9 +104,54 @@ def plot_history(history: dict[str, list[float]], path: Path) -> None:
             if values:
                 ax.plot(epochs, values, style, label=f"{'validation' if prefix else 'training'}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(key)
         ax.grid(True, alpha=0.3)
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _grid(count: int) -> tuple[int, int]:
+    cols = int(np.ceil(np.sqrt(count)))
+    return int(np.ceil(count / cols)), cols
+
+
+def plot_filters(kernel: np.ndarray, layer_name: str, path: Path) -> None:
+    """The first conv layer's filters (kh, kw, in, out), as the MNIST tutorial shows them."""
+    count = kernel.shape[-1]
+    rows, cols = _grid(count)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows), squeeze=False)
+    limit = float(np.abs(kernel).max()) or 1.0
+    for index, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if index >= count:
+            continue
+        weights = kernel[..., index]
+        if weights.shape[-1] == 3:
+            ax.imshow((weights - weights.min()) / (np.ptp(weights) or 1.0))
+        else:
+            ax.imshow(weights[..., 0], cmap="seismic", vmin=-limit, vmax=limit)
+    fig.suptitle(f"{layer_name} filters")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_feature_maps(maps: np.ndarray, image: np.ndarray, layer_name: str, path: Path) -> None:
+    """One test image and the first conv layer's output channels for it."""
+    count = maps.shape[-1] + 1
+    rows, cols = _grid(count)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if index == 0:
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="binary")
+            ax.set_title("input", fontsize=7)
+        elif index < count:
+            ax.imshow(maps[..., index - 1], cmap="binary")
+    fig.suptitle(f"{layer_name} outputs")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

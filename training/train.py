@@ -16,6 +16,9 @@ from pathlib import Path
 
 import keras
 import numpy as np
+
+from cnnserve import __version__
+from cnnserve.errors import CnnserveError
 from cnnserve.training import report
 from cnnserve.training.data import Dataset, load_dataset
 from cnnserve.training.layers import MeanImageSubtraction
@@ -24,9 +27,6 @@ from cnnserve.training.pipeline import evaluation_pipeline, training_pipeline
 from cnnserve.training.precise_bn import recalibrate_batchnorm
 from cnnserve.training.progress import EpochLogger, StepLimit
 from cnnserve.training.run import METRICS_FILE, MODEL_FILE, RunInfo
-
-from cnnserve import __version__
-from cnnserve.errors import CnnserveError
 
 EVAL_BATCH_SIZE = 256
 TRAIN_ACCURACY_SAMPLE = 10_000
@@ -148,6 +148,16 @@ def predict_logits(model: keras.Model, images: np.ndarray) -> np.ndarray:
     )
 
 
+def _plot_first_conv(model: keras.Model, image: np.ndarray, out: Path) -> None:
+    conv = next((layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)), None)
+    if conv is None:
+        return
+    report.plot_filters(keras.ops.convert_to_numpy(conv.kernel), conv.name, out / "filters.png")
+    probe = keras.Model(model.input, conv.output)
+    maps = keras.ops.convert_to_numpy(probe(image[np.newaxis], training=False))[0]
+    report.plot_feature_maps(maps, image, conv.name, out / "feature_maps.png")
+
+
 def train(config: TrainConfig) -> Path:
     """Trains, evaluates and writes the run directory; returns its path."""
     spec = get_spec(config.model)
@@ -225,6 +235,7 @@ def train(config: TrainConfig) -> Path:
     report.plot_confusion_matrix(test_eval, dataset.class_names, out / "confusion_matrix.png")
     report.plot_errors(test_eval, dataset.test, dataset.class_names, out / "errors.png")
     report.plot_history(metrics["history"], out / "history.png")
+    _plot_first_conv(model, dataset.test.images[0], out)
     model.save(out / MODEL_FILE)
     RunInfo(
         model=spec.name,

@@ -33,11 +33,10 @@ def inception_run(tmp_path_factory) -> Path:
 
 
 def test_run_directory_has_everything(inception_run: Path):
-    for name in ("model.keras", "metrics.json", "run.json", "history.png", "confusion_matrix.png",
-                 "errors.png"):  # fmt: skip
+    for name in ("model.keras", "metrics.json", "run.json"):
         assert (inception_run / name).is_file(), name
-    for name in ("history.png", "confusion_matrix.png", "errors.png"):
-        assert (inception_run / name).read_bytes()[:8] == PNG_MAGIC
+    for name in ("history.png", "confusion_matrix.png", "errors.png", "filters.png", "feature_maps.png"):
+        assert (inception_run / name).read_bytes()[:8] == PNG_MAGIC, name
     info = load_run_info(inception_run)
     assert info.model == "inception_bn" and info.steps == 60 and info.batch_size == 64
     metrics = json.loads((inception_run / "metrics.json").read_text())
