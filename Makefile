@@ -40,3 +40,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs models build *.egg-info
+
+# Regenerate the checked-in gRPC/protobuf modules next to protos/*.proto.
+.PHONY: protos
+protos: $(STAMP)
+	$(BIN)/python protos/generate.py

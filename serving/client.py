@@ -1,0 +1,125 @@
+"""A small client for `cnnserve.v1.Classifier`, used by `cnnserve classify` and the tests.
+
+Image files are read with Pillow (PNG, JPEG, ...) or numpy (`.npy`) and converted to the
+model's input: its channel count, and its height and width (resized if they differ).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from cnnserve.errors import CnnserveError
+from cnnserve.protos import classifier_pb2 as pb
+from cnnserve.protos import classifier_pb2_grpc
+from cnnserve.serving.converters import encode_tensor
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    ca: Path | None = None  # trust this CA instead of the system roots
+    cert: Path | None = None  # client certificate, for mutual TLS
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path | None) -> bytes | None:
+            return path.read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+
+def open_channel(
+    target: str, tls: ClientTls | None = None, max_message_bytes: int = 64 * 1024 * 1024
+) -> grpc.Channel:
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    if tls is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, tls.credentials(), options=options)
+
+
+class ClassifierClient:
+    def __init__(self, channel: grpc.Channel, timeout_s: float | None = 30.0) -> None:
+        self._stub = classifier_pb2_grpc.ClassifierStub(channel)
+        self._timeout_s = timeout_s
+
+    def metadata(self, model: str, version: str = "") -> pb.GetModelMetadataResponse:
+        request = pb.GetModelMetadataRequest(model_name=model, model_version=version)
+        return self._stub.GetModelMetadata(request, timeout=self._timeout_s)
+
+    def classify(
+        self, model: str, images: np.ndarray, top_k: int = 1, version: str = ""
+    ) -> pb.ClassifyResponse:
+        request = pb.ClassifyRequest(
+            model_name=model, model_version=version, images=encode_tensor(images), top_k=top_k
+        )
+        return self._stub.Classify(request, timeout=self._timeout_s)
+
+    def predict(self, model: str, images: np.ndarray, version: str = "") -> pb.PredictResponse:
+        request = pb.PredictRequest(model_name=model, model_version=version, images=encode_tensor(images))
+        return self._stub.Predict(request, timeout=self._timeout_s)
+
+    def list_models(self) -> pb.ListModelsResponse:
+        return self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout_s)
+
+
+def load_images(paths: list[Path], image_shape: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
+    """A uint8 [N, H, W, C] batch from image files and `.npy` arrays, and a name per image."""
+    batches, names = [], []
+    for path in paths:
+        if not path.is_file():
+            raise CnnserveError(f"{path}: no such file")
+        array = (
+            _load_npy(path, image_shape)
+            if path.suffix.lower() == ".npy"
+            else _load_picture(path, image_shape)
+        )
+        batches.append(array)
+        names += [path.name] if len(array) == 1 else [f"{path.name}[{i}]" for i in range(len(array))]
+    return np.concatenate(batches), names
+
+
+def _load_npy(path: Path, image_shape: tuple[int, int, int]) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise CnnserveError(f"{path}: not a readable .npy file ({error})") from None
+    height, width, channels = image_shape
+    if array.dtype != np.uint8:
+        raise CnnserveError(f"{path}: expected uint8 pixels, got {array.dtype}")
+    if array.ndim == 2 and channels == 1:
+        array = array[None, :, :, None]
+    elif array.ndim == 3 and array.shape[-1] == channels:
+        array = array[None]
+    elif array.ndim == 3 and channels == 1:
+        array = array[..., None]  # [N, H, W] grey images
+    if array.ndim != 4 or array.shape[1:] != (height, width, channels):
+        raise CnnserveError(
+            f"{path}: expected shape [N, {height}, {width}, {channels}] (or one image), "
+            f"got {list(array.shape)}"
+        )
+    return array
+
+
+def _load_picture(path: Path, image_shape: tuple[int, int, int]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    height, width, channels = image_shape
+    try:
+        with Image.open(path) as picture:
+            converted = picture.convert("L" if channels == 1 else "RGB")
+            if converted.size != (width, height):
+                _LOGGER.info("%s: resizing %dx%d to %dx%d", path.name, *converted.size, width, height)
+                converted = converted.resize((width, height), Image.Resampling.BILINEAR)
+            array = np.asarray(converted, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as error:
+        raise CnnserveError(f"{path}: not a readable image ({error})") from None
+    return array.reshape(1, height, width, channels)

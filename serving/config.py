@@ -1,0 +1,114 @@
+"""Server and batching settings as frozen dataclasses, validated where they are built.
+
+Batching defaults come from each model's `config.json`; command-line values override them
+either for every model (`--max-batch-size 32`) or for one (`--max-batch-size mnist_cnn=32`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from cnnserve.errors import CnnserveError
+
+DEVICES = ("auto", "cuda", "cpu")
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # gRPC's own default is 4 MiB
+
+T = TypeVar("T", int, float)
+
+
+@dataclass(frozen=True)
+class Override(Generic[T]):
+    """A value for every model and/or per-model values; per-model wins."""
+
+    every: T | None = None
+    per_model: tuple[tuple[str, T], ...] = ()
+
+    def for_model(self, name: str, fallback: T) -> T:
+        for model, value in self.per_model:
+            if model == name:
+                return value
+        return fallback if self.every is None else self.every
+
+    def models(self) -> tuple[str, ...]:
+        return tuple(model for model, _ in self.per_model)
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """One model version's batcher: images per batch, how long the oldest may wait, queue cap."""
+
+    max_batch_size: int
+    max_queue_delay_s: float
+    max_queue_size: int
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise CnnserveError(f"max_batch_size must be >= 1, received {self.max_batch_size}")
+        if not 0 <= self.max_queue_delay_s <= 60:
+            raise CnnserveError(
+                "max_queue_delay must be between 0 and 60000 ms, "
+                f"received {self.max_queue_delay_s * 1000:g} ms"
+            )
+        if self.max_queue_size < 1:
+            raise CnnserveError(f"max_queue_size must be >= 1, received {self.max_queue_size}")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # set: mutual TLS, clients must present a cert it signed
+
+    def __post_init__(self) -> None:
+        for flag, path in (("--tls-cert", self.cert), ("--tls-key", self.key)):
+            if not path.is_file():
+                raise CnnserveError(f"{flag} {path} is not a readable file")
+        if self.client_ca is not None and not self.client_ca.is_file():
+            raise CnnserveError(f"--tls-client-ca {self.client_ca} is not a readable file")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    repository: Path
+    host: str = "0.0.0.0"
+    port: int = 8500
+    metrics_port: int | None = 8002  # None: no /metrics endpoint
+    device: str = "auto"
+    models: tuple[str, ...] = ()  # empty: every model in the repository
+    max_batch_size: Override[int] = field(default_factory=Override)
+    max_queue_delay_ms: Override[float] = field(default_factory=Override)
+    max_queue_size: Override[int] = field(default_factory=lambda: Override(every=1024))
+    max_request_images: int = 4096
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    grace_s: float = 30.0
+    cpu_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
+    tls: TlsConfig | None = None
+    ready_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise CnnserveError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if not 0 <= self.port <= 65535:
+            raise CnnserveError(f"--port must be between 0 and 65535, received {self.port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise CnnserveError(f"--metrics-port must be between 0 and 65535, received {self.metrics_port}")
+        if self.max_request_images < 1:
+            raise CnnserveError(f"--max-request-images must be >= 1, received {self.max_request_images}")
+        if self.max_message_bytes < 1024:
+            raise CnnserveError(
+                f"--max-message-mb is too small: {self.max_message_bytes} bytes (minimum 1024)"
+            )
+        if self.grace_s < 0:
+            raise CnnserveError(f"--grace-s must be >= 0, received {self.grace_s}")
+        if self.cpu_threads < 0:
+            raise CnnserveError(f"--cpu-threads must be >= 0, received {self.cpu_threads}")
+
+    def batching_for(self, name: str, max_batch_size: int, max_queue_delay_ms: float) -> BatchingConfig:
+        """The batcher settings for a model whose config.json says `max_batch_size`/delay."""
+        return BatchingConfig(
+            max_batch_size=self.max_batch_size.for_model(name, max_batch_size),
+            max_queue_delay_s=self.max_queue_delay_ms.for_model(name, max_queue_delay_ms) / 1000,
+            max_queue_size=self.max_queue_size.for_model(name, 1024),
+        )

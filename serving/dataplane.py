@@ -1,0 +1,123 @@
+"""The protocol-agnostic core both gRPC services call: validate, batch, infer, post-process.
+
+Servicers convert protobuf to numpy and back and call only this; everything a request can get
+wrong about the images (rank, size, count) is checked here once for both protocols, and every
+outcome is counted in the model's statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from cnnserve.serving.batcher import BatchedResult
+from cnnserve.serving.errors import InvalidInput, ServingError
+from cnnserve.serving.registry import ModelRegistry, ServedVersion
+
+LOGITS, PROBABILITIES = "logits", "probabilities"
+
+
+@dataclass(frozen=True)
+class Inference:
+    """A served request: the model version, its output rows and the server's timing."""
+
+    model: ServedVersion
+    outputs: dict[str, np.ndarray]
+    result: BatchedResult
+    started_ns: int
+
+    @property
+    def total_us(self) -> int:
+        return (time.monotonic_ns() - self.started_ns) // 1000
+
+
+@dataclass(frozen=True)
+class Label:
+    class_index: int
+    label: str
+    score: float
+
+
+class DataPlane:
+    def __init__(self, registry: ModelRegistry, max_request_images: int) -> None:
+        self.registry = registry
+        self.max_request_images = max_request_images
+        self.ready = False  # set once every model has loaded and warmed
+
+    def validate_images(self, model: ServedVersion, images: np.ndarray, field: str) -> None:
+        expected = [-1, *model.image_shape]
+        shown = f"[N, {', '.join(map(str, model.image_shape))}]"
+        if images.ndim != len(expected):
+            raise InvalidInput(
+                f"{field}.shape: expected rank {len(expected)} {shown} for model "
+                f"{model.name!r}, received rank {images.ndim} {list(images.shape)}"
+            )
+        if images.shape[0] == 0:
+            raise InvalidInput(f"{field}.shape[0]: empty batch; expected at least 1 image")
+        if images.shape[0] > self.max_request_images:
+            raise InvalidInput(
+                f"{field}.shape[0]: too many images: {images.shape[0]} > "
+                f"{self.max_request_images} (--max-request-images); split the request"
+            )
+        if tuple(images.shape[1:]) != model.image_shape:
+            raise InvalidInput(
+                f"{field}.shape: expected {shown} for model {model.name!r}, received {list(images.shape)}"
+            )
+
+    def check_top_k(self, model: ServedVersion, top_k: int, field: str = "top_k") -> int:
+        classes = self.num_classes(model)
+        if top_k == 0:
+            return 1
+        if not 1 <= top_k <= classes:
+            raise InvalidInput(f"{field}: expected 1..{classes}, received {top_k}")
+        return top_k
+
+    @staticmethod
+    def num_classes(model: ServedVersion) -> int:
+        output = next((o for o in model.config.outputs if o.name == LOGITS), model.config.outputs[0])
+        return int(output.shape[-1])
+
+    async def infer(
+        self,
+        model: ServedVersion,
+        images: np.ndarray,
+        started_ns: int,
+        deadline_ns: int | None,
+        field: str = "images",
+    ) -> Inference:
+        """Validate and run `images` through the model's batcher; count the outcome."""
+        try:
+            self.validate_images(model, images, field)
+            assert model.batcher is not None, "a READY model has a batcher"
+            result = await model.batcher.submit(images, deadline_ns)
+        except ServingError as error:
+            model.stats.record_failure(error.failure_reason, time.monotonic_ns() - started_ns)
+            raise
+        except asyncio.CancelledError:
+            model.stats.record_failure("CANCELED", time.monotonic_ns() - started_ns)
+            raise
+        model.stats.record_success(result, time.monotonic_ns() - started_ns)
+        return Inference(model, result.outputs, result, started_ns)
+
+    def top_k(self, inference: Inference, top_k: int) -> list[list[Label]]:
+        """The `top_k` labels per image, best first, scored by softmax probability."""
+        outputs = inference.outputs
+        if PROBABILITIES in outputs:
+            probabilities = outputs[PROBABILITIES]
+        else:
+            logits = outputs[LOGITS].astype(np.float64)
+            exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probabilities = exp / exp.sum(axis=1, keepdims=True)
+        labels = inference.model.config.class_labels
+        best = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+        return [
+            [Label(int(i), labels[i] if i < len(labels) else str(i), float(row[i])) for i in indices]
+            for row, indices in zip(probabilities, best, strict=True)
+        ]
+
+    def logits(self, inference: Inference) -> np.ndarray:
+        outputs = inference.outputs
+        return outputs[LOGITS] if LOGITS in outputs else next(iter(outputs.values()))

@@ -1,0 +1,94 @@
+"""The serving exception hierarchy and the one place that turns it into gRPC status codes.
+
+Every error a request can cause is a `ServingError` subclass carrying its gRPC code and
+Triton's failure reason (the `reason` label of `nv_inference_request_failure`). The message
+names the offending field and the expected value; the same text becomes the gRPC details.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from cnnserve.errors import CnnserveError
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class ServingError(CnnserveError):
+    """A request the server answers with a non-OK status."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    failure_reason: str = "OTHER"
+
+
+class ModelNotFound(ServingError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class InvalidInput(ServingError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelUnavailable(ServingError):
+    """The model exists but is still loading or failed to load."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class QueueFull(ServingError):
+    code = grpc.StatusCode.UNAVAILABLE
+    failure_reason = "REJECTED"
+
+
+class ShuttingDown(ServingError):
+    code = grpc.StatusCode.UNAVAILABLE
+    failure_reason = "REJECTED"
+
+
+class DeadlineExceeded(ServingError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    failure_reason = "REJECTED"
+
+
+class InferenceFailed(ServingError):
+    """ONNX Runtime raised, or returned outputs that do not match the batch."""
+
+    code = grpc.StatusCode.INTERNAL
+    failure_reason = "BACKEND"
+
+
+def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC code and details for any exception; unexpected ones are logged as bugs."""
+    if isinstance(error, ServingError):
+        return error.code, str(error)
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED, "request cancelled"
+    _LOGGER.exception("unexpected error while serving a request", exc_info=error)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
+
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def grpc_errors(method: _Handler) -> _Handler:
+    """Decorate a unary `grpc.aio` servicer method: exceptions become `context.abort` statuses."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            raise  # the call is gone: nobody to answer
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            code, details = status_of(error)
+            await context.abort(code, details)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,159 @@
+"""Assemble and run the gRPC server: services, health, reflection, metrics, graceful shutdown.
+
+Start-up order follows Triton: listen first (ServerLive answers, health says NOT_SERVING),
+load and warm every model in a worker thread, and only then report ready (health SERVING,
+ServerReady true, the `--ready-file` written). On SIGTERM or SIGINT: report not ready, stop
+accepting calls, let every accepted call finish (batchers stop waiting for full batches),
+then exit 0 — all within `--grace-s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from cnnserve import __version__
+from cnnserve.errors import CnnserveError
+from cnnserve.protos import classifier_pb2, classifier_pb2_grpc, grpc_service_pb2, grpc_service_pb2_grpc
+from cnnserve.serving.classifier_service import ClassifierService
+from cnnserve.serving.config import ServerOptions
+from cnnserve.serving.dataplane import DataPlane
+from cnnserve.serving.metrics import MetricsServer
+from cnnserve.serving.registry import ModelRegistry
+from cnnserve.serving.v2_service import V2Service
+
+_LOGGER = logging.getLogger(__name__)
+
+CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
+V2_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SERVICE_NAMES = (CLASSIFIER_SERVICE, V2_SERVICE)
+
+
+def grpc_options(options: ServerOptions) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", options.max_message_bytes),
+        ("grpc.max_send_message_length", options.max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
+    ]
+
+
+def create_server(
+    options: ServerOptions, dataplane: DataPlane, health: health_aio.HealthServicer
+) -> tuple[grpc.aio.Server, int]:
+    """A configured, not yet started server and the port it bound (useful with port 0)."""
+    server = grpc.aio.server(options=grpc_options(options))
+    classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierService(dataplane), server)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(V2Service(dataplane), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    address = f"{options.host}:{options.port}"
+    try:
+        if options.tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, _tls_credentials(options))
+    except RuntimeError as error:
+        raise CnnserveError(f"cannot listen on {address}: {error}") from None
+    if port == 0:
+        raise CnnserveError(f"cannot listen on {address}: is the port already in use?")
+    return server, port
+
+
+def _tls_credentials(options: ServerOptions) -> grpc.ServerCredentials:
+    tls = options.tls
+    assert tls is not None
+    client_ca = tls.client_ca.read_bytes() if tls.client_ca else None
+    return grpc.ssl_server_credentials(
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+async def _set_health(health: health_aio.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for service in ("", *SERVICE_NAMES):
+        await health.set(service, status)
+
+
+def _write_ready_file(path: Path, grpc_port: int, metrics_port: int | None) -> None:
+    """Atomically publish the bound ports, so callers can start the server on port 0."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(
+        json.dumps({"grpc_port": grpc_port, "metrics_port": metrics_port, "pid": os.getpid()})
+    )
+    temporary.replace(path)
+
+
+async def serve(options: ServerOptions) -> int:
+    """Run until SIGTERM/SIGINT; return the process exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    registry = ModelRegistry(options)
+    registry.scan()
+    dataplane = DataPlane(registry, options.max_request_images)
+    health = health_aio.HealthServicer()
+    await _set_health(health, serving=False)
+    server, port = create_server(options, dataplane, health)
+    metrics = MetricsServer(registry)
+    await server.start()
+    scheme = "TLS" if options.tls else "plaintext"
+    _LOGGER.info("listening on %s:%d (%s); loading models", options.host, port, scheme)
+    try:
+        metrics_port = (
+            metrics.start(options.host, options.metrics_port) if options.metrics_port is not None else None
+        )
+        await asyncio.to_thread(registry.load_sessions)
+        ready = registry.start_batchers()
+        if ready == 0:
+            raise CnnserveError("no model could be loaded; see the errors above")
+    except BaseException:
+        await server.stop(None)
+        metrics.stop()
+        await registry.close()
+        raise
+    dataplane.ready = True
+    await _set_health(health, serving=True)
+    if options.ready_file is not None:
+        _write_ready_file(options.ready_file, port, metrics_port)
+    device = registry.device.provider if registry.device else "none"
+    _LOGGER.info(
+        "ready: %d model version(s) on %s; gRPC %s:%d, metrics %s (cnnserve %s, pid %d)",
+        ready,
+        device,
+        options.host,
+        port,
+        f"http://{options.host}:{metrics_port}/metrics" if metrics_port is not None else "off",
+        __version__,
+        os.getpid(),
+    )
+
+    await stop.wait()
+    _LOGGER.info("shutting down: refusing new calls, finishing accepted ones (grace %.0f s)", options.grace_s)
+    dataplane.ready = False
+    await _set_health(health, serving=False)
+    registry.drain()  # accepted requests run now instead of waiting for fuller batches
+    await server.stop(options.grace_s)
+    await registry.close()
+    metrics.stop()
+    _LOGGER.info("stopped")
+    return 0
+
+
+def run(options: ServerOptions) -> int:
+    return asyncio.run(serve(options))

@@ -1,0 +1,182 @@
+"""ONNX Runtime sessions that report the execution provider they really run on.
+
+`onnxruntime-gpu` lists CUDAExecutionProvider in `get_available_providers()` even on a
+machine without a GPU, and a session asked for CUDA silently falls back to CPU. Only
+`session.get_providers()` tells the truth, so every decision here is checked against it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from cnnserve.errors import CnnserveError
+
+_LOGGER = logging.getLogger(__name__)
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+_ORT_TO_NUMPY = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(int64)": "int64"}
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """The provider every session will use, and a one-line reason for the log."""
+
+    provider: str
+    reason: str
+
+
+GRAPH_OPTIMIZATION = {
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    provider: str
+    cpu_threads: int = 0  # 0: ONNX Runtime decides (one per physical core)
+    graph_optimization: str = "all"
+    # Spinning threads burn the cores the gRPC and batching threads need between batches.
+    allow_spinning: bool = False
+
+
+def session_options(settings: SessionSettings) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = GRAPH_OPTIMIZATION[settings.graph_optimization]
+    # One batch runs at a time per model, so parallelism comes from intra-op threads only.
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    options.intra_op_num_threads = settings.cpu_threads
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0"
+    )
+    options.log_severity_level = 3
+    return options
+
+
+def _providers(provider: str) -> list:
+    if provider == CUDA:
+        return [(CUDA, {"device_id": 0, "do_copy_in_default_stream": "1"}), CPU]
+    return [CPU]
+
+
+@contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Collect what C++ code writes to fd 2 (ONNX Runtime's provider errors) into a list."""
+    lines: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines += sink.read().decode(errors="replace").splitlines()
+
+
+def _cuda_failure_reason(log_lines: Sequence[str]) -> str:
+    """The most useful sentence from ONNX Runtime's own log of a failed CUDA start."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(log_lines))
+    match = re.search(r"with error: ([^\n]+)", text)
+    if match:
+        return match.group(1).strip()
+    match = re.search(r"(Require [^\n]*?CUDA \d+(?:\.\d+)*(?:\.\*)?)", text)
+    if match:
+        return match.group(1).strip()
+    return "ONNX Runtime could not create the CUDA execution provider"
+
+
+def _probe_cuda(model: Path) -> tuple[bool | None, list[str]]:
+    """Open `model` asking for CUDA: True/False = CUDA did/did not stick, None = model unloadable."""
+    with _captured_stderr() as log_lines:
+        try:
+            session = ort.InferenceSession(
+                str(model), session_options(SessionSettings(CUDA)), _providers(CUDA)
+            )
+        except Exception:  # ORT raises its own Fail/InvalidProtobuf/... types: a broken model
+            session = None
+    for line in log_lines:
+        _LOGGER.debug("onnxruntime: %s", line)
+    if session is None:
+        return None, log_lines
+    return session.get_providers()[0] == CUDA, log_lines
+
+
+def resolve_device(device: str, probe_models: Sequence[Path]) -> DeviceChoice:
+    """Pick the provider for `--device` by opening a model with CUDA and asking the session."""
+    if device == "cpu":
+        return DeviceChoice(CPU, "--device cpu")
+    if CUDA not in ort.get_available_providers():
+        reason = "this onnxruntime build has no CUDA execution provider"
+    else:
+        reason = "no model could be opened to try CUDA"
+        for model in probe_models:
+            on_cuda, log_lines = _probe_cuda(model)
+            if on_cuda is None:
+                continue  # that model is broken; its own load will report it
+            if on_cuda:
+                return DeviceChoice(CUDA, f"--device {device}: CUDA confirmed by session.get_providers()")
+            reason = f"CUDA is not usable: {_cuda_failure_reason(log_lines)}"
+            break
+    if device == "cuda":
+        raise CnnserveError(f"--device cuda: {reason}; use --device auto or cpu")
+    return DeviceChoice(CPU, f"--device auto fell back to CPU because {reason}")
+
+
+class ProviderMismatch(CnnserveError):
+    """A session did not get the execution provider that was asked for."""
+
+
+class ModelSession:
+    """One ONNX Runtime session for one model version; `run` is blocking and thread-confined."""
+
+    def __init__(self, path: Path, settings: SessionSettings) -> None:
+        try:
+            self._session = ort.InferenceSession(
+                str(path), session_options(settings), _providers(settings.provider)
+            )
+        except Exception as error:
+            raise CnnserveError(f"ONNX Runtime cannot load {path}: {error}") from None
+        used = self._session.get_providers()[0]
+        if used != settings.provider:
+            raise ProviderMismatch(f"{path} runs on {used}, not the requested {settings.provider}")
+        self.provider = used
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise CnnserveError(f"{path} has {len(inputs)} inputs; an image classifier has 1")
+        self.input_name = inputs[0].name
+        self.input_dtype = _ORT_TO_NUMPY.get(inputs[0].type, inputs[0].type)
+        self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inputs[0].shape)
+        self.output_names = tuple(output.name for output in self._session.get_outputs())
+        # IO binding lets ONNX Runtime copy the batch to the GPU and the outputs back in one
+        # go, without an extra host staging copy per output; on CPU it buys nothing.
+        self._use_io_binding = used == CUDA
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        if self._use_io_binding:
+            binding = self._session.io_binding()
+            binding.bind_cpu_input(self.input_name, np.ascontiguousarray(images))
+            for name in self.output_names:
+                binding.bind_output(name, "cpu")
+            self._session.run_with_iobinding(binding)
+            return dict(zip(self.output_names, binding.copy_outputs_to_cpu(), strict=True))
+        values = self._session.run(None, {self.input_name: images})
+        return dict(zip(self.output_names, values, strict=True))
+
+    def warm(self, batch_sizes: Sequence[int], image_shape: Sequence[int]) -> None:
+        """Run once per batch size so first requests do not pay for allocation or autotuning."""
+        for size in batch_sizes:
+            self.run(np.zeros((size, *image_shape), dtype=self.input_dtype))

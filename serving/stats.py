@@ -1,0 +1,124 @@
+"""Cumulative per-model-version statistics with Triton's meanings.
+
+One object feeds both the V2 `ModelStatistics` RPC and the Prometheus `/metrics` endpoint, so
+the two can never disagree. Updates come from the event loop; the metrics thread reads a
+snapshot under the lock.
+
+Triton's definitions: `inference_count` counts images (each image of a batched request is one
+inference), `execution_count` counts model executions (batches); per-request queue and compute
+durations are summed over successful requests, and a request that rode in a batch is charged
+that batch's full compute time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+
+from cnnserve.serving.batcher import BatchedResult, BatchRecord
+
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+# Per-batch compute latency buckets, microseconds.
+LATENCY_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000)
+
+
+def batch_size_buckets(max_batch_size: int) -> tuple[int, ...]:
+    """Powers of two up to the max batch size, and the max itself."""
+    buckets = []
+    size = 1
+    while size < max_batch_size:
+        buckets.append(size)
+        size *= 2
+    return (*buckets, max_batch_size)
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass
+class BatchSizeStats:
+    count: int = 0
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+
+
+@dataclass
+class Snapshot:
+    """A consistent copy of a `ModelStats`, safe to read from another thread."""
+
+    last_inference_ms: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    success: Duration = field(default_factory=Duration)
+    fail: dict[str, Duration] = field(default_factory=lambda: {r: Duration() for r in FAILURE_REASONS})
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    batch_stats: dict[int, BatchSizeStats] = field(default_factory=dict)
+    batch_latency_us: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_US) + 1))
+    batch_latency_sum_us: float = 0.0
+
+
+class ModelStats:
+    """Statistics of one model version."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data = Snapshot()
+
+    def record_batch(self, batch: BatchRecord) -> None:
+        latency_us = batch.infer_ns / 1000
+        with self._lock:
+            data = self._data
+            data.execution_count += 1
+            data.inference_count += batch.size
+            data.last_inference_ms = time.time_ns() // 1_000_000
+            stats = data.batch_stats.setdefault(batch.size, BatchSizeStats())
+            stats.count += 1
+            stats.input_ns += batch.input_ns
+            stats.infer_ns += batch.infer_ns
+            stats.output_ns += batch.output_ns
+            index = next(
+                (i for i, bound in enumerate(LATENCY_BUCKETS_US) if latency_us <= bound),
+                len(LATENCY_BUCKETS_US),
+            )
+            data.batch_latency_us[index] += 1
+            data.batch_latency_sum_us += latency_us
+
+    def record_success(self, result: BatchedResult, request_ns: int) -> None:
+        with self._lock:
+            data = self._data
+            data.success.add(request_ns)
+            data.queue.add(result.queue_ns)
+            data.compute_input.add(result.compute_input_ns)
+            data.compute_infer.add(result.compute_infer_ns)
+            data.compute_output.add(result.compute_output_ns)
+
+    def record_failure(self, reason: str, request_ns: int) -> None:
+        with self._lock:
+            self._data.fail[reason if reason in FAILURE_REASONS else "OTHER"].add(request_ns)
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            data = self._data
+            return replace(
+                data,
+                success=replace(data.success),
+                fail={k: replace(v) for k, v in data.fail.items()},
+                queue=replace(data.queue),
+                compute_input=replace(data.compute_input),
+                compute_infer=replace(data.compute_infer),
+                compute_output=replace(data.compute_output),
+                batch_stats={k: replace(v) for k, v in data.batch_stats.items()},
+                batch_latency_us=list(data.batch_latency_us),
+            )

@@ -1,0 +1,162 @@
+"""KServe V2 (`inference.*`) protobuf ↔ numpy, as Triton encodes it.
+
+Server-side only: tritonclient registers Triton's own copy of these messages in protobuf's
+default pool, so this module (which imports ours) must not be imported next to tritonclient.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+
+from cnnserve.export.model_config import ModelConfig, TensorSpec
+from cnnserve.protos import grpc_service_pb2 as pb
+from cnnserve.protos import model_config_pb2 as config_pb
+from cnnserve.serving.errors import InvalidInput
+
+# Triton datatype names ↔ numpy.
+V2_TO_NUMPY = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+}
+NUMPY_TO_V2 = {v: k for k, v in V2_TO_NUMPY.items()}
+NUMPY_TO_CONFIG = {
+    "uint8": config_pb.TYPE_UINT8,
+    "float32": config_pb.TYPE_FP32,
+    "float16": config_pb.TYPE_FP16,
+    "int64": config_pb.TYPE_INT64,
+    "int32": config_pb.TYPE_INT32,
+}
+CLASSIFICATION = "classification"
+
+
+def v2_datatype(dtype: str) -> str:
+    return NUMPY_TO_V2.get(dtype, dtype.upper())
+
+
+def decode_input(request: pb.ModelInferRequest, spec: TensorSpec) -> np.ndarray:
+    """The image batch of a ModelInfer request, from raw_input_contents or typed contents."""
+    if len(request.inputs) != 1:
+        raise InvalidInput(f"inputs: expected 1 input ({spec.name!r}), received {len(request.inputs)}")
+    tensor = request.inputs[0]
+    if tensor.name != spec.name:
+        raise InvalidInput(f"inputs[0].name: expected {spec.name!r}, received {tensor.name!r}")
+    expected_type = v2_datatype(spec.dtype)
+    if tensor.datatype != expected_type:
+        raise InvalidInput(f"inputs[0].datatype: expected {expected_type}, received {tensor.datatype!r}")
+    shape = [int(d) for d in tensor.shape]
+    if not shape:
+        raise InvalidInput(f"inputs[0].shape: missing; expected {_shown(spec.shape)}")
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"inputs[0].shape: dimensions must be >= 0, received {shape}")
+    dtype = np.dtype(spec.dtype).newbyteorder("<")
+    elements = math.prod(shape)
+    if request.raw_input_contents:
+        if len(request.raw_input_contents) != 1:
+            raise InvalidInput(
+                "raw_input_contents: expected 1 entry (one per input), "
+                f"received {len(request.raw_input_contents)}"
+            )
+        raw = request.raw_input_contents[0]
+        if len(raw) != elements * dtype.itemsize:
+            raise InvalidInput(
+                f"raw_input_contents[0]: expected {elements * dtype.itemsize} bytes for "
+                f"{expected_type} {shape}, received {len(raw)}"
+            )
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    values = tensor.contents.uint_contents if spec.dtype == "uint8" else tensor.contents.fp32_contents
+    field = "uint_contents" if spec.dtype == "uint8" else "fp32_contents"
+    if len(values) != elements:
+        raise InvalidInput(
+            f"inputs[0].contents.{field}: expected {elements} values for {expected_type} "
+            f"{shape}, received {len(values)} (or send raw_input_contents)"
+        )
+    array = np.asarray(values)
+    if spec.dtype == "uint8" and array.size and int(array.max()) > 255:
+        raise InvalidInput(
+            f"inputs[0].contents.uint_contents: values must be 0..255 for UINT8, received {int(array.max())}"
+        )
+    return array.astype(dtype).reshape(shape)
+
+
+def _shown(shape: Sequence[int]) -> str:
+    return "[" + ", ".join("N" if d == -1 else str(d) for d in shape) + "]"
+
+
+def requested_outputs(
+    request: pb.ModelInferRequest, config: ModelConfig, classes: int
+) -> list[tuple[str, int]]:
+    """(output name, classification top-k or 0) per requested output; all outputs if none named."""
+    names = [t.name for t in config.outputs]
+    if not request.outputs:
+        return [(name, 0) for name in names]
+    wanted = []
+    for i, output in enumerate(request.outputs):
+        if output.name not in names:
+            raise InvalidInput(f"outputs[{i}].name: expected one of {names}, received {output.name!r}")
+        top_k = 0
+        if CLASSIFICATION in output.parameters:
+            parameter = output.parameters[CLASSIFICATION]
+            top_k = int(parameter.int64_param)
+            if parameter.WhichOneof("parameter_choice") != "int64_param" or not 1 <= top_k <= classes:
+                raise InvalidInput(
+                    f"outputs[{i}].parameters[{CLASSIFICATION!r}]: expected an int64 in 1..{classes}, "
+                    f"received {_parameter_value(parameter)!r}"
+                )
+        wanted.append((output.name, top_k))
+    return wanted
+
+
+def _parameter_value(parameter: pb.InferParameter) -> object:
+    choice = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, choice) if choice else None
+
+
+def classification_strings(values: np.ndarray, top_k: int, labels: Sequence[str]) -> np.ndarray:
+    """Triton's classification extension: "value:index:label" strings, best first, [N, top_k]."""
+    best = np.argsort(-values, axis=1, kind="stable")[:, :top_k]
+    rows = [
+        [_classification(float(row[i]), int(i), labels) for i in indices]
+        for row, indices in zip(values, best, strict=True)
+    ]
+    return np.array(rows, dtype=object)
+
+
+def _classification(value: float, index: int, labels: Sequence[str]) -> bytes:
+    text = f"{value:f}:{index}" + (f":{labels[index]}" if index < len(labels) else "")
+    return text.encode()
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    """Triton's raw BYTES layout: each element as a 4-byte little-endian length, then its bytes."""
+    return b"".join(struct.pack("<I", len(item)) + item for item in array.reshape(-1))
+
+
+def output_tensor(name: str, array: np.ndarray) -> tuple[pb.ModelInferResponse.InferOutputTensor, bytes]:
+    if array.dtype == object:
+        tensor = pb.ModelInferResponse.InferOutputTensor(name=name, datatype="BYTES", shape=list(array.shape))
+        return tensor, serialize_bytes(array)
+    little = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
+    tensor = pb.ModelInferResponse.InferOutputTensor(
+        name=name, datatype=v2_datatype(array.dtype.name), shape=list(array.shape)
+    )
+    return tensor, little.tobytes()
+
+
+def tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=spec.name, datatype=v2_datatype(spec.dtype), shape=list(spec.shape)
+    )

@@ -1,0 +1,264 @@
+"""`inference.GRPCInferenceService`: KServe V2 / Open Inference Protocol with Triton's extensions.
+
+Answers the way Triton does, so `tritonclient.grpc` and perf_analyzer work unchanged: shapes
+in metadata include the -1 batch dimension, ModelConfig `dims` exclude it, outputs come back
+as `raw_output_contents`, and the `classification` output parameter returns
+"value:index:label" strings. Server-side only (see v2_converters for why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from cnnserve import __version__
+from cnnserve.protos import grpc_service_pb2 as pb
+from cnnserve.protos import grpc_service_pb2_grpc
+from cnnserve.protos import model_config_pb2 as config_pb
+from cnnserve.serving import v2_converters as convert
+from cnnserve.serving.classifier_service import deadline_ns
+from cnnserve.serving.dataplane import DataPlane
+from cnnserve.serving.errors import ModelNotFound, ServingError, grpc_errors, status_of
+from cnnserve.serving.registry import READY, ServedVersion
+from cnnserve.serving.session import CUDA
+
+EXTENSIONS = ("classification", "model_configuration", "statistics", "model_repository")
+
+
+class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+        self._registry = dataplane.registry
+
+    @grpc_errors
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @grpc_errors
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._dataplane.ready)
+
+    @grpc_errors
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        try:
+            self._registry.get(request.name, request.version)
+        except ServingError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    @grpc_errors
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="cnnserve", version=__version__, extensions=EXTENSIONS)
+
+    @grpc_errors
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        model = self._registry.get(request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=[s.version for s in self._registry.versions_of(model.name) if s.state == READY],
+            platform=model.config.platform,
+            inputs=[convert.tensor_metadata(t) for t in model.config.inputs],
+            outputs=[convert.tensor_metadata(t) for t in model.config.outputs],
+        )
+
+    @grpc_errors
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        return await self._infer(request, context)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests on one stream run concurrently, so they can share batches; answers come as they finish."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        # Strong references: the event loop only keeps weak ones to running tasks.
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            try:
+                response = await self._infer(request, context)
+                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                _, details = status_of(error)
+                answers.put_nowait(
+                    pb.ModelStreamInferResponse(
+                        error_message=details,
+                        infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
+                    )
+                )
+
+        async def read() -> None:
+            async for request in request_iterator:
+                task = asyncio.create_task(answer(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await answers.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    @grpc_errors
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        model = self._registry.get(request.name, request.version)
+        return pb.ModelConfigResponse(config=_model_config(model))
+
+    @grpc_errors
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        if request.name:
+            if request.version:
+                versions = [self._registry.get(request.name, request.version)]
+            else:
+                if request.name not in self._registry.model_names():
+                    raise ModelNotFound(f"model {request.name!r} not found")
+                versions = self._registry.versions_of(request.name)
+        else:
+            versions = self._registry.versions()
+        return pb.ModelStatisticsResponse(model_stats=[_statistics(s) for s in versions if s.state == READY])
+
+    @grpc_errors
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        index = [
+            pb.RepositoryIndexResponse.ModelIndex(
+                name=s.name, version=s.version, state=s.state, reason=s.reason
+            )
+            for s in self._registry.versions()
+        ]
+        index += [
+            pb.RepositoryIndexResponse.ModelIndex(
+                name=f.name, version=f.version, state="UNAVAILABLE", reason=f.reason
+            )
+            for f in self._registry.failures()
+        ]
+        if request.ready:
+            index = [entry for entry in index if entry.state == READY]
+        return pb.RepositoryIndexResponse(models=index)
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        started_ns = time.monotonic_ns()
+        model = self._registry.get(request.model_name, request.model_version)
+        images = convert.decode_input(request, model.config.inputs[0])
+        wanted = convert.requested_outputs(request, model.config, self._dataplane.num_classes(model))
+        inference = await self._dataplane.infer(
+            model, images, started_ns, deadline_ns(context), field="inputs[0]"
+        )
+        response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+        for name, top_k in wanted:
+            array = inference.outputs[name]
+            if top_k:
+                array = convert.classification_strings(array, top_k, model.config.class_labels)
+            tensor, raw = convert.output_tensor(name, array)
+            response.outputs.append(tensor)
+            response.raw_output_contents.append(raw)
+        return response
+
+
+def _model_config(model: ServedVersion) -> config_pb.ModelConfig:
+    """Triton's view of a model: dims exclude the batch dimension because max_batch_size > 0."""
+    config = model.config
+    on_gpu = model.provider == CUDA
+    return config_pb.ModelConfig(
+        name=model.name,
+        platform=config.platform,
+        backend="onnxruntime",
+        max_batch_size=model.batching.max_batch_size,
+        version_policy=config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All()),
+        input=[
+            config_pb.ModelInput(
+                name=t.name,
+                data_type=convert.NUMPY_TO_CONFIG.get(t.dtype, config_pb.TYPE_INVALID),
+                format=config_pb.ModelInput.FORMAT_NHWC,
+                dims=list(t.shape[1:]),
+            )
+            for t in config.inputs
+        ],
+        output=[
+            config_pb.ModelOutput(
+                name=t.name,
+                data_type=convert.NUMPY_TO_CONFIG.get(t.dtype, config_pb.TYPE_INVALID),
+                dims=list(t.shape[1:]),
+            )
+            for t in config.outputs
+        ],
+        dynamic_batching=config_pb.ModelDynamicBatching(
+            max_queue_delay_microseconds=int(model.batching.max_queue_delay_s * 1e6),
+            default_queue_policy=config_pb.ModelQueuePolicy(max_queue_size=model.batching.max_queue_size),
+        ),
+        instance_group=[
+            config_pb.ModelInstanceGroup(
+                name=f"{model.name}_0",
+                kind=config_pb.ModelInstanceGroup.KIND_GPU
+                if on_gpu
+                else config_pb.ModelInstanceGroup.KIND_CPU,
+                count=1,
+                gpus=[0] if on_gpu else [],
+            )
+        ],
+        default_model_filename=config.model_file,
+        parameters={"execution_provider": config_pb.ModelParameter(string_value=model.provider)},
+    )
+
+
+def _statistics(model: ServedVersion) -> pb.ModelStatistics:
+    stats = model.stats.snapshot()
+
+    def duration(count: int, ns: int) -> pb.StatisticDuration:
+        return pb.StatisticDuration(count=count, ns=ns)
+
+    fail_count = sum(d.count for d in stats.fail.values())
+    fail_ns = sum(d.ns for d in stats.fail.values())
+    return pb.ModelStatistics(
+        name=model.name,
+        version=model.version,
+        last_inference=stats.last_inference_ms,
+        inference_count=stats.inference_count,
+        execution_count=stats.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=duration(stats.success.count, stats.success.ns),
+            fail=duration(fail_count, fail_ns),
+            queue=duration(stats.queue.count, stats.queue.ns),
+            compute_input=duration(stats.compute_input.count, stats.compute_input.ns),
+            compute_infer=duration(stats.compute_infer.count, stats.compute_infer.ns),
+            compute_output=duration(stats.compute_output.count, stats.compute_output.ns),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=size,
+                compute_input=duration(b.count, b.input_ns),
+                compute_infer=duration(b.count, b.infer_ns),
+                compute_output=duration(b.count, b.output_ns),
+            )
+            for size, b in sorted(stats.batch_stats.items())
+        ],
+    )

@@ -1,0 +1,212 @@
+"""The adaptive batcher on its own: real asyncio, a fake model that records every batch."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+
+import numpy as np
+import pytest
+
+from cnnserve.errors import CnnserveError
+from cnnserve.serving.batcher import Batcher, BatchRecord, plan_batch
+from cnnserve.serving.config import BatchingConfig
+from cnnserve.serving.errors import DeadlineExceeded, InferenceFailed, QueueFull, ShuttingDown
+
+
+class RecordingModel:
+    """Returns each image's first pixel as its 'logit', so every row says whose it is."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.batches: list[np.ndarray] = []
+        self.gate = gate  # when set, a batch blocks until the test opens the gate
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self.gate is not None:
+            self.gate.wait(timeout=10)
+        self.batches.append(batch.copy())
+        return {"logits": batch.reshape(len(batch), -1)[:, :1].astype(np.float32)}
+
+
+def images(*ids: int) -> np.ndarray:
+    batch = np.zeros((len(ids), 2, 2, 1), dtype=np.uint8)
+    batch[:, 0, 0, 0] = ids
+    return batch
+
+
+def config(max_batch_size: int = 4, delay_s: float = 0.05, queue: int = 100) -> BatchingConfig:
+    return BatchingConfig(max_batch_size=max_batch_size, max_queue_delay_s=delay_s, max_queue_size=queue)
+
+
+async def started(model: RecordingModel, cfg: BatchingConfig, on_batch=None) -> Batcher:
+    batcher = Batcher("test", model, cfg, on_batch=on_batch)
+    batcher.start()
+    return batcher
+
+
+def ids(result_logits: np.ndarray) -> list[int]:
+    return [int(x) for x in result_logits[:, 0]]
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(CnnserveError, match="max_batch_size must be >= 1, received 0"):
+        config(max_batch_size=0)
+    with pytest.raises(CnnserveError, match="max_queue_size must be >= 1"):
+        config(queue=0)
+    with pytest.raises(CnnserveError, match="max_queue_delay"):
+        config(delay_s=-1)
+
+
+def test_plan_batch_splits_and_keeps_the_rest_at_the_head() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        from cnnserve.serving.batcher import _Pending
+
+        big = _Pending(images(1, 2, 3, 4, 5, 6), loop.create_future(), 0, None)
+        small = _Pending(images(7), loop.create_future(), 1, None)
+        queue = deque([big, small])
+        slices, expired = plan_batch(queue, 4, now_ns=10)
+        assert [(p is big, a, b) for p, a, b in slices] == [(True, 0, 4)]
+        assert list(queue) == [big, small] and not expired
+        slices, _ = plan_batch(queue, 4, now_ns=10)
+        assert [(p is big, a, b) for p, a, b in slices] == [(True, 4, 6), (False, 0, 1)]
+        assert not queue
+
+        late = _Pending(images(8), loop.create_future(), 0, deadline_ns=5)
+        queue = deque([late])
+        slices, expired = plan_batch(queue, 4, now_ns=10)
+        assert slices == [] and expired == [late]
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_requests_share_a_batch_and_get_their_own_rows() -> None:
+    async def scenario() -> None:
+        model = RecordingModel()
+        records: list[BatchRecord] = []
+        batcher = await started(model, config(max_batch_size=8, delay_s=1.0), records.append)
+        results = await asyncio.gather(*(batcher.submit(images(i)) for i in range(8)))
+        await batcher.close()
+        assert [ids(r.outputs["logits"]) for r in results] == [[i] for i in range(8)]
+        assert [len(b) for b in model.batches] == [8]  # full batch: no waiting for the delay
+        assert all(r.batch_sizes == (8,) for r in results)
+        assert records[0].size == 8 and records[0].requests == 8
+
+    asyncio.run(scenario())
+
+
+def test_requests_of_different_sizes_share_batches_and_large_ones_split() -> None:
+    async def scenario() -> None:
+        model = RecordingModel()
+        batcher = await started(model, config(max_batch_size=4, delay_s=0.01))
+        a, b, c = await asyncio.gather(
+            batcher.submit(images(1, 2, 3)),
+            batcher.submit(images(10, 11, 12, 13, 14, 15, 16, 17, 18, 19)),
+            batcher.submit(images(20)),
+        )
+        await batcher.close()
+        assert ids(a.outputs["logits"]) == [1, 2, 3]
+        assert ids(b.outputs["logits"]) == list(range(10, 20))
+        assert ids(c.outputs["logits"]) == [20]
+        assert [ids(batch.reshape(len(batch), -1)) for batch in model.batches] == [
+            [1, 2, 3, 10],
+            [11, 12, 13, 14],
+            [15, 16, 17, 18],
+            [19, 20],
+        ]
+        assert b.batch_sizes == (4, 4, 4, 2)
+        assert all(len(batch) <= 4 for batch in model.batches)
+
+    asyncio.run(scenario())
+
+
+def test_a_lone_request_waits_at_most_the_queue_delay() -> None:
+    async def scenario() -> None:
+        model = RecordingModel()
+        batcher = await started(model, config(max_batch_size=64, delay_s=0.01))
+        result = await asyncio.wait_for(batcher.submit(images(5)), timeout=10)
+        await batcher.close()
+        assert ids(result.outputs["logits"]) == [5]
+        assert result.queue_ns > 0 and result.compute_infer_ns > 0
+
+    asyncio.run(scenario())
+
+
+def test_full_queue_refuses_at_once_and_a_cancelled_request_frees_its_slot() -> None:
+    async def scenario() -> None:
+        model = RecordingModel()
+        batcher = await started(model, config(max_batch_size=64, delay_s=30, queue=2))
+        first = asyncio.ensure_future(batcher.submit(images(1)))
+        second = asyncio.ensure_future(batcher.submit(images(2)))
+        await asyncio.sleep(0)
+        assert batcher.queued_requests == 2
+        with pytest.raises(QueueFull, match="queue is full \\(2 requests waiting\\)"):
+            await batcher.submit(images(3))
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert batcher.queued_requests == 1 and batcher.queued_images == 1
+        third = asyncio.ensure_future(batcher.submit(images(3)))
+        await asyncio.sleep(0)
+        assert batcher.queued_requests == 2
+        await batcher.close()  # drains: the queued ones run now
+        assert ids((await second).outputs["logits"]) == [2]
+        assert ids((await third).outputs["logits"]) == [3]
+        assert [ids(b.reshape(len(b), -1)) for b in model.batches] == [[2, 3]]  # 1 never computed
+
+    asyncio.run(scenario())
+
+
+def test_deadline_passing_in_the_queue_drops_the_request_before_compute() -> None:
+    async def scenario() -> None:
+        model = RecordingModel()
+        batcher = await started(model, config(max_batch_size=64, delay_s=30))
+        deadline = time.monotonic_ns() + 20_000_000
+        with pytest.raises(DeadlineExceeded, match="deadline exceeded after"):
+            await batcher.submit(images(1), deadline_ns=deadline)
+        assert batcher.queued_requests == 0
+        with pytest.raises(DeadlineExceeded, match="deadline passed before"):
+            await batcher.submit(images(2), deadline_ns=time.monotonic_ns() - 1)
+        await batcher.close()
+        assert model.batches == []
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_batch_fails_every_waiter() -> None:
+    def broken(batch: np.ndarray) -> dict[str, np.ndarray]:
+        raise RuntimeError("kaboom")
+
+    def wrong_rows(batch: np.ndarray) -> dict[str, np.ndarray]:
+        return {"logits": np.zeros((len(batch) + 1, 1), dtype=np.float32)}
+
+    async def scenario(run, message: str) -> None:
+        batcher = Batcher("bad", run, config(max_batch_size=4, delay_s=0.01))
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(images(i)) for i in range(3)), return_exceptions=True)
+        assert all(isinstance(r, InferenceFailed) and message in str(r) for r in results)
+        assert batcher.queued_requests == 0
+        await batcher.close()
+
+    asyncio.run(scenario(broken, "kaboom"))
+    asyncio.run(scenario(wrong_rows, "returned 'logits' with shape [4, 1] for a batch of 3 images"))
+
+
+def test_close_finishes_accepted_work_and_refuses_new_requests() -> None:
+    async def scenario() -> None:
+        gate = threading.Event()
+        model = RecordingModel(gate)
+        batcher = await started(model, config(max_batch_size=2, delay_s=30))
+        pending = [asyncio.ensure_future(batcher.submit(images(i))) for i in range(5)]
+        await asyncio.sleep(0)
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0)
+        with pytest.raises(ShuttingDown):
+            await batcher.submit(images(9))
+        gate.set()
+        await closing
+        assert [ids((await p).outputs["logits"]) for p in pending] == [[i] for i in range(5)]
+
+    asyncio.run(scenario())

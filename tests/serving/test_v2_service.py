@@ -1,0 +1,216 @@
+"""The KServe V2 service, driven by the official tritonclient.grpc against a real server.
+
+This process imports only tritonclient's copy of the `inference.*` messages (see
+protos/grpc_service.proto for why ours must stay in the server process).
+"""
+
+from __future__ import annotations
+
+import queue
+from concurrent.futures import ThreadPoolExecutor
+from urllib.request import urlopen
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as triton
+from conftest import ServerProcess
+from onnx_models import FASHION_LABELS, images
+from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.utils import InferenceServerException
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(server.target)
+
+
+def image_input(batch: np.ndarray, name: str = "images", datatype: str = "UINT8") -> triton.InferInput:
+    tensor = triton.InferInput(name, list(batch.shape), datatype)
+    tensor.set_data_from_numpy(batch)
+    return tensor
+
+
+def test_liveness_readiness_and_server_metadata(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("cnn") and client.is_model_ready("cnn", "1")
+    assert not client.is_model_ready("corrupt") and not client.is_model_ready("nope")
+    metadata = client.get_server_metadata(as_json=True)
+    assert metadata["name"] == "cnnserve" and "classification" in metadata["extensions"]
+
+
+def test_model_metadata_and_config_as_triton_reports_them(client: triton.InferenceServerClient) -> None:
+    metadata = client.get_model_metadata("cnn", as_json=True)
+    assert metadata["versions"] == ["1", "2"] and metadata["platform"] == "onnxruntime_onnx"
+    assert metadata["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": ["-1", "28", "28", "1"]}]
+    assert [o["name"] for o in metadata["outputs"]] == ["logits", "probabilities"]
+    config = client.get_model_config("batched", as_json=True)["config"]
+    assert config["max_batch_size"] == 8
+    assert config["input"][0]["dims"] == ["28", "28", "1"]  # without the batch dimension
+    assert config["input"][0]["data_type"] == "TYPE_UINT8"
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == "300000"
+    assert config["instance_group"][0]["kind"] in ("KIND_CPU", "KIND_GPU")
+    assert config["parameters"]["execution_provider"]["string_value"] in (
+        "CPUExecutionProvider",
+        "CUDAExecutionProvider",
+    )
+
+
+def test_model_infer_with_raw_tensors(server: ServerProcess, client: triton.InferenceServerClient) -> None:
+    batch = images(4)
+    result = client.infer("cnn", [image_input(batch)], model_version="1", request_id="req-7")
+    session = ort.InferenceSession(
+        str(server.repository / "cnn/1/model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    logits, probabilities = session.run(None, {"images": batch})
+    np.testing.assert_allclose(result.as_numpy("logits"), logits, rtol=1e-5)
+    np.testing.assert_allclose(result.as_numpy("probabilities"), probabilities, rtol=1e-5)
+    response = result.get_response()
+    assert response.id == "req-7" and response.model_version == "1"
+
+
+def test_requested_output_and_classification_extension(client: triton.InferenceServerClient) -> None:
+    batch = images(2)
+    outputs = [triton.InferRequestedOutput("logits", class_count=3)]
+    result = client.infer("identity", [image_input(batch)], outputs=outputs)
+    strings = result.as_numpy("logits")
+    assert strings.shape == (2, 3)
+    pixels = batch.reshape(2, -1)[:, :10]
+    for row, entries in zip(pixels, strings, strict=True):
+        best = np.argsort(-row.astype(float), kind="stable")[:3]
+        decoded = [entry.decode().split(":") for entry in entries]
+        assert [int(index) for _, index, _ in decoded] == list(best)
+        assert [label for _, _, label in decoded] == [FASHION_LABELS[i] for i in best]
+        assert [float(value) for value, _, _ in decoded] == [float(row[i]) for i in best]
+    assert result.as_numpy("probabilities") is None  # only what was requested
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "status", "message"),
+    [
+        ("nope", lambda: [image_input(images(1))], "StatusCode.NOT_FOUND", "model 'nope' not found"),
+        (
+            "cnn",
+            lambda: [image_input(images(1).astype(np.float32), datatype="FP32")],
+            "StatusCode.INVALID_ARGUMENT",
+            "inputs[0].datatype: expected UINT8, received 'FP32'",
+        ),
+        (
+            "cnn",
+            lambda: [image_input(images(1), name="pixels")],
+            "StatusCode.INVALID_ARGUMENT",
+            "inputs[0].name: expected 'images', received 'pixels'",
+        ),
+        (
+            "cnn",
+            lambda: [image_input(np.zeros((1, 32, 32, 1), np.uint8))],
+            "StatusCode.INVALID_ARGUMENT",
+            "inputs[0].shape: expected [N, 28, 28, 1] for model 'cnn', received [1, 32, 32, 1]",
+        ),
+    ],
+    ids=["unknown-model", "dtype", "input-name", "image-size"],
+)
+def test_infer_errors_reach_tritonclient(
+    client: triton.InferenceServerClient, model: str, inputs, status: str, message: str
+) -> None:
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer(model, inputs())
+    assert caught.value.status() == status
+    assert message in caught.value.message()
+
+
+def test_classification_count_out_of_range(client: triton.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer(
+            "cnn", [image_input(images(1))], outputs=[triton.InferRequestedOutput("logits", class_count=11)]
+        )
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert (
+        "outputs[0].parameters['classification']: expected an int64 in 1..10, received 11"
+        in caught.value.message()
+    )
+
+
+def test_streaming_infer(client: triton.InferenceServerClient) -> None:
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for i in range(4):
+            client.async_stream_infer("identity", [image_input(images(1, seed=i))], request_id=str(i))
+        client.async_stream_infer("nope", [image_input(images(1))], request_id="bad")
+        received = [answers.get(timeout=30) for _ in range(5)]
+    finally:
+        client.stop_stream()
+    good = {r.get_response().id: r.as_numpy("logits") for r, e in received if e is None}
+    assert sorted(good) == ["0", "1", "2", "3"]
+    for i in range(4):
+        expected = images(1, seed=i).reshape(1, -1)[:, :10].astype(np.float32)
+        np.testing.assert_array_equal(good[str(i)], expected)
+    errors = [e for _, e in received if e is not None]
+    assert len(errors) == 1 and "model 'nope' not found" in errors[0].message()
+
+
+def test_repository_index_reports_failed_models(client: triton.InferenceServerClient) -> None:
+    index = client.get_model_repository_index(as_json=True)["models"]
+    states = {(m["name"], m.get("version", "")): m.get("state", "") for m in index}
+    assert states[("cnn", "2")] == "READY"
+    assert states[("corrupt", "1")] == "UNAVAILABLE"
+
+
+def scrape(server: ServerProcess) -> dict[tuple[str, frozenset], float]:
+    """{(sample name, labels): value} from the server's /metrics."""
+    with urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_concurrent_single_image_requests_are_batched_and_unchanged(server: ServerProcess) -> None:
+    """8 concurrent one-image requests on a model with max_batch_size 8 ride in shared batches."""
+    batch = images(8, seed=3)
+    expected = batch.reshape(8, -1)[:, :10].astype(np.float32)
+
+    def one(i: int) -> np.ndarray:
+        own = triton.InferenceServerClient(server.target)
+        return own.infer("batched", [image_input(batch[i : i + 1])]).as_numpy("logits")
+
+    before = triton.InferenceServerClient(server.target).get_inference_statistics("batched", as_json=True)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(one, range(8)))
+    np.testing.assert_array_equal(np.concatenate(results), expected)
+
+    stats = triton.InferenceServerClient(server.target).get_inference_statistics("batched", as_json=True)
+    model_stats = stats["model_stats"][0]
+    executed = int(model_stats["execution_count"]) - int(before["model_stats"][0].get("execution_count", 0))
+    inferences = int(model_stats["inference_count"]) - int(before["model_stats"][0].get("inference_count", 0))
+    assert inferences == 8
+    assert executed < 8, "no two requests shared a batch"
+    assert max(int(b["batch_size"]) for b in model_stats["batch_stats"]) > 1
+    assert int(model_stats["inference_stats"]["success"]["count"]) >= 8
+    assert int(model_stats["inference_stats"]["queue"]["ns"]) > 0
+
+    metrics = scrape(server)
+
+    def metric(name: str, **extra: str) -> float:
+        return metrics[(name, frozenset({"model": "batched", "version": "1", **extra}.items()))]
+
+    assert metric("nv_inference_count_total") == int(model_stats["inference_count"])
+    assert metric("nv_inference_exec_count_total") == int(model_stats["execution_count"])
+    assert metric("nv_inference_request_success_total") == int(
+        model_stats["inference_stats"]["success"]["count"]
+    )
+    assert metric("nv_inference_request_failure_total", reason="REJECTED") == 0
+    assert metric("cnnserve_batch_size_bucket", le="1") < metric("cnnserve_batch_size_bucket", le="+Inf")
+    assert metric("cnnserve_batch_size_count") == int(model_stats["execution_count"])
+    assert metric("cnnserve_batch_size_sum") == int(model_stats["inference_count"])
+    assert metric("nv_inference_pending_request_count") == 0
+    assert metric("nv_inference_queue_duration_us_total") > 0
+    assert metric("nv_inference_compute_infer_duration_us_total") > 0
+    assert metric("cnnserve_batch_compute_duration_us_count") == int(model_stats["execution_count"])
+    info = [dict(labels) for name, labels in metrics if name == "cnnserve_model_info"]
+    batched = next(labels for labels in info if labels["model"] == "batched")
+    assert batched["execution_provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    assert batched["state"] == "READY"
