@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 DEMO_DIR := runs/demo
+DEMO_REPO := models
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: setup data demo test lint clean
@@ -27,9 +28,26 @@ data:
 	  fi; \
 	fi
 
+# The whole product on the real Fashion-MNIST: train (and fold) → export → serve → classify → bench.
 demo: setup
 	$(BIN)/cnnserve models
 	$(BIN)/cnnserve train --model mnist_cnn --dataset fashion_mnist --epochs 2 --out $(DEMO_DIR) --overwrite
+	$(BIN)/cnnserve export $(DEMO_DIR) --format onnx --repository $(DEMO_REPO) --version 1 --overwrite
+	$(BIN)/cnnserve export $(DEMO_DIR) --format tflite --quantize int8 --repository $(DEMO_REPO) --version 1 --overwrite
+	$(BIN)/python -m cnnserve.training.samples --dataset fashion_mnist --count 6 --out $(DEMO_DIR)/samples
+	$(BIN)/cnnserve bench noop-model --repository $(DEMO_REPO) --name noop --shape 28,28,1 --overwrite
+	rm -f $(DEMO_DIR)/server.json
+	$(BIN)/cnnserve serve --repository $(DEMO_REPO) --models mnist_cnn,noop --port 0 --metrics-port 0 \
+	    --ready-file $(DEMO_DIR)/server.json & server=$$!; \
+	trap 'kill -TERM $$server 2>/dev/null; wait $$server' EXIT; \
+	while [ ! -f $(DEMO_DIR)/server.json ]; do kill -0 $$server || exit 1; sleep 0.2; done; \
+	port=$$($(BIN)/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["grpc_port"])' $(DEMO_DIR)/server.json); \
+	$(BIN)/cnnserve classify --target localhost:$$port --model mnist_cnn --top-k 3 $(DEMO_DIR)/samples/*.png && \
+	$(BIN)/cnnserve bench server --target localhost:$$port --model mnist_cnn --protocol v2 \
+	    --concurrency 1,8,32 --duration 3 --warmup 1 && \
+	kill -TERM $$server && wait $$server && trap - EXIT && echo "server drained and exited cleanly"
+	$(BIN)/cnnserve bench local --repository $(DEMO_REPO) --model mnist_cnn --backends onnxruntime,tflite \
+	    --batch-sizes 1,64 --min-time-s 1 --plot $(DEMO_DIR)/bench_local.png
 
 test: setup
 	$(BIN)/pytest -q

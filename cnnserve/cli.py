@@ -20,6 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cnnserve.bench import cli as bench_cli
+    from cnnserve.export import cli as export_cli
     from cnnserve.serving import cli as serving_cli
     from cnnserve.training import cli as training_cli
 
@@ -31,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     training_cli.register(commands)
+    export_cli.register(commands)
     serving_cli.register(commands)
+    bench_cli.register(commands)
     return parser
 
 

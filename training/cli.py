@@ -41,6 +41,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="after training, recompute BatchNorm statistics over this many batches of 256 "
         "training images (0: keep the moving averages, as the sources did)",
     )
+    train.add_argument(
+        "--no-fold", action="store_true", help="skip writing RUN/inference.savedmodel (see 'cnnserve fold')"
+    )
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     train.add_argument("--no-progress", action="store_true", help="per-epoch lines only")
     train.set_defaults(handler=run_train)
@@ -103,6 +106,7 @@ def run_train(args: argparse.Namespace) -> int:
         val_size=args.val_size,
         synthetic_size=args.synthetic_size,
         precise_bn_batches=args.precise_bn_batches,
+        fold=not args.no_fold,
         overwrite=args.overwrite,
         show_progress=not args.no_progress,
     )

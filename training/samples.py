@@ -1,6 +1,6 @@
 """Write a few real test images as PNG files, for `cnnserve classify` and the demo.
 
-    python -m cnnserve.training.samples --dataset fashion_mnist --count 6 --out runs/demo/samples
+python -m cnnserve.training.samples --dataset fashion_mnist --count 6 --out runs/demo/samples
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from cnnserve import __version__
 from cnnserve.errors import CnnserveError
 from cnnserve.training import report
 from cnnserve.training.data import Dataset, load_dataset
+from cnnserve.training.fold import fold_run
 from cnnserve.training.layers import MeanImageSubtraction
 from cnnserve.training.models import ModelSpec, count_params, get_spec
 from cnnserve.training.pipeline import evaluation_pipeline, training_pipeline
@@ -49,6 +50,8 @@ class TrainConfig:
     synthetic_size: int = 4096
     # Batches of 256 training images over which BN statistics are recomputed after training.
     precise_bn_batches: int = 20
+    # Fold BatchNorm into RUN/inference.savedmodel at the end, as `cnnserve fold RUN` would.
+    fold: bool = True
     overwrite: bool = False
     show_progress: bool = True
 
@@ -258,4 +261,6 @@ def train(config: TrainConfig) -> Path:
         },
     ).save(out)
     logger.finish(test_eval.accuracy, test_eval.loss, train_eval.accuracy, training_time_s, out)
+    if config.fold:
+        fold_run(out, data_dir=config.data_dir, print_table=True)
     return out

@@ -20,6 +20,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _train(tmp_path: Path, model: str, **overrides) -> Path:
+    overrides.setdefault("fold", False)  # folding is tested once, on the shared inception run
     config = TrainConfig(model=model, out=tmp_path / model, dataset="synthetic", show_progress=False,
                          **overrides)  # fmt: skip
     return train(config)
@@ -29,7 +30,7 @@ def _train(tmp_path: Path, model: str, **overrides) -> Path:
 def inception_run(tmp_path_factory) -> Path:
     """inception_bn on the learnable synthetic task: enough steps for BN statistics to settle."""
     return _train(tmp_path_factory.mktemp("runs"), "inception_bn", steps=60, batch_size=64,
-                  synthetic_size=2048)  # fmt: skip
+                  synthetic_size=2048, fold=True)  # fmt: skip
 
 
 def test_run_directory_has_everything(inception_run: Path):
@@ -37,6 +38,11 @@ def test_run_directory_has_everything(inception_run: Path):
         assert (inception_run / name).is_file(), name
     for name in ("history.png", "confusion_matrix.png", "errors.png", "filters.png", "feature_maps.png"):
         assert (inception_run / name).read_bytes()[:8] == PNG_MAGIC, name
+    # `cnnserve train` ends by folding: every one of the 21 BatchNorms went into its conv.
+    assert (inception_run / "inference.savedmodel" / "saved_model.pb").is_file()
+    fold = json.loads((inception_run / "export_report.json").read_text())["fold"]
+    assert len(fold["batchnorm"]) == 21 and all(f["kind"] == "backward" for f in fold["batchnorm"])
+    assert fold["parity"]["top1_agreement"] == 1.0
     info = load_run_info(inception_run)
     assert info.model == "inception_bn" and info.steps == 60 and info.batch_size == 64
     metrics = json.loads((inception_run / "metrics.json").read_text())

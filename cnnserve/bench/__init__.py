@@ -1,0 +1,1 @@
+"""`cnnserve bench`: in-process and through-the-server latency benchmarks."""

@@ -1,0 +1,306 @@
+"""`cnnserve bench local`, `cnnserve bench server` and `cnnserve bench noop-model`.
+
+Lists (`--batch-sizes 1,8,64`) are parsed in the handlers, not by argparse, so a bad value is
+the CLI's one-line error (exit 2) rather than argparse's usage dump. Heavy imports (TensorFlow,
+ONNX Runtime, grpc, matplotlib) happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from cnnserve.errors import CnnserveError
+
+DEFAULT_BATCH_SIZES = "1,8,64,256"
+DEFAULT_CONCURRENCY = "1,4,16,64"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="measure latency and throughput, in-process or through a running server",
+        description="Benchmarks whose every figure says what ran it: backend, device, threads, versions.",
+    )
+    stages = bench.add_subparsers(dest="bench_command", metavar="{local,server,noop-model}", required=True)
+    _register_local(stages)
+    _register_server(stages)
+    _register_noop(stages)
+
+
+def positive_ints(text: str, flag: str, unique: bool = True) -> tuple[int, ...]:
+    """'1,8,64' → (1, 8, 64); anything else is a one-line error naming the flag and the value."""
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise CnnserveError(f"{flag} takes comma-separated positive integers, received {text!r}") from None
+    if not values or min(values) < 1:
+        raise CnnserveError(f"{flag} takes comma-separated positive integers, received {text!r}")
+    return tuple(dict.fromkeys(values)) if unique else values
+
+
+def _outputs(parser: argparse.ArgumentParser, csv_help: str) -> None:
+    parser.add_argument("--json", type=Path, help="write every measured point as a list of JSON records")
+    parser.add_argument("--csv", type=Path, help=csv_help)
+    parser.add_argument("--plot", type=Path, help="write a PNG plot")
+
+
+# --------------------------------------------------------------------------- local
+
+
+def _register_local(stages: argparse._SubParsersAction) -> None:
+    from cnnserve.bench.backends import DEFAULT_BACKENDS, FAMILIES, VARIANTS
+    from cnnserve.bench.options import DEVICES, EXECUTION_MODES, GRAPH_OPTIMIZATIONS
+
+    local = stages.add_parser(
+        "local",
+        help="in-process latency per backend and batch size, beside the tutorials' figures",
+        description=(
+            "Warm-up, then timed runs until --min-time-s and --min-runs are both reached; p50/p90/p99 "
+            "latency per batch, images/s, GFLOP/s and % of this machine's float32 matmul peak "
+            "(measured in the same run with the same thread count)."
+        ),
+    )
+    source = local.add_mutually_exclusive_group()
+    source.add_argument(
+        "--repository", type=Path, default=Path("models"), help="model repository (default: models)"
+    )
+    source.add_argument(
+        "--synthetic", action="store_true", help="build zoo models with random weights instead"
+    )
+    local.add_argument("--model", required=True, help="model name(s), comma-separated, or 'all' (the zoo)")
+    local.add_argument(
+        "--backends", default=DEFAULT_BACKENDS,
+        help=f"comma-separated: {', '.join(FAMILIES)} or variants {', '.join(VARIANTS)} "
+        f"(default: {DEFAULT_BACKENDS})",
+    )  # fmt: skip
+    local.add_argument("--device", default="auto", help=f"{' | '.join(DEVICES)} (default: auto)")
+    local.add_argument("--batch-sizes", default=DEFAULT_BATCH_SIZES, help=f"default: {DEFAULT_BATCH_SIZES}")
+    local.add_argument(
+        "--intra-op-threads", type=int, default=0, help="per backend and the matmul peak; 0 = one per core"
+    )
+    local.add_argument(
+        "--inter-op-threads", type=int, default=1, help="ONNX Runtime / TensorFlow (default: 1)"
+    )
+    local.add_argument(
+        "--graph-optimization", default="all", help=f"ONNX Runtime: {' | '.join(GRAPH_OPTIMIZATIONS)}"
+    )
+    local.add_argument(
+        "--execution-mode", default="sequential", help=f"ONNX Runtime: {' | '.join(EXECUTION_MODES)}"
+    )
+    local.add_argument(
+        "--no-spinning",
+        action="store_true",
+        help="ONNX Runtime: idle worker threads sleep instead of spinning",
+    )
+    local.add_argument("--warmup-runs", type=int, default=5, help="untimed runs first (default: 5)")
+    local.add_argument("--min-runs", type=int, default=20, help="timed runs at least (default: 20)")
+    local.add_argument("--min-time-s", type=float, default=2.0, help="timed seconds at least (default: 2)")
+    local.add_argument("--max-time-s", type=float, default=60.0, help="cap per point (default: 60)")
+    local.add_argument("--peak-size", type=int, default=2048, help="matmul size for the peak (default: 2048)")
+    _outputs(local, "write the records as CSV")
+    local.set_defaults(handler=run_local_command)
+
+
+def _models(text: str, synthetic: bool, repository: Path) -> tuple[str, ...]:
+    from cnnserve.training.models import ZOO
+
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if names != ("all",):
+        return names
+    if synthetic:
+        return tuple(ZOO)
+    present = tuple(name for name in ZOO if (repository / name).is_dir())
+    if not present:
+        raise CnnserveError(f"--model all: no zoo model in repository {repository}")
+    return present
+
+
+def run_local_command(args: argparse.Namespace) -> int:
+    from cnnserve.bench.backends import expand_backends
+    from cnnserve.bench.options import RuntimeOptions
+    from cnnserve.bench.tf_backends import configure_threads
+    from cnnserve.bench.timing import RepeatPolicy
+
+    options = RuntimeOptions(
+        device=args.device,
+        intra_op_threads=args.intra_op_threads,
+        inter_op_threads=args.inter_op_threads,
+        graph_optimization=args.graph_optimization,
+        execution_mode=args.execution_mode,
+        allow_spinning=not args.no_spinning,
+    )
+    policy = RepeatPolicy(args.warmup_runs, args.min_runs, args.min_time_s, max_time_s=args.max_time_s)
+    batch_sizes = positive_ints(args.batch_sizes, "--batch-sizes")
+    variants = expand_backends(args.backends)
+    configure_threads(options)  # before anything imports TensorFlow
+    from cnnserve.quiet_tf import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from cnnserve.bench.local import LocalPlan, run_local
+
+    if args.synthetic:
+        from cnnserve.training.models import get_spec
+
+        models = _models(args.model, True, args.repository)
+        for name in models:
+            get_spec(name)  # unknown names fail here, before any measuring
+    else:
+        models = _models(args.model, False, args.repository)
+    plan = LocalPlan(
+        models, variants, batch_sizes, None if args.synthetic else args.repository, options, policy,
+        peak_size=args.peak_size,
+    )  # fmt: skip
+    from rich.console import Console
+
+    from cnnserve.bench import report
+
+    console = report.console()
+    with report.RichProgress(Console(stderr=True)) as progress:
+        result = run_local(plan, progress)
+    console.print(report.local_table(result.records))
+    reference = report.reference_table(result.records)
+    if reference is not None:
+        console.print(reference)
+    console.print("% peak: of the float32 matmul peak; int8 runs can exceed 100 %.", style="dim")
+    for skipped in result.skipped:
+        console.print(f"skipped {skipped.model}/{skipped.backend}: {skipped.reason}", style="yellow")
+    assert result.peak is not None and result.system is not None
+    console.print(
+        f"matmul peak {result.peak.gflops:.1f} GFLOP/s (float32 {result.peak.size}², best of "
+        f"{result.peak.repeats}, {result.peak.threads} threads) on {result.system.cpu_model}, "
+        f"{result.system.usable_cores} usable of {result.system.logical_cores} cores"
+    )
+    _write_outputs(args, result.records, csv_writer=report.write_local_csv, plotter="local")
+    return 0
+
+
+def _write_outputs(args: argparse.Namespace, records: list, csv_writer, plotter: str) -> None:
+    from cnnserve.bench import report
+
+    if args.json:
+        report.write_json(records, args.json)
+    if args.csv:
+        csv_writer(records, args.csv)
+    if args.plot:
+        from cnnserve.bench import plots
+
+        (plots.plot_local if plotter == "local" else plots.plot_server)(records, args.plot)
+
+
+# --------------------------------------------------------------------------- server
+
+
+def _register_server(stages: argparse._SubParsersAction) -> None:
+    server = stages.add_parser(
+        "server",
+        help="closed-loop load against a running server: throughput, latency, server-side split",
+        description=(
+            "Sweeps concurrency against --target only, for a fixed time: (warm-up + duration) per level "
+            "per model. The no-op model (see 'bench noop-model') is measured the same way."
+        ),
+    )
+    server.add_argument("--target", default="localhost:8500", help="HOST:PORT (default: localhost:8500)")
+    server.add_argument("--model", required=True, help="model name on the server")
+    server.add_argument(
+        "--protocol", default="cnnserve", help="cnnserve (Classifier/Predict) | v2 (ModelInfer)"
+    )
+    server.add_argument("--concurrency", default=DEFAULT_CONCURRENCY, help=f"default: {DEFAULT_CONCURRENCY}")
+    server.add_argument("--images-per-request", type=int, default=1, help="default: 1")
+    server.add_argument(
+        "--duration", type=float, default=10.0, help="measured seconds per level (default: 10)"
+    )
+    server.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per level (default: 2)")
+    server.add_argument(
+        "--noop-model", default="noop", help="no-op model on the server, '' to skip (default: noop)"
+    )
+    server.add_argument(
+        "--client-processes", type=int, default=1, help="spread the callers over N processes (default: 1)"
+    )
+    server.add_argument("--connect-timeout-s", type=float, default=5.0, help="default: 5")
+    server.add_argument("--timeout-s", type=float, default=30.0, help="per-request deadline (default: 30)")
+    _outputs(server, "write perf_analyzer-style CSV (µs; our columns after perf_analyzer's)")
+    server.set_defaults(handler=run_server_command)
+
+
+def _flops_for(model: str) -> int | None:
+    """The zoo's FLOPs per image when the served model is named after a zoo model.
+
+    The zoo lives beside Keras, so this imports TensorFlow (quietly, once, before any load)."""
+    from cnnserve.quiet_tf import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from cnnserve.training.models import ZOO
+
+    if model not in ZOO:
+        return None
+    from cnnserve.bench.artifacts import flops_per_image
+
+    return flops_per_image(model)
+
+
+def run_server_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from cnnserve.bench import report
+    from cnnserve.bench.server_bench import ServerPlan, run_server_bench
+    from cnnserve.bench.system import collect, usable_cores
+
+    plan = ServerPlan(
+        target=args.target, model=args.model, protocol=args.protocol,
+        concurrency=positive_ints(args.concurrency, "--concurrency"),
+        images_per_request=args.images_per_request, duration_s=args.duration, warmup_s=args.warmup,
+        noop_model=args.noop_model or None, client_processes=args.client_processes,
+        connect_timeout_s=args.connect_timeout_s, request_timeout_s=args.timeout_s,
+    )  # fmt: skip
+    if plan.noop_model == plan.model:
+        raise CnnserveError(f"--noop-model must differ from --model, both are {plan.model!r}")
+    from dataclasses import asdict
+
+    system = asdict(collect())
+    flops = _flops_for(plan.model)
+    peak_gflops = None
+    if flops is not None and plan.is_loopback:
+        from cnnserve.bench.peak import measure_peak
+
+        peak = measure_peak(usable_cores())
+        peak_gflops = peak.gflops
+        system["matmul_peak"] = asdict(peak)
+    console = report.console()
+    with report.RichProgress(Console(stderr=True)) as progress:
+        records = asyncio.run(run_server_bench(plan, lambda model: flops, peak_gflops, system, progress))
+    console.print(report.server_table(records))
+    for line in report.noop_overhead_lines(records):
+        console.print(line)
+    _write_outputs(args, records, csv_writer=report.write_csv, plotter="server")
+    return 0
+
+
+# --------------------------------------------------------------------------- noop-model
+
+
+def _register_noop(stages: argparse._SubParsersAction) -> None:
+    noop = stages.add_parser(
+        "noop-model",
+        help="write a no-op ONNX model into a repository, to measure the server's own overhead",
+    )
+    noop.add_argument("--repository", type=Path, default=Path("models"), help="default: models")
+    noop.add_argument("--name", default="noop", help="default: noop")
+    noop.add_argument("--shape", default="28,28,1", help="image H,W,C (default: 28,28,1, as mnist_cnn)")
+    noop.add_argument("--max-batch-size", type=int, default=64, help="default: 64")
+    noop.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="default: 2")
+    noop.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
+    noop.set_defaults(handler=run_noop_command)
+
+
+def run_noop_command(args: argparse.Namespace) -> int:
+    from cnnserve.bench.noop_model import write_noop
+
+    shape = positive_ints(args.shape, "--shape", unique=False)
+    if len(shape) != 3:
+        raise CnnserveError(f"--shape takes H,W,C, received {args.shape!r}")
+    path = write_noop(args.repository, shape, args.name, args.max_batch_size, args.max_queue_delay_ms,
+                      args.overwrite)  # type: ignore[arg-type]  # fmt: skip
+    print(f"wrote {path}")
+    return 0

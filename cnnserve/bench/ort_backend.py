@@ -1,0 +1,84 @@
+"""ONNX Runtime: the backend the server uses, with its session options exposed as flags."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from cnnserve.bench.backends import BackendUnavailable
+from cnnserve.bench.options import RuntimeOptions
+
+_LOGGER = logging.getLogger(__name__)
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+# ONNX Runtime logs an ERROR when the CUDA provider fails to load; with --device auto that is
+# expected on CPU machines, and the fallback is reported by us from session.get_providers().
+_FATAL_ONLY = 4
+_WARNING = 2
+
+
+def session_options(options: RuntimeOptions):
+    import onnxruntime as ort
+
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    modes = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
+    session = ort.SessionOptions()
+    session.intra_op_num_threads = options.threads
+    session.inter_op_num_threads = options.inter_op_threads
+    session.graph_optimization_level = levels[options.graph_optimization]
+    session.execution_mode = modes[options.execution_mode]
+    session.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if options.allow_spinning else "0"
+    )
+    return session
+
+
+class OrtBackend:
+    variant = "onnxruntime"
+
+    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+        import onnxruntime as ort
+
+        self.options = options
+        wants_cuda = options.device in ("auto", "cuda") and CUDA in ort.get_available_providers()
+        providers = [CUDA, CPU] if wants_cuda else [CPU]
+        if options.device == "auto":
+            ort.set_default_logger_severity(_FATAL_ONLY)
+        try:
+            self.session = ort.InferenceSession(str(path), session_options(options), providers=providers)
+        finally:
+            ort.set_default_logger_severity(_WARNING)
+        # get_available_providers() lists CUDA whenever the GPU build is installed; only the
+        # session knows whether it could really load it.
+        self.engine = self.session.get_providers()[0]
+        self.device = "cuda" if self.engine == CUDA else "cpu"
+        if options.device == "cuda" and self.device != "cuda":
+            raise BackendUnavailable(
+                f"--device cuda: ONNX Runtime ran on {self.engine} (no usable CUDA); use --device cpu or auto"
+            )
+        if wants_cuda and self.device != "cuda":
+            _LOGGER.info("ONNX Runtime could not use CUDA here; measuring %s", self.engine)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def prepare(self, batch_size: int) -> None:
+        return None  # ONNX Runtime sizes its buffers per call
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(["logits"], {self.input_name: images})[0]
+
+    def settings(self) -> dict[str, object]:
+        return {
+            "intra_op_threads": self.options.threads,
+            "inter_op_threads": self.options.inter_op_threads,
+            "graph_optimization": self.options.graph_optimization,
+            "execution_mode": self.options.execution_mode,
+            "allow_spinning": self.options.allow_spinning,
+            "providers": self.session.get_providers(),
+        }

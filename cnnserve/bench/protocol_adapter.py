@@ -1,0 +1,126 @@
+"""The benchmark's only door into `protos/` (issue 4's generated gRPC stubs).
+
+Two request paths to the same server: our `cnnserve.v1.Classifier/Predict` and KServe V2
+`inference.GRPCInferenceService/ModelInfer` (raw_input_contents, the fast path). Requests are
+built once per load level and reused: the client should cost as little CPU as possible, since
+on a small machine it shares the cores with the server it measures. Model metadata and
+statistics always come from the V2 service, which both protocols' models share.
+
+V2 messages come from tritonclient's generated modules, not ours: both register the same
+`inference.*` names in protobuf's default pool, so a client process may hold only one copy, and
+the client side of this project (tests included) uses Triton's, as any V2 client would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as grpc_service_pb2
+from tritonclient.grpc import service_pb2_grpc as grpc_service_pb2_grpc
+
+from cnnserve.protos import classifier_pb2, classifier_pb2_grpc
+
+PROTOCOLS = ("cnnserve", "v2")
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    input_shape: tuple[int, ...]  # without the batch dimension
+    platform: str
+    execution_provider: str  # "" when the server does not say
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    """Cumulative ModelStatistics of one model, summed over its versions."""
+
+    requests: int  # successful requests
+    inferences: int  # images
+    executions: int  # model runs (batches)
+    success_ns: int
+    queue_ns: int
+    compute_input_ns: int
+    compute_infer_ns: int
+    compute_output_ns: int
+
+    def __sub__(self, earlier: StatsSnapshot) -> StatsSnapshot:
+        return StatsSnapshot(*(a - b for a, b in zip(self.values(), earlier.values(), strict=True)))
+
+    def values(self) -> tuple[int, ...]:
+        return (
+            self.requests, self.inferences, self.executions, self.success_ns, self.queue_ns,
+            self.compute_input_ns, self.compute_infer_ns, self.compute_output_ns,
+        )  # fmt: skip
+
+
+def channel_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+
+
+def open_channel(target: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=channel_options())
+
+
+async def model_info(channel: grpc.aio.Channel, model: str, timeout_s: float) -> ModelInfo:
+    """Raises grpc.aio.AioRpcError (NOT_FOUND for an unknown model)."""
+    v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    metadata = await v2.ModelMetadata(grpc_service_pb2.ModelMetadataRequest(name=model), timeout=timeout_s)
+    provider = ""
+    try:
+        ours = classifier_pb2_grpc.ClassifierStub(channel)
+        answer = await ours.GetModelMetadata(
+            classifier_pb2.GetModelMetadataRequest(model_name=model), timeout=timeout_s
+        )
+        provider = answer.execution_provider
+    except grpc.aio.AioRpcError:
+        pass  # a plain V2 server (Triton): no provider to report
+    shape = tuple(int(d) for d in metadata.inputs[0].shape[1:])
+    return ModelInfo(metadata.name, shape, metadata.platform, provider)
+
+
+async def statistics(channel: grpc.aio.Channel, model: str, timeout_s: float) -> StatsSnapshot:
+    v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    response = await v2.ModelStatistics(
+        grpc_service_pb2.ModelStatisticsRequest(name=model), timeout=timeout_s
+    )
+    totals = [0] * 8
+    for entry in response.model_stats:
+        stats = entry.inference_stats
+        values = (
+            stats.success.count, entry.inference_count, entry.execution_count, stats.success.ns,
+            stats.queue.ns, stats.compute_input.ns, stats.compute_infer.ns, stats.compute_output.ns,
+        )  # fmt: skip
+        totals = [t + v for t, v in zip(totals, values, strict=True)]
+    return StatsSnapshot(*totals)
+
+
+def infer_call(
+    channel: grpc.aio.Channel, protocol: str, model: str, images: np.ndarray, timeout_s: float
+) -> Callable[[], Awaitable[object]]:
+    """A zero-argument coroutine function sending one prebuilt request of `images`."""
+    if protocol == "cnnserve":
+        stub = classifier_pb2_grpc.ClassifierStub(channel)
+        request = classifier_pb2.PredictRequest(
+            model_name=model,
+            images=classifier_pb2.Tensor(dtype="uint8", shape=list(images.shape), data=images.tobytes()),
+        )
+        return lambda: stub.Predict(request, timeout=timeout_s)
+    if protocol == "v2":
+        v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        infer = grpc_service_pb2.ModelInferRequest
+        request = infer(
+            model_name=model,
+            inputs=[infer.InferInputTensor(name="images", datatype="UINT8", shape=list(images.shape))],
+            outputs=[infer.InferRequestedOutputTensor(name="logits")],
+            raw_input_contents=[images.tobytes()],
+        )
+        return lambda: v2.ModelInfer(request, timeout=timeout_s)
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")

@@ -1,0 +1,98 @@
+"""One record per measured point: what `--json` writes and what the tables and plots read.
+
+Field names carry their units. `device` is the device that really ran (from the runtime, or
+from the server's own report), never the one requested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from cnnserve.bench.stats import LatencySummary
+
+
+@dataclass(frozen=True)
+class LocalRecord:
+    model: str
+    backend: str  # variant: onnxruntime, tensorflow_folded, tensorflow_unfolded, tflite_float32, ...
+    device: str  # cpu | cuda
+    engine: str  # e.g. CPUExecutionProvider, XNNPACK, tensorflow-cpu
+    batch_size: int
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    images_per_s: float  # batch_size × runs / total timed seconds
+    gflops: float | None  # images_per_s × the zoo's FLOPs per image
+    pct_of_peak: float | None  # of the matmul peak measured in the same run (CPU only)
+    flops_per_image: int | None
+    peak_gflops: float | None
+    settings: dict = field(default_factory=dict)
+    system: dict = field(default_factory=dict)
+    kind: str = "local"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    model: str
+    backend: str  # "server:cnnserve" or "server:v2"
+    protocol: str
+    device: str  # from the server's execution provider; "" when it does not say
+    target: str
+    concurrency: int
+    images_per_request: int
+    requests: int  # completed inside the window
+    errors: int
+    window_s: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    requests_per_s: float
+    images_per_s: float
+    server_queue_us: float | None  # per request, from ModelStatistics deltas over the window
+    server_compute_input_us: float | None
+    server_compute_infer_us: float | None
+    server_compute_output_us: float | None
+    server_total_us: float | None  # request arrival → response, inside the server
+    server_batch_size: float | None  # images per model execution over the window
+    gflops: float | None
+    pct_of_peak: float | None
+    noop: bool  # the no-op model: the per-request cost of the path itself
+    client_processes: int = 1
+    system: dict = field(default_factory=dict)
+    kind: str = "server"
+
+    @property
+    def batch_size(self) -> int:
+        return self.images_per_request
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def latency_fields(summary: LatencySummary) -> dict[str, float]:
+    return {
+        "p50_ms": summary.p50_ms,
+        "p90_ms": summary.p90_ms,
+        "p95_ms": summary.p95_ms,
+        "p99_ms": summary.p99_ms,
+        "mean_ms": summary.mean_ms,
+    }
+
+
+def throughput_fields(
+    images_per_s: float, flops_per_image: int | None, peak_gflops: float | None, on_cpu: bool
+) -> dict[str, float | None]:
+    """GFLOP/s from the zoo's count, and its share of the CPU matmul peak (CPU runs only:
+    a GPU's throughput over a CPU peak would be a meaningless ratio)."""
+    gflops = images_per_s * flops_per_image / 1e9 if flops_per_image else None
+    pct = 100.0 * gflops / peak_gflops if gflops is not None and peak_gflops and on_cpu else None
+    return {"gflops": gflops, "pct_of_peak": pct}

@@ -1,0 +1,181 @@
+"""`cnnserve bench server`: a concurrency sweep against one running server, then the no-op model.
+
+Per level: warm-up, one measurement window, the server's ModelStatistics read at the window's
+edges (their difference is the server's own queue/compute split for the window's requests).
+The sweep has a fixed length — levels × models × (warm-up + duration) — and talks only to
+`--target`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import grpc
+
+from cnnserve.bench import protocol_adapter
+from cnnserve.bench.load_generator import ClientPool, LoadResult, LoadSpec, Window, describe
+from cnnserve.bench.records import ServerRecord, latency_fields, throughput_fields
+from cnnserve.bench.stats import summarize_ns
+from cnnserve.errors import CnnserveError
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    target: str
+    model: str
+    protocol: str
+    concurrency: tuple[int, ...]
+    images_per_request: int = 1
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    noop_model: str | None = None
+    client_processes: int = 1
+    connect_timeout_s: float = 5.0
+    request_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.protocol not in protocol_adapter.PROTOCOLS:
+            raise CnnserveError(
+                f"unknown --protocol {self.protocol!r}; choose one of {', '.join(protocol_adapter.PROTOCOLS)}"
+            )
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise CnnserveError(f"--concurrency takes positive integers, received {list(self.concurrency)}")
+        if self.images_per_request < 1:
+            raise CnnserveError(f"--images-per-request must be >= 1, received {self.images_per_request}")
+        if self.duration_s <= 0 or self.warmup_s < 0:
+            raise CnnserveError(
+                f"--duration must be > 0 and --warmup >= 0, received {self.duration_s} and {self.warmup_s}"
+            )
+        if self.client_processes < 1:
+            raise CnnserveError(f"--client-processes must be >= 1, received {self.client_processes}")
+        if not self.target or ":" not in self.target:
+            raise CnnserveError(f"--target must be HOST:PORT, received {self.target!r}")
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return (self.model, self.noop_model) if self.noop_model else (self.model,)
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.target.rsplit(":", 1)[0] in LOOPBACK_HOSTS
+
+
+def device_of(provider: str) -> str:
+    if not provider:
+        return ""
+    return "cuda" if provider.startswith(("CUDA", "Tensorrt")) else "cpu"
+
+
+async def _connect(plan: ServerPlan) -> grpc.aio.Channel:
+    channel = protocol_adapter.open_channel(plan.target)
+    try:
+        await asyncio.wait_for(channel.channel_ready(), plan.connect_timeout_s)
+    except TimeoutError:
+        await channel.close()
+        raise CnnserveError(
+            f"cannot reach {plan.target} within {plan.connect_timeout_s:g} s; "
+            "is 'cnnserve serve' running there?"
+        ) from None
+    return channel
+
+
+async def _model_info(channel, plan: ServerPlan, model: str) -> protocol_adapter.ModelInfo:
+    try:
+        return await protocol_adapter.model_info(channel, model, plan.request_timeout_s)
+    except grpc.aio.AioRpcError as error:
+        raise CnnserveError(f"{plan.target}: model {model!r}: {describe(error)}") from None
+
+
+async def _sleep_until(deadline_ns: int) -> None:
+    await asyncio.sleep(max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9))
+
+
+async def _measure_level(channel, pool: ClientPool, spec: LoadSpec, concurrency: int, plan: ServerPlan):
+    start = time.monotonic_ns() + int(plan.warmup_s * 1e9)
+    window = Window(start, start + int(plan.duration_s * 1e9))
+    load = asyncio.ensure_future(pool.run(spec, concurrency, window))
+    try:
+        await _sleep_until(window.start_ns)
+        before = await protocol_adapter.statistics(channel, spec.model, plan.request_timeout_s)
+        await _sleep_until(window.end_ns)
+        after = await protocol_adapter.statistics(channel, spec.model, plan.request_timeout_s)
+    except BaseException:
+        load.cancel()
+        raise
+    return await load, window, after - before
+
+
+def _record(plan, spec, info, concurrency, result: LoadResult, window: Window, delta, flops, peak, system):
+    if result.latencies_ns.size == 0:
+        raise CnnserveError(
+            f"{plan.target}: no request to {spec.model!r} succeeded at concurrency {concurrency}"
+            + (f" ({result.first_error})" if result.first_error else "")
+        )
+    summary = summarize_ns(result.latencies_ns)
+    requests_per_s = summary.count / window.seconds
+    images_per_s = requests_per_s * spec.images_per_request
+    per_request = (lambda ns: ns / delta.requests / 1e3) if delta.requests else (lambda ns: None)
+    device = device_of(info.execution_provider)
+    return ServerRecord(
+        model=spec.model,
+        backend=f"server:{plan.protocol}",
+        protocol=plan.protocol,
+        device=device,
+        target=plan.target,
+        concurrency=concurrency,
+        images_per_request=spec.images_per_request,
+        requests=summary.count,
+        errors=result.errors,
+        window_s=window.seconds,
+        requests_per_s=requests_per_s,
+        images_per_s=images_per_s,
+        server_queue_us=per_request(delta.queue_ns),
+        server_compute_input_us=per_request(delta.compute_input_ns),
+        server_compute_infer_us=per_request(delta.compute_infer_ns),
+        server_compute_output_us=per_request(delta.compute_output_ns),
+        server_total_us=per_request(delta.success_ns),
+        server_batch_size=delta.inferences / delta.executions if delta.executions else None,
+        noop=spec.model == plan.noop_model,
+        client_processes=plan.client_processes,
+        system=system,
+        **latency_fields(summary),
+        **throughput_fields(images_per_s, flops, peak, plan.is_loopback and device == "cpu"),
+    )
+
+
+async def run_server_bench(
+    plan: ServerPlan,
+    flops_for: Callable[[str], int | None] = lambda model: None,
+    peak_gflops: float | None = None,
+    system: dict | None = None,
+    progress=None,
+) -> list[ServerRecord]:
+    channel = await _connect(plan)
+    records: list[ServerRecord] = []
+    try:
+        infos = {model: await _model_info(channel, plan, model) for model in plan.models}
+        if progress:
+            progress.start(len(plan.models) * len(plan.concurrency))
+        record_system = dict(system or {}, plan=asdict(plan))
+        async with ClientPool(plan.client_processes) as pool:
+            for model in plan.models:
+                info = infos[model]
+                spec = LoadSpec(plan.target, plan.protocol, model, info.input_shape,
+                                plan.images_per_request, plan.request_timeout_s)  # fmt: skip
+                flops = None if model == plan.noop_model else flops_for(model)
+                for concurrency in plan.concurrency:
+                    if progress:
+                        progress.step(f"{model} · {plan.protocol} · concurrency {concurrency}")
+                    result, window, delta = await _measure_level(channel, pool, spec, concurrency, plan)
+                    point = (result, window, delta, flops, peak_gflops, record_system)
+                    records.append(_record(plan, spec, info, concurrency, *point))
+                    if progress:
+                        progress.advance()
+    finally:
+        await channel.close()
+    return records

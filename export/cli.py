@@ -1,0 +1,135 @@
+"""`cnnserve fold RUN` and `cnnserve export RUN --format ...`.
+
+TensorFlow and the converters are imported inside the handlers, so `cnnserve --help` and the
+server never load them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cnnserve.quiet_tf import import_tensorflow_quietly
+
+FORMAT_NAMES = ("savedmodel", "onnx", "tflite")
+QUANTIZE_NAMES = ("float16", "int8")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    fold = commands.add_parser(
+        "fold",
+        help="fold BatchNorm: write RUN/inference.savedmodel and RUN/export_report.json",
+        description="Removes every BatchNormalization from RUN/model.keras, verifies the folded "
+        "model on real test images and writes RUN/inference.savedmodel.",
+    )
+    fold.add_argument("run", type=Path, metavar="RUN", help="run directory from 'cnnserve train'")
+    fold.add_argument("--data-dir", type=Path, help="dataset folder, if the run used --data-dir")
+    fold.add_argument(
+        "--parity-images", type=int, default=1000, help="test images to verify on (default 1000)"
+    )
+    fold.set_defaults(handler=run_fold)
+
+    export = commands.add_parser(
+        "export",
+        help="export a run to ONNX, TFLite or SavedModel in a model repository",
+        description="Converts RUN's folded SavedModel, verifies it against the folded model and "
+        "writes REPOSITORY/<name>/<version>/model.* plus REPOSITORY/<name>/config.json.",
+    )
+    export.add_argument("run", type=Path, metavar="RUN", help="run directory from 'cnnserve train'")
+    # Validated in the handler, so a bad value is one line that lists the choices.
+    export.add_argument("--format", required=True, metavar="{savedmodel,onnx,tflite}")
+    export.add_argument("--quantize", metavar="{float16,int8}", help="TFLite only")
+    export.add_argument("--repository", type=Path, default=Path("models"), help="default: models")
+    export.add_argument("--version", type=int, help="version number (default: next free)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    export.add_argument("--name", help="model name in the repository (default: from the run)")
+    export.add_argument("--data-dir", type=Path, help="dataset folder, if the run used --data-dir")
+    export.add_argument("--calibration-images", type=int, default=300, help="int8 calibration images (300)")
+    export.add_argument(
+        "--max-accuracy-drop", type=float, default=1.0,
+        help="quantized accuracy loss allowed, in points (default 1.0)",
+    )  # fmt: skip
+    export.add_argument("--max-batch-size", type=int, default=64, help="for config.json (64)")
+    export.add_argument(
+        "--parity-images", type=int, default=1000, help="test images to verify on (default 1000)"
+    )
+    export.set_defaults(handler=run_export)
+
+
+def _check_positive(name: str, value: int) -> None:
+    from cnnserve.errors import CnnserveError
+
+    if value < 1:
+        raise CnnserveError(f"{name} must be a positive integer, received {value}")
+
+
+def run_fold(args: argparse.Namespace) -> int:
+    _check_positive("--parity-images", args.parity_images)
+    import_tensorflow_quietly()
+    from cnnserve.training.fold import fold_run
+
+    fold_run(args.run, data_dir=args.data_dir, parity_images=args.parity_images)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from cnnserve.errors import CnnserveError
+
+    if args.format not in FORMAT_NAMES:
+        raise CnnserveError(f"unsupported format {args.format!r}; choose one of {', '.join(FORMAT_NAMES)}")
+    if args.quantize is not None and args.quantize not in QUANTIZE_NAMES:
+        raise CnnserveError(
+            f"unsupported quantization {args.quantize!r}; choose one of {', '.join(QUANTIZE_NAMES)}"
+        )
+    for name in ("parity_images", "calibration_images", "max_batch_size"):
+        _check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
+    import_tensorflow_quietly()
+    from cnnserve.export.pipeline import export_run
+
+    result = export_run(
+        args.run,
+        args.format,
+        quantize=args.quantize,
+        repository=args.repository,
+        version=args.version,
+        overwrite=args.overwrite,
+        name=args.name,
+        data_dir=args.data_dir,
+        calibration_images=args.calibration_images,
+        max_accuracy_drop_points=args.max_accuracy_drop,
+        max_batch_size=args.max_batch_size,
+        parity_images=args.parity_images,
+    )
+    print_export(result)
+    return 0
+
+
+def print_export(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    report = result.report
+    label = result.format + (f" {result.quantize}" if result.quantize else "")
+    table = Table(title=f"export {label}: {result.model_name} v{result.version}")
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    table.add_row("written", str(result.path))
+    table.add_row("size", f"{report['bytes'] / 1e6:.2f} MB")
+    if "nodes_before" in report:
+        table.add_row("ONNX nodes", f"{report['nodes_before']} → {report['nodes_after']} after clean-up")
+    parity = report["parity"]
+    table.add_row(
+        "parity vs folded SavedModel",
+        f"max |Δlogit| {parity['max_abs_logit_diff']:.2e}, top-1 agreement "
+        f"{parity['top1_agreement']:.2%} ({parity['images']} test images, batch sizes "
+        f"{', '.join(map(str, parity['batch_sizes']))})",
+    )
+    accuracy = f"{report['test_accuracy']:.4f}"
+    if "float_test_accuracy" in report and result.quantize:
+        accuracy += (
+            f" (float {report['float_test_accuracy']:.4f}, {-report['accuracy_drop_points']:+.2f} points)"
+        )
+    table.add_row("test accuracy", accuracy)
+    if report.get("float_ops"):
+        table.add_row("ops left in float", ", ".join(sorted(set(report["float_ops"]))))
+    Console().print(table)

@@ -1,0 +1,272 @@
+"""Removes what tf2onnx leaves behind in an NHWC Keras graph, keeping the result bit-for-bit sound.
+
+Passes, each exact:
+- `fold_batch_invariant_shapes`: the Shape → Gather → Cast → Slice → Concat chains behind
+  Flatten and per-image standardization are evaluated (with ONNX Runtime, at two batch sizes);
+  values that do not depend on the batch become constants and a Reshape target `[B, N…]`
+  becomes `[-1, N…]`.
+- `transpose_into_matmul`: NCHW → NHWC Transpose → Flatten → MatMul becomes Flatten → MatMul
+  with the weight rows permuted to NCHW order.
+- `transpose_into_reduce`: Transpose → ReduceMean/ReduceMax (keepdims=0, as global pooling)
+  reduces the NCHW axes directly when the kept axes keep their order.
+- `remove_dead_nodes`: nodes and initializers nothing reads.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+REDUCE_OPS = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum")
+
+
+@dataclass(frozen=True)
+class OptimizeReport:
+    nodes_before: int
+    nodes_after: int
+    ops_before: dict[str, int]
+    ops_after: dict[str, int]
+    passes: dict[str, int]  # pass → rewrites made
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
+
+
+def optimize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OptimizeReport]:
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    before = op_counts(model)
+    passes = {
+        "fold_batch_invariant_shapes": fold_batch_invariant_shapes(model),
+        "transpose_into_matmul": transpose_into_matmul(model),
+        "transpose_into_reduce": transpose_into_reduce(model),
+    }
+    passes["remove_dead_nodes"] = remove_dead_nodes(model)
+    after = op_counts(model)
+    report = OptimizeReport(sum(before.values()), sum(after.values()), before, after, passes)
+    return model, report
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {init.name: init for init in model.graph.initializer}
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    return users
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {output: node for node in model.graph.node for output in node.output}
+
+
+def _attribute(node: onnx.NodeProto, name: str, default=None):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _graph_outputs(model: onnx.ModelProto) -> set[str]:
+    return {output.name for output in model.graph.output}
+
+
+def _static_dims(model: onnx.ModelProto, tensor: str) -> list[int | None] | None:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        if info.name == tensor and info.type.tensor_type.HasField("shape"):
+            return [
+                dim.dim_value if dim.HasField("dim_value") else None
+                for dim in info.type.tensor_type.shape.dim
+            ]
+    return None
+
+
+# --------------------------------------------------------------------------- passes
+
+
+def fold_batch_invariant_shapes(model: onnx.ModelProto) -> int:
+    """Shape-derived tensors that are the same at batch 1 and 3 become constants."""
+    import onnxruntime as ort
+
+    constants = set(_initializers(model)) | {
+        out for node in model.graph.node if node.op_type == "Constant" for out in node.output
+    }
+    derived: list[str] = []
+    derived_set: set[str] = set()
+    for node in model.graph.node:  # topological order
+        inputs = [name for name in node.input if name]
+        if node.op_type == "Shape" or (
+            node.op_type != "Constant"
+            and inputs
+            and all(n in derived_set or n in constants for n in inputs)
+            and any(n in derived_set for n in inputs)
+        ):
+            derived.extend(node.output)
+            derived_set.update(node.output)
+    if not derived:
+        return 0
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    inferred = onnx.shape_inference.infer_shapes(probe)
+    types = {info.name: info for info in inferred.graph.value_info}
+    probe.graph.output.extend(types[name] for name in derived if name in types)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    graph_input = model.graph.input[0]
+    dims = [dim.dim_value for dim in graph_input.type.tensor_type.shape.dim[1:]]
+    dtype = helper.tensor_dtype_to_np_dtype(graph_input.type.tensor_type.elem_type)
+    names = [name for name in derived if name in types]
+    runs = {
+        batch: dict(
+            zip(names, session.run(names, {graph_input.name: np.zeros([batch, *dims], dtype)}),
+                strict=True)
+        )
+        for batch in (1, 3)
+    }  # fmt: skip
+    rewrites = 0
+    producers = _producers(model)
+    # Reshape targets that are [batch, static...]: use -1 for the batch.
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or node.input[1] not in runs[1]:
+            continue
+        one, three = runs[1][node.input[1]], runs[3][node.input[1]]
+        if (
+            one.ndim == 1
+            and one.size >= 1
+            and one[0] == 1
+            and three[0] == 3
+            and (np.array_equal(one[1:], three[1:]))
+        ):
+            target = np.concatenate([[-1], one[1:]]).astype(np.int64)
+            name = f"{node.name}__static_shape"
+            model.graph.initializer.append(numpy_helper.from_array(target, name))
+            node.input[1] = name
+            rewrites += 1
+    # Batch-invariant shape values: replace their producers by initializers.
+    replaced: set[int] = set()
+    for name in names:
+        if not np.array_equal(runs[1][name], runs[3][name]):
+            continue
+        node = producers[name]
+        if id(node) in replaced or not all(out in runs[1] for out in node.output):
+            continue
+        if not all(np.array_equal(runs[1][o], runs[3][o]) for o in node.output):
+            continue
+        for out in node.output:
+            model.graph.initializer.append(numpy_helper.from_array(runs[1][out], out))
+        replaced.add(id(node))
+        rewrites += 1
+    kept = [node for node in model.graph.node if id(node) not in replaced]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return rewrites
+
+
+def transpose_into_matmul(model: onnx.ModelProto) -> int:
+    """Transpose(NCHW→NHWC) → Reshape[-1, HWC] → MatMul(W): permute W's rows instead."""
+    inits = _initializers(model)
+    producers, consumers = _producers(model), _consumers(model)
+    rewrites = 0
+    for reshape in list(model.graph.node):
+        if reshape.op_type != "Reshape" or reshape.input[1] not in inits:
+            continue
+        transpose = producers.get(reshape.input[0])
+        if transpose is None or transpose.op_type != "Transpose":
+            continue
+        if list(_attribute(transpose, "perm", [])) != [0, 2, 3, 1]:
+            continue
+        target = numpy_helper.to_array(inits[reshape.input[1]])
+        users = consumers.get(reshape.output[0], [])
+        if target.tolist()[:1] not in ([-1], [0]) or target.size != 2 or not users:
+            continue
+        if len(consumers.get(transpose.output[0], [])) != 1:
+            continue
+        if not all(u.op_type in ("MatMul", "Gemm") and u.input[0] == reshape.output[0] for u in users):
+            continue
+        if any(u.op_type == "Gemm" and _attribute(u, "transB", 0) for u in users):
+            continue
+        weights = [u.input[1] for u in users]
+        if not all(w in inits and len(consumers[w]) == 1 for w in weights):
+            continue
+        nchw = _static_dims(model, transpose.input[0])
+        if nchw is None or len(nchw) != 4 or any(d is None for d in nchw[1:]):
+            continue
+        _, channels, height, width = nchw
+        # Row r of W reads NHWC position (h, w, c); the NCHW flatten puts it at (c, h, w).
+        order = np.arange(height * width * channels).reshape(height, width, channels)
+        order = order.transpose(2, 0, 1).reshape(-1)
+        for name in weights:
+            weight = numpy_helper.to_array(inits[name])
+            inits[name].CopyFrom(numpy_helper.from_array(weight[order], name))
+        reshape.input[0] = transpose.input[0]
+        rewrites += 1
+    return rewrites
+
+
+def transpose_into_reduce(model: onnx.ModelProto) -> int:
+    """Transpose → Reduce(axes, keepdims=0): reduce the untransposed axes when that is exact."""
+    inits = _initializers(model)
+    producers, consumers = _producers(model), _consumers(model)
+    rewrites = 0
+    for reduce in list(model.graph.node):
+        if reduce.op_type not in REDUCE_OPS or _attribute(reduce, "keepdims", 1) != 0:
+            continue
+        transpose = producers.get(reduce.input[0])
+        if transpose is None or transpose.op_type != "Transpose":
+            continue
+        if len(consumers.get(transpose.output[0], [])) != 1:
+            continue
+        perm = list(_attribute(transpose, "perm", []))
+        if len(reduce.input) > 1 and reduce.input[1] in inits:
+            axes = numpy_helper.to_array(inits[reduce.input[1]]).tolist()
+        else:
+            axes = _attribute(reduce, "axes")
+        if not perm or axes is None:
+            continue
+        axes = [axis % len(perm) for axis in axes]
+        kept = [perm[i] for i in range(len(perm)) if i not in axes]
+        if kept != sorted(kept):
+            continue
+        new_axes = np.array(sorted(perm[axis] for axis in axes), dtype=np.int64)
+        if len(reduce.input) > 1:
+            name = f"{reduce.name}__axes"
+            model.graph.initializer.append(numpy_helper.from_array(new_axes, name))
+            reduce.input[1] = name
+        else:
+            for attribute in reduce.attribute:
+                if attribute.name == "axes":
+                    attribute.CopyFrom(helper.make_attribute("axes", new_axes.tolist()))
+        reduce.input[0] = transpose.input[0]
+        rewrites += 1
+    return rewrites
+
+
+def remove_dead_nodes(model: onnx.ModelProto) -> int:
+    """Drops nodes whose outputs nobody reads, then initializers nobody reads."""
+    removed = 0
+    while True:
+        needed = _graph_outputs(model) | {name for node in model.graph.node for name in node.input}
+        live = [node for node in model.graph.node if any(out in needed for out in node.output)]
+        if len(live) == len(model.graph.node):
+            break
+        removed += len(model.graph.node) - len(live)
+        del model.graph.node[:]
+        model.graph.node.extend(live)
+    needed = {name for node in model.graph.node for name in node.input}
+    initializers = [init for init in model.graph.initializer if init.name in needed]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(initializers)
+    names = {out for node in model.graph.node for out in node.output}
+    infos = [info for info in model.graph.value_info if info.name in names]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(infos)
+    return removed

@@ -1,0 +1,142 @@
+"""`export_run`: run directory → one verified model version in the repository."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cnnserve import __version__
+from cnnserve.export.model_config import ModelConfig, TensorSpec
+from cnnserve.export.repository import RepositoryError, VersionWriter
+from cnnserve.export.source import ExportSource, load_source
+from cnnserve.export.tflite_export import CALIBRATION_IMAGES, QUANTIZE_CHOICES
+from cnnserve.training.fold import PARITY_IMAGES
+from cnnserve.training.run import load_run_info
+
+FORMATS = {
+    "onnx": "onnxruntime_onnx",
+    "savedmodel": "tensorflow_savedmodel",
+    "tflite": "tflite",
+}
+DEFAULT_REPOSITORY = Path("models")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    format: str
+    quantize: str | None
+    model_name: str
+    version: int
+    path: Path  # the model file or directory inside the repository
+    config: ModelConfig
+    report: dict  # what went into RUN/export_report.json
+
+
+def default_model_name(model: str, fmt: str, quantize: str | None) -> str:
+    """ONNX (what the server runs) gets the model's own name; other formats a suffix."""
+    if fmt == "onnx":
+        return model
+    return "_".join(part for part in (model, fmt, quantize) if part)
+
+
+def validate_options(fmt: str, quantize: str | None) -> None:
+    if fmt not in FORMATS:
+        raise RepositoryError(f"unsupported format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise RepositoryError(
+            f"unsupported quantization {quantize!r}; choose one of {', '.join(QUANTIZE_CHOICES)}"
+        )
+    if quantize is not None and fmt != "tflite":
+        raise RepositoryError(f"--quantize applies to --format tflite only, received --format {fmt}")
+
+
+def export_run(
+    run_dir: Path,
+    fmt: str,
+    *,
+    quantize: str | None = None,
+    repository: Path = DEFAULT_REPOSITORY,
+    version: int | None = None,
+    overwrite: bool = False,
+    name: str | None = None,
+    data_dir: Path | None = None,
+    calibration_images: int = CALIBRATION_IMAGES,
+    max_accuracy_drop_points: float = 1.0,
+    max_batch_size: int = 64,
+    parity_images: int = PARITY_IMAGES,
+    source: ExportSource | None = None,
+) -> ExportResult:
+    """Converts RUN's folded SavedModel to `fmt`, verifies it and writes
+    `repository/<name>/<version>/` plus `config.json`, or nothing at all.
+
+    `source` (from `load_source`) can be passed to export several formats from one load."""
+    from cnnserve.training.fold import update_report
+
+    validate_options(fmt, quantize)
+    run_dir = Path(run_dir)
+    info = load_run_info(run_dir)
+    name = name or default_model_name(info.model, fmt, quantize)
+    platform = FORMATS[fmt]
+    writer = VersionWriter(Path(repository), name, version, overwrite, platform)  # fails fast
+    if source is None:
+        source = load_source(run_dir, data_dir, parity_images)
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    provenance = {
+        "source_run": str(run_dir.resolve()),
+        "model": info.model,
+        "dataset": info.dataset,
+        "cnnserve_version": __version__,
+        "created": created,
+        "version": str(writer.version),
+    }
+    with writer:
+        assert writer.staging is not None
+        target = writer.staging / ModelConfig(name, platform, (), (), ()).model_file
+        details = _export(fmt, quantize, source, target, provenance, calibration_images,
+                          max_accuracy_drop_points)  # fmt: skip
+        classes = len(info.class_names)
+        config = ModelConfig(
+            name=name,
+            platform=platform,
+            inputs=(TensorSpec("images", "uint8", (-1, *info.input_shape)),),
+            outputs=(
+                TensorSpec("logits", "float32", (-1, classes)),
+                TensorSpec("probabilities", "float32", (-1, classes)),
+            ),
+            class_labels=tuple(info.class_names),
+            max_batch_size=max_batch_size,
+            source_run=str(run_dir.resolve()),
+            test_accuracy=details["test_accuracy"],
+            extra={
+                "model": info.model,
+                "format": fmt,
+                "quantize": quantize,
+                "version": writer.version,
+                "dataset": info.dataset,
+                "created": created,
+                "parity": details["parity"],
+                "float_test_accuracy": source.test_accuracy,
+            },
+        )
+        final = writer.commit(config)
+    report = {**details, "repository": str(Path(repository).resolve()), "name": name,
+              "version": writer.version, "created": created}  # fmt: skip
+    key = fmt if quantize is None else f"{fmt}_{quantize}"
+    update_report(run_dir, "exports", report, key=key)
+    return ExportResult(fmt, quantize, name, writer.version, final / target.name, config, report)
+
+
+def _export(fmt, quantize, source, target, provenance, calibration_images, max_drop) -> dict:
+    if fmt == "onnx":
+        from cnnserve.export.onnx_export import export_onnx
+
+        return export_onnx(source, target, provenance).to_dict()
+    if fmt == "tflite":
+        from cnnserve.export.tflite_export import export_tflite
+
+        return export_tflite(source, target, quantize, calibration_images, max_drop).to_dict()
+    from cnnserve.export.savedmodel_export import export_savedmodel
+
+    result = export_savedmodel(source, target).to_dict()
+    return {**result, "test_accuracy": source.test_accuracy}

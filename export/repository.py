@@ -1,0 +1,104 @@
+"""Writes one model version into a Triton-style repository, all or nothing.
+
+Everything is built in a hidden staging directory inside `models/<model>/` (same filesystem),
+then renamed into place; `config.json` is replaced atomically. A failure at any point removes
+the staging directory, so the repository never holds a half-written version.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from cnnserve.errors import CnnserveError
+from cnnserve.export.model_config import CONFIG_FILE, MODEL_NAME_PATTERN, ModelConfig, model_versions
+from cnnserve.training.fold import make_readable
+
+
+class RepositoryError(CnnserveError):
+    """The repository cannot take this version as asked."""
+
+
+def next_version(model_dir: Path) -> int:
+    versions = model_versions(model_dir) if model_dir.is_dir() else []
+    return (versions[-1] + 1) if versions else 1
+
+
+class VersionWriter:
+    """`with VersionWriter(repo, name, version, overwrite, platform) as slot:` write into
+    `slot.staging`, then `slot.commit(config)`; leaving the block without commit cleans up."""
+
+    def __init__(
+        self, repository: Path, name: str, version: int | None, overwrite: bool, platform: str
+    ) -> None:
+        if not MODEL_NAME_PATTERN.match(name):
+            raise RepositoryError(
+                f"invalid model name {name!r}: use letters, digits, '_', '.', '-' (pass --name)"
+            )
+        if version is not None and version < 1:
+            raise RepositoryError(f"--version must be a positive integer, received {version}")
+        if repository.exists() and not repository.is_dir():
+            raise RepositoryError(f"--repository {repository} is a file, not a directory")
+        self.model_dir = repository / name
+        self.version = version if version is not None else next_version(self.model_dir)
+        self.final = self.model_dir / str(self.version)
+        if self.final.exists() and not overwrite:
+            raise RepositoryError(
+                f"{self.final} already exists; pass --overwrite to replace it or choose another "
+                f"--version (next free: {next_version(self.model_dir)})"
+            )
+        self._check_platform(platform)
+        self.staging: Path | None = None
+        self._created_model_dir = False
+
+    def _check_platform(self, platform: str) -> None:
+        if not (self.model_dir / CONFIG_FILE).is_file():
+            return
+        existing = ModelConfig.load(self.model_dir)
+        others = [v for v in model_versions(self.model_dir) if v != self.version]
+        if existing.platform != platform and others:
+            raise RepositoryError(
+                f"{self.model_dir} holds {existing.platform} versions {others}; a model has one "
+                f"platform, so export this format under another name with --name"
+            )
+
+    def __enter__(self) -> VersionWriter:
+        self._created_model_dir = not self.model_dir.exists()
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(prefix=f".staging-{self.version}-", dir=self.model_dir))
+        return self
+
+    def commit(self, config: ModelConfig) -> Path:
+        """Renames the staged version into place and replaces config.json."""
+        assert self.staging is not None
+        old = None
+        if self.final.exists():
+            old = self.model_dir / f".replaced-{self.version}-{os.getpid()}"
+            self.final.rename(old)
+        make_readable(self.staging)
+        self.staging.rename(self.final)
+        self.staging = None
+        with tempfile.NamedTemporaryFile(
+            "w", dir=self.model_dir, prefix=".config-", suffix=".json", delete=False
+        ) as handle:
+            handle.write(config.to_json())
+        make_readable(Path(handle.name))
+        Path(handle.name).replace(self.model_dir / CONFIG_FILE)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.final
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+        if kind is not None and self._created_model_dir:
+            shutil.rmtree(self.model_dir, ignore_errors=True)

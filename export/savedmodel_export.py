@@ -1,0 +1,45 @@
+"""Folded SavedModel → `model.savedmodel/`: the run's inference SavedModel, reloaded and verified."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnnserve.export.source import ExportSource
+from cnnserve.export.verify import ExportError, Parity, check_parity
+from cnnserve.training.fold import OUTPUT_NAMES, SERVING_SIGNATURE
+
+
+@dataclass(frozen=True)
+class SavedModelExport:
+    path: Path
+    parity: Parity
+
+    def to_dict(self) -> dict:
+        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return {"file": self.path.name, "bytes": size, "parity": asdict(self.parity)}
+
+
+def export_savedmodel(source: ExportSource, path: Path) -> SavedModelExport:
+    import tensorflow as tf
+
+    shutil.copytree(source.savedmodel_dir, path)
+    loaded = tf.saved_model.load(str(path))
+    if SERVING_SIGNATURE not in loaded.signatures:
+        raise ExportError(f"{path} has no {SERVING_SIGNATURE} signature; refold the run")
+    serve = loaded.signatures[SERVING_SIGNATURE]
+    inputs = serve.structured_input_signature[1]
+    if list(inputs) != ["images"] or inputs["images"].dtype != tf.uint8:
+        raise ExportError(f"{path}: serving_default takes {inputs}, expected uint8 images")
+    if sorted(serve.structured_outputs) != sorted(OUTPUT_NAMES):
+        raise ExportError(f"{path}: serving_default returns {sorted(serve.structured_outputs)}")
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        # Through `loaded`: a signature alone only holds weak references to the variables.
+        signature = loaded.signatures[SERVING_SIGNATURE]
+        return signature(images=tf.constant(images))["logits"].numpy()
+
+    return SavedModelExport(path, check_parity("SavedModel", source, predict))

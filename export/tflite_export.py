@@ -1,0 +1,134 @@
+"""Folded SavedModel → TFLite: float32, float16, or int8 calibrated on real training images.
+
+int8 is full-integer post-training quantization (`TFLITE_BUILTINS_INT8`): every op with an int8
+kernel runs in int8; the report lists the few that TFLite only has in float (the uint8 → float
+Cast at the input, LRN), which the converter wraps in quantize/dequantize. Outputs stay float32
+so every format serves the same `logits` and `probabilities`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnnserve.export.source import ExportSource
+from cnnserve.export.verify import ExportError, Parity, accuracy, check_parity, measure_parity
+from cnnserve.training.fold import SERVING_SIGNATURE
+
+QUANTIZE_CHOICES = ("float16", "int8")
+CALIBRATION_IMAGES = 300
+# Ops that carry no arithmetic: their float inputs are not "left in float".
+_PLUMBING = {"QUANTIZE", "DEQUANTIZE", "SHAPE", "STRIDED_SLICE", "PACK", "RESHAPE"}
+
+
+@dataclass(frozen=True)
+class TfliteExport:
+    path: Path
+    quantize: str | None
+    parity: Parity
+    test_accuracy: float
+    float_accuracy: float  # the folded float32 model on the same images
+    float_ops: tuple[str, ...]  # arithmetic ops still computed in float32
+
+    @property
+    def accuracy_drop_points(self) -> float:
+        return 100.0 * (self.float_accuracy - self.test_accuracy)
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.path.name,
+            "bytes": self.path.stat().st_size,
+            "quantize": self.quantize or "float32",
+            "parity": asdict(self.parity),
+            "test_accuracy": self.test_accuracy,
+            "float_test_accuracy": self.float_accuracy,
+            "accuracy_drop_points": self.accuracy_drop_points,
+            "float_ops": list(self.float_ops),
+        }
+
+
+def convert(source: ExportSource, quantize: str | None, calibration_images: int) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        str(source.savedmodel_dir), signature_keys=[SERVING_SIGNATURE]
+    )
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        # The model's own preprocessing is in the graph, so calibration feeds raw uint8 images.
+        images = source.train.images[:calibration_images]
+        if len(images) == 0:
+            raise ExportError("no training images to calibrate int8 quantization on")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([images[i : i + 1]] for i in range(len(images)))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    try:
+        return converter.convert()
+    except Exception as error:  # the converter raises bare ConverterError/RuntimeError
+        last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise ExportError(f"TFLite conversion ({quantize or 'float32'}) failed: {last}") from None
+
+
+class TflitePredictor:
+    """Runs the `serving_default` signature with ai_edge_litert, any batch size."""
+
+    def __init__(self, path: Path) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = str(path)
+        self.interpreter = Interpreter(model_path=self.path, num_threads=2)
+        self.runner = self.interpreter.get_signature_runner(SERVING_SIGNATURE)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.runner(images=images)["logits"]
+
+    def float_ops(self) -> tuple[str, ...]:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        # Without the XNNPACK delegate, which would hide the ops behind DELEGATE nodes.
+        plain = Interpreter(
+            model_path=self.path,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
+        plain.allocate_tensors()
+        tensors = {t["index"]: t for t in plain.get_tensor_details()}
+        names = []
+        for op in plain._get_ops_details():
+            inputs = [tensors[i] for i in op["inputs"] if i >= 0 and i in tensors]
+            if op["op_name"] not in _PLUMBING and any(t["dtype"] == np.float32 for t in inputs):
+                names.append(op["op_name"])
+        return tuple(names)
+
+
+def export_tflite(
+    source: ExportSource,
+    path: Path,
+    quantize: str | None = None,
+    calibration_images: int = CALIBRATION_IMAGES,
+    max_accuracy_drop_points: float = 1.0,
+) -> TfliteExport:
+    if quantize not in (None, *QUANTIZE_CHOICES):
+        raise ExportError(f"unsupported quantization {quantize!r}; choose float16 or int8")
+    path.write_bytes(convert(source, quantize, calibration_images))
+    predict = TflitePredictor(path)
+    if quantize is None:
+        parity = check_parity("TFLite float32", source, predict)
+    else:
+        parity = measure_parity(source, predict)  # reported; accuracy is the bar for quantized
+    float_accuracy = source.test_accuracy
+    result = TfliteExport(
+        path, quantize, parity, accuracy(predict, source.test), float_accuracy,
+        predict.float_ops() if quantize == "int8" else (),
+    )  # fmt: skip
+    if quantize and result.accuracy_drop_points > max_accuracy_drop_points:
+        raise ExportError(
+            f"TFLite {quantize} loses {result.accuracy_drop_points:.2f} accuracy points "
+            f"({float_accuracy:.4f} → {result.test_accuracy:.4f}, limit "
+            f"{max_accuracy_drop_points:g}); calibrate on more images with --calibration-images, "
+            "use --quantize float16, or raise --max-accuracy-drop"
+        )
+    return result

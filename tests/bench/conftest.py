@@ -1,0 +1,77 @@
+"""Fixtures for the benchmark tests: a repository of no-op models and a real server on port 0.
+
+The server is a real `python -m cnnserve serve` subprocess; it publishes the port it bound in a
+`--ready-file`, which the fixture waits for (no fixed ports, no log scraping).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cnnserve.bench.noop_model import write_noop
+
+START_TIMEOUT_S = 90
+IMAGE_SHAPE = (28, 28, 1)
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def noop_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`noop` (the overhead model) and `tiny`, a second no-op standing in for a real model."""
+    root = tmp_path_factory.mktemp("bench_models")
+    write_noop(root, IMAGE_SHAPE, "noop")
+    write_noop(root, IMAGE_SHAPE, "tiny", max_batch_size=8)
+    return root
+
+
+@pytest.fixture(scope="session")
+def server(noop_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    workdir = tmp_path_factory.mktemp("bench_server")
+    ready, log = workdir / "ready.json", workdir / "server.log"
+    command = [
+        sys.executable, "-m", "cnnserve", "serve", "--repository", str(noop_repository),
+        "--host", "127.0.0.1", "--port", "0", "--metrics-port", "off",
+        "--ready-file", str(ready), "--cpu-threads", "1",
+    ]  # fmt: skip
+    with log.open("wb") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while not ready.exists():
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready after {START_TIMEOUT_S} s:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield RunningServer(process, json.loads(ready.read_text())["grpc_port"], log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A port nothing listens on: bound by the OS, then released."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

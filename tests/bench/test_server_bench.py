@@ -1,0 +1,79 @@
+"""The load generator and sweep against a real `cnnserve serve` on port 0 (short windows)."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from cnnserve.bench.load_generator import LoadResult, split
+from cnnserve.bench.server_bench import ServerPlan, run_server_bench
+from cnnserve.errors import CnnserveError
+
+
+def _plan(target: str, **overrides) -> ServerPlan:
+    settings = dict(target=target, model="tiny", protocol="v2", concurrency=(1, 3), duration_s=0.6,
+                    warmup_s=0.3, noop_model="noop")  # fmt: skip
+    return ServerPlan(**{**settings, **overrides})
+
+
+@pytest.mark.parametrize("protocol", ["v2", "cnnserve"])
+def test_sweep_measures_model_and_noop_with_server_split(server, protocol):
+    records = asyncio.run(run_server_bench(_plan(server.target, protocol=protocol)))
+    assert [(r.model, r.concurrency, r.noop) for r in records] == [
+        ("tiny", 1, False), ("tiny", 3, False), ("noop", 1, True), ("noop", 3, True),
+    ]  # fmt: skip
+    for record in records:
+        assert record.protocol == protocol and record.backend == f"server:{protocol}"
+        assert record.requests > 0 and record.errors == 0
+        assert record.device == "cpu"
+        assert record.requests_per_s == pytest.approx(record.requests / record.window_s)
+        assert record.p50_ms <= record.p95_ms <= record.p99_ms
+        # The server saw (about) the requests the client counted, and split their time.
+        assert record.server_queue_us is not None and record.server_compute_infer_us is not None
+        assert record.server_total_us >= record.server_compute_infer_us
+
+
+def test_several_client_processes(server):
+    plan = _plan(server.target, concurrency=(4,), noop_model=None, client_processes=2, images_per_request=3)
+    (record,) = asyncio.run(run_server_bench(plan))
+    assert record.requests > 0 and record.errors == 0 and record.client_processes == 2
+    assert record.images_per_s == pytest.approx(3 * record.requests_per_s)
+
+
+def test_unknown_model_on_the_server(server):
+    with pytest.raises(CnnserveError, match="model 'nope': NOT_FOUND"):
+        asyncio.run(run_server_bench(_plan(server.target, model="nope")))
+
+
+def test_unreachable_target(closed_port):
+    plan = _plan(f"127.0.0.1:{closed_port}", connect_timeout_s=0.5)
+    with pytest.raises(CnnserveError, match=f"cannot reach 127.0.0.1:{closed_port} within 0.5 s"):
+        asyncio.run(run_server_bench(plan))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"protocol": "http"}, "unknown --protocol 'http'"),
+        ({"concurrency": (0, 4)}, "--concurrency takes positive integers"),
+        ({"images_per_request": 0}, "--images-per-request must be >= 1"),
+        ({"target": "localhost"}, "--target must be HOST:PORT"),
+    ],
+)
+def test_invalid_plans(overrides, message):
+    with pytest.raises(CnnserveError, match=message):
+        _plan(overrides.pop("target", "127.0.0.1:1"), **overrides)
+
+
+def test_split_spreads_callers_evenly():
+    assert split(10, 3) == [4, 3, 3]
+    assert split(2, 4) == [1, 1]
+    assert sum(split(64, 5)) == 64
+
+
+def test_merge_results():
+    a = LoadResult(np.array([1, 2], np.int64), 0, "", 5)
+    b = LoadResult(np.array([3], np.int64), 2, "UNAVAILABLE: full", 9)
+    merged = LoadResult.merge([a, b])
+    assert merged.latencies_ns.tolist() == [1, 2, 3]
+    assert merged.errors == 2 and merged.first_error == "UNAVAILABLE: full" and merged.late_start_ns == 9
