@@ -46,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # TensorFlow logs every SavedModel asset write at INFO through Python logging.
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
     try:
         return int(args.handler(args) or 0)
     except CnnserveError as error:
