@@ -51,6 +51,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     export.add_argument("--max-batch-size", type=int, default=64, help="for config.json (64)")
     export.add_argument(
+        "--max-queue-delay-ms", type=float, default=0.0,
+        help="for config.json: how long the server may hold a request to fill a batch (0)",
+    )  # fmt: skip
+    export.add_argument(
         "--parity-images", type=int, default=1000, help="test images to verify on (default 1000)"
     )
     export.set_defaults(handler=run_export)
@@ -83,6 +87,8 @@ def run_export(args: argparse.Namespace) -> int:
         )
     for name in ("parity_images", "calibration_images", "max_batch_size"):
         _check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
+    if args.max_queue_delay_ms < 0:
+        raise CnnserveError(f"--max-queue-delay-ms must be >= 0, received {args.max_queue_delay_ms:g}")
     import_tensorflow_quietly()
     from cnnserve.export.pipeline import export_run
 
@@ -98,6 +104,7 @@ def run_export(args: argparse.Namespace) -> int:
         calibration_images=args.calibration_images,
         max_accuracy_drop_points=args.max_accuracy_drop,
         max_batch_size=args.max_batch_size,
+        max_queue_delay_ms=args.max_queue_delay_ms,
         parity_images=args.parity_images,
     )
     print_export(result)

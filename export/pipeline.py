@@ -64,6 +64,7 @@ def export_run(
     calibration_images: int = CALIBRATION_IMAGES,
     max_accuracy_drop_points: float = 1.0,
     max_batch_size: int = 64,
+    max_queue_delay_ms: float = 0.0,
     parity_images: int = PARITY_IMAGES,
     source: ExportSource | None = None,
 ) -> ExportResult:
@@ -106,6 +107,7 @@ def export_run(
             ),
             class_labels=tuple(info.class_names),
             max_batch_size=max_batch_size,
+            max_queue_delay_ms=max_queue_delay_ms,
             source_run=str(run_dir.resolve()),
             test_accuracy=details["test_accuracy"],
             extra={

@@ -289,7 +289,7 @@ def _register_noop(stages: argparse._SubParsersAction) -> None:
     noop.add_argument("--name", default="noop", help="default: noop")
     noop.add_argument("--shape", default="28,28,1", help="image H,W,C (default: 28,28,1, as mnist_cnn)")
     noop.add_argument("--max-batch-size", type=int, default=64, help="default: 64")
-    noop.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="default: 2")
+    noop.add_argument("--max-queue-delay-ms", type=float, default=0.0, help="default: 0")
     noop.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
     noop.set_defaults(handler=run_noop_command)
 

@@ -62,7 +62,7 @@ def write_noop(
     input_shape: tuple[int, int, int],
     name: str = DEFAULT_NAME,
     max_batch_size: int = 64,
-    max_queue_delay_ms: float = 2.0,
+    max_queue_delay_ms: float = 0.0,
     overwrite: bool = False,
 ) -> Path:
     """Writes `repository/<name>/1/model.onnx` and `config.json` (the stable repository contract)."""

@@ -1,0 +1,44 @@
+"""config.json, the exporter → server contract: round trip and validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnnserve.errors import CnnserveError
+from cnnserve.export.model_config import ModelConfig, TensorSpec
+
+IMAGES = (TensorSpec("images", "uint8", (-1, 28, 28, 1)),)
+LOGITS = (TensorSpec("logits", "float32", (-1, 10)),)
+
+
+def test_round_trip_keeps_every_field(tmp_path):
+    config = ModelConfig("mnist_cnn", "onnxruntime_onnx", IMAGES, LOGITS, ("a", "b"), 32, 1.5, "run", 0.9)
+    config.save(tmp_path)
+    assert ModelConfig.load(tmp_path) == config
+    assert config.model_file == "model.onnx"
+
+
+def test_default_queue_delay_is_zero_as_in_triton():
+    assert ModelConfig("m", "onnxruntime_onnx", IMAGES, LOGITS, ()).max_queue_delay_ms == 0.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"name": "../etc"}, "invalid model name '../etc'"),
+        ({"platform": "pytorch"}, "unknown platform 'pytorch'"),
+        ({"max_batch_size": 0}, "max_batch_size must be >= 1, received 0"),
+        ({"max_queue_delay_ms": -1.0}, "max_queue_delay_ms must be >= 0, received -1"),
+    ],
+)
+def test_invalid_values_are_refused_with_the_received_value(overrides, message):
+    fields = {"name": "m", "platform": "onnxruntime_onnx", "inputs": IMAGES, "outputs": LOGITS,
+              "class_labels": (), **overrides}  # fmt: skip
+    with pytest.raises(CnnserveError, match=message.replace(".", r"\.")):
+        ModelConfig(**fields)
+
+
+def test_damaged_config_says_to_re_export(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CnnserveError, match=r"damaged .* re-export the model"):
+        ModelConfig.load(tmp_path)
