@@ -168,8 +168,9 @@ def run_local_command(args: argparse.Namespace) -> int:
         console.print(f"skipped {skipped.model}/{skipped.backend}: {skipped.reason}", style="yellow")
     assert result.peak is not None and result.system is not None
     console.print(
-        f"matmul peak {result.peak.gflops:.1f} GFLOP/s (float32 {result.peak.size}², best of "
-        f"{result.peak.repeats}, {result.peak.threads} threads) on {result.system.cpu_model}, "
+        f"matmul peak {result.peak.gflops:.1f} GFLOP/s (float32, squares up to {result.peak.size}², best of "
+        f"{result.peak.repeats}, {result.peak.threads} threads; numpy {result.peak.numpy_gflops:.1f}, "
+        f"ONNX Runtime {result.peak.onnxruntime_gflops:.1f}) on {result.system.cpu_model}, "
         f"{result.system.usable_cores} usable of {result.system.logical_cores} cores"
     )
     _write_outputs(args, result.records, csv_writer=report.write_local_csv, plotter="local")
