@@ -70,7 +70,7 @@ def _check_positive(name: str, value: int) -> None:
 def run_fold(args: argparse.Namespace) -> int:
     _check_positive("--parity-images", args.parity_images)
     import_tensorflow_quietly()
-    from cnnserve.training.fold import fold_run
+    from cnnserve.training.fold_run import fold_run
 
     fold_run(args.run, data_dir=args.data_dir, parity_images=args.parity_images)
     return 0

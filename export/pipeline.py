@@ -11,7 +11,7 @@ from cnnserve.export.model_config import ModelConfig, TensorSpec
 from cnnserve.export.repository import RepositoryError, VersionWriter
 from cnnserve.export.source import ExportSource, load_source
 from cnnserve.export.tflite_export import CALIBRATION_IMAGES, QUANTIZE_CHOICES
-from cnnserve.training.fold import PARITY_IMAGES
+from cnnserve.training.fold_check import PARITY_IMAGES
 from cnnserve.training.run import load_run_info
 
 FORMATS = {
@@ -72,7 +72,7 @@ def export_run(
     `repository/<name>/<version>/` plus `config.json`, or nothing at all.
 
     `source` (from `load_source`) can be passed to export several formats from one load."""
-    from cnnserve.training.fold import update_report
+    from cnnserve.training.fold_run import update_report
 
     validate_options(fmt, quantize)
     run_dir = Path(run_dir)

@@ -15,7 +15,7 @@ from types import TracebackType
 
 from cnnserve.errors import CnnserveError
 from cnnserve.export.model_config import CONFIG_FILE, MODEL_NAME_PATTERN, ModelConfig, model_versions
-from cnnserve.training.fold import make_readable
+from cnnserve.training.fold_run import make_readable
 
 
 class RepositoryError(CnnserveError):

@@ -10,7 +10,7 @@ import numpy as np
 
 from cnnserve.export.source import ExportSource
 from cnnserve.export.verify import ExportError, Parity, check_parity
-from cnnserve.training.fold import OUTPUT_NAMES, SERVING_SIGNATURE
+from cnnserve.training.fold_run import OUTPUT_NAMES, SERVING_SIGNATURE
 
 
 @dataclass(frozen=True)

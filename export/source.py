@@ -16,15 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from cnnserve.training.data import Split
-from cnnserve.training.fold import (
-    FOLDED_DIR,
-    PARITY_IMAGES,
-    REPORT_FILE,
-    SERVING_SIGNATURE,
-    fold_run,
-    load_test_split,
-    run_batched,
-)
+from cnnserve.training.fold_check import PARITY_IMAGES, run_batched
+from cnnserve.training.fold_run import FOLDED_DIR, REPORT_FILE, SERVING_SIGNATURE, fold_run, load_test_split
 from cnnserve.training.run import MODEL_FILE, RunInfo, load_run_info
 
 

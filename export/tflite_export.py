@@ -15,7 +15,7 @@ import numpy as np
 
 from cnnserve.export.source import ExportSource
 from cnnserve.export.verify import ExportError, Parity, accuracy, check_parity, measure_parity
-from cnnserve.training.fold import SERVING_SIGNATURE
+from cnnserve.training.fold_run import SERVING_SIGNATURE
 
 QUANTIZE_CHOICES = ("float16", "int8")
 CALIBRATION_IMAGES = 300

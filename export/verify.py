@@ -9,12 +9,7 @@ import numpy as np
 from cnnserve.errors import CnnserveError
 from cnnserve.export.source import ExportSource
 from cnnserve.training.data import Split
-from cnnserve.training.fold import (
-    PARITY_BATCH_SIZES,
-    PARITY_LIMIT,
-    Parity,
-    run_batched,
-)
+from cnnserve.training.fold_check import PARITY_BATCH_SIZES, PARITY_LIMIT, Parity, run_batched
 
 __all__ = ["ExportError", "Parity", "accuracy", "check_parity", "measure_parity"]
 

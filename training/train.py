@@ -21,7 +21,7 @@ from cnnserve import __version__
 from cnnserve.errors import CnnserveError
 from cnnserve.training import report
 from cnnserve.training.data import Dataset, load_dataset
-from cnnserve.training.fold import fold_run
+from cnnserve.training.fold_run import fold_run
 from cnnserve.training.layers import MeanImageSubtraction
 from cnnserve.training.models import ModelSpec, count_params, get_spec
 from cnnserve.training.pipeline import evaluation_pipeline, training_pipeline

@@ -1,4 +1,4 @@
-"""The benchmark's only door into `training/fold.py` and `export/` (issue 3's code).
+"""The benchmark's only door into `training/fold*.py` and `export/` (issue 3's code).
 
 `--synthetic` builds zoo models with random weights and must turn them into the very artefacts
 `cnnserve export` writes: fold, save the inference SavedModel, convert to ONNX (tf2onnx plus
@@ -81,7 +81,7 @@ def export_synthetic(
     from cnnserve.export.onnx_export import convert as convert_onnx
     from cnnserve.export.onnx_optimize import optimize
     from cnnserve.export.tflite_export import convert as convert_tflite
-    from cnnserve.training.fold import save_inference_savedmodel
+    from cnnserve.training.fold_run import save_inference_savedmodel
 
     input_shape = tuple(int(d) for d in keras_model.inputs[0].shape[1:])
     savedmodel = workdir / "model.savedmodel"

@@ -19,7 +19,7 @@ import pytest
 
 from cnnserve.export.source import ExportSource, load_source
 from cnnserve.training.data import class_names_for, load_dataset
-from cnnserve.training.fold import fold_run
+from cnnserve.training.fold_run import fold_run
 from cnnserve.training.models import ZOO, build_model, get_spec
 from cnnserve.training.run import MODEL_FILE, RunInfo
 

@@ -14,7 +14,8 @@ import tensorflow as tf
 from cnnserve.export.model_config import ModelConfig
 from cnnserve.export.pipeline import export_run
 from cnnserve.export.tflite_export import TflitePredictor
-from cnnserve.training.fold import MAX_ABS_LOGIT_DIFF, REPORT_FILE
+from cnnserve.training.fold_check import MAX_ABS_LOGIT_DIFF
+from cnnserve.training.fold_run import REPORT_FILE
 from cnnserve.training.models import ZOO
 
 pytestmark = pytest.mark.slow

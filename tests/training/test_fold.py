@@ -16,15 +16,9 @@ from keras import layers
 from cnnserve.cli import main
 from cnnserve.errors import CnnserveError
 from cnnserve.training.data import load_dataset
-from cnnserve.training.fold import (
-    FOLDED_DIR,
-    REPORT_FILE,
-    FoldError,
-    batchnorm_arithmetic,
-    fold_model,
-    fold_run,
-    verify_fold,
-)
+from cnnserve.training.fold import FoldError, fold_model
+from cnnserve.training.fold_check import batchnorm_arithmetic, verify_fold
+from cnnserve.training.fold_run import FOLDED_DIR, REPORT_FILE, fold_run
 from cnnserve.training.models import ZOO, build_model, get_spec
 from cnnserve.training.run import MODEL_FILE, RunInfo
 
