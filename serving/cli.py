@@ -97,6 +97,11 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--cpu-threads", type=int, default=0, help="ONNX Runtime intra-op threads, 0 = one per core"
     )
+    serve.add_argument(
+        "--cpu-spinning",
+        action="store_true",
+        help="let idle ONNX Runtime threads spin (lower batch-1 latency, more CPU)",
+    )
     serve.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
     serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     serve.add_argument(
@@ -143,6 +148,7 @@ def build_options(args: argparse.Namespace) -> object:
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         grace_s=args.grace_s,
         cpu_threads=args.cpu_threads,
+        cpu_spinning=args.cpu_spinning,
         tls=tls,
         ready_file=args.ready_file,
     )

@@ -84,6 +84,9 @@ class ServerOptions:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grace_s: float = 30.0
     cpu_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
+    # Idle ONNX Runtime workers spin instead of sleeping: lower batch-1 latency, but on a
+    # small machine the spinning threads take CPU from the gRPC threads (BENCHMARKS.md).
+    cpu_spinning: bool = False
     tls: TlsConfig | None = None
     ready_file: Path | None = None
 

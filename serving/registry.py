@@ -109,7 +109,9 @@ class ModelRegistry:
             self.device.provider,
             self.device.reason,
         )
-        settings = SessionSettings(self.device.provider, self._options.cpu_threads)
+        settings = SessionSettings(
+            self.device.provider, self._options.cpu_threads, allow_spinning=self._options.cpu_spinning
+        )
         for served in versions:
             try:
                 session = ModelSession(served.spec.model_path, settings)

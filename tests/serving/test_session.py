@@ -61,3 +61,20 @@ def test_cuda_failure_reason_comes_from_onnxruntime_log() -> None:
 def test_unloadable_model_is_a_one_line_error(models: Path) -> None:
     with pytest.raises(CnnserveError, match=r"ONNX Runtime cannot load .*corrupt"):
         ModelSession(models / "corrupt/1/model.onnx", SessionSettings(CPU))
+
+
+@pytest.mark.parametrize("spinning", [False, True])
+def test_spinning_is_off_unless_asked_for(spinning: bool) -> None:
+    options = session.session_options(SessionSettings(CPU, cpu_threads=2, allow_spinning=spinning))
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spinning else "0")
+    assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+
+
+def test_serve_cli_passes_cpu_spinning_to_the_server_config() -> None:
+    from cnnserve.cli import build_parser
+    from cnnserve.serving.cli import build_options
+
+    args = build_parser().parse_args(["serve", "--repository", "models", "--cpu-spinning"])
+    assert build_options(args).cpu_spinning is True
+    args = build_parser().parse_args(["serve", "--repository", "models"])
+    assert build_options(args).cpu_spinning is False
