@@ -86,7 +86,7 @@ def test_tflite_float32_export(name, zoo_runs, zoo_sources, tmp_path):
     assert ModelConfig.load(tmp_path / result.model_name).platform == "tflite"
 
 
-@pytest.mark.parametrize("name", ["cs231n_complex", "inception_bn"])
+@pytest.mark.parametrize("name", list(ZOO))
 def test_savedmodel_export(name, zoo_runs, zoo_sources, tmp_path):
     source = zoo_sources[name]
     result = export_run(zoo_runs[name], "savedmodel", repository=tmp_path, source=source)
