@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cnnserve.bench.noop_model import write_noop
+from tests.child_processes import die_with_parent
 
 START_TIMEOUT_S = 90
 IMAGE_SHAPE = (28, 28, 1)
@@ -53,7 +54,9 @@ def server(noop_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         "--ready-file", str(ready), "--cpu-threads", "1",
     ]  # fmt: skip
     with log.open("wb") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+        )
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
         while not ready.exists():

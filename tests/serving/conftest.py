@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from onnx_models import cnn_model, identity_model, write_model
 
 from cnnserve.serving.client import ClassifierClient
+from tests.child_processes import die_with_parent
 
 START_TIMEOUT_S = 90
 
@@ -60,7 +61,9 @@ class ServerProcess:
             *self.args,
         ]  # fmt: skip
         with self.log_file.open("wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.ready_file.exists():
             if self.process.poll() is not None:
