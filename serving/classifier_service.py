@@ -30,7 +30,8 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
     ) -> pb.ClassifyResponse:
         started_ns = time.monotonic_ns()
         model = self._dataplane.registry.get(request.model_name, request.model_version)
-        top_k = self._dataplane.check_top_k(model, request.top_k)
+        with self._dataplane.counted(model, started_ns):
+            top_k = self._dataplane.check_top_k(model, request.top_k)
         inference = await self._infer(model, request, started_ns, context)
         return pb.ClassifyResponse(
             model_name=model.name,
@@ -117,10 +118,11 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
         started_ns: int,
         context: grpc.aio.ServicerContext,
     ) -> Inference:
-        if not request.HasField("images"):
-            raise InvalidInput("images: missing; expected a uint8 tensor [N, H, W, C]")
-        images = converters.decode_tensor(request.images, "images")
-        return await self._dataplane.infer(model, images, started_ns, deadline_ns(context))
+        with self._dataplane.counted(model, started_ns):
+            if not request.HasField("images"):
+                raise InvalidInput("images: missing; expected a uint8 tensor [N, H, W, C]")
+            images = converters.decode_tensor(request.images, "images")
+            return await self._dataplane.infer(model, images, started_ns, deadline_ns(context))
 
 
 def _timing(inference: Inference) -> pb.ServerTiming:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +82,20 @@ class DataPlane:
         output = next((o for o in model.config.outputs if o.name == LOGITS), model.config.outputs[0])
         return int(output.shape[-1])
 
+    @staticmethod
+    @contextmanager
+    def counted(model: ServedVersion, started_ns: int) -> Iterator[None]:
+        """Counts a failure for every request to `model` that fails inside the block, from
+        decoding its tensors on: Triton counts a malformed request as a failed one too."""
+        try:
+            yield
+        except ServingError as error:
+            model.stats.record_failure(error.failure_reason, time.monotonic_ns() - started_ns)
+            raise
+        except asyncio.CancelledError:
+            model.stats.record_failure("CANCELED", time.monotonic_ns() - started_ns)
+            raise
+
     async def infer(
         self,
         model: ServedVersion,
@@ -88,17 +104,13 @@ class DataPlane:
         deadline_ns: int | None,
         field: str = "images",
     ) -> Inference:
-        """Validate and run `images` through the model's batcher; count the outcome."""
-        try:
-            self.validate_images(model, images, field)
-            assert model.batcher is not None, "a READY model has a batcher"
-            result = await model.batcher.submit(images, deadline_ns)
-        except ServingError as error:
-            model.stats.record_failure(error.failure_reason, time.monotonic_ns() - started_ns)
-            raise
-        except asyncio.CancelledError:
-            model.stats.record_failure("CANCELED", time.monotonic_ns() - started_ns)
-            raise
+        """Validate and run `images` through the model's batcher; count a success.
+
+        Callers run this inside `counted(model, started_ns)`, which counts the failures.
+        """
+        self.validate_images(model, images, field)
+        assert model.batcher is not None, "a READY model has a batcher"
+        result = await model.batcher.submit(images, deadline_ns)
         model.stats.record_success(result, time.monotonic_ns() - started_ns)
         return Inference(model, result.outputs, result, started_ns)
 

@@ -168,11 +168,12 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         started_ns = time.monotonic_ns()
         model = self._registry.get(request.model_name, request.model_version)
-        images = convert.decode_input(request, model.config.inputs[0])
-        wanted = convert.requested_outputs(request, model.config, self._dataplane.num_classes(model))
-        inference = await self._dataplane.infer(
-            model, images, started_ns, deadline_ns(context), field="inputs[0]"
-        )
+        with self._dataplane.counted(model, started_ns):
+            images = convert.decode_input(request, model.config.inputs[0])
+            wanted = convert.requested_outputs(request, model.config, self._dataplane.num_classes(model))
+            inference = await self._dataplane.infer(
+                model, images, started_ns, deadline_ns(context), field="inputs[0]"
+            )
         response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         for name, top_k in wanted:
             array = inference.outputs[name]

@@ -94,3 +94,21 @@ def test_deadline_passing_in_the_queue_is_dropped_before_compute(slow_server: Se
     model_stats = stats["model_stats"][0]
     assert int(model_stats.get("execution_count", 0)) == 0
     assert int(model_stats["inference_stats"]["fail"]["count"]) == 1
+
+
+def test_malformed_requests_count_as_failures(slow_server: ServerProcess) -> None:
+    """A request that fails while its tensors are decoded counts, as Triton counts it."""
+    stub = classifier_pb2_grpc.ClassifierStub(grpc.insecure_channel(slow_server.target))
+    before = gauge(slow_server, "nv_inference_request_failure_total", reason="OTHER")
+    wrong_dtype = pb.ClassifyRequest(
+        model_name="identity", images=pb.Tensor(dtype="float32", shape=[1, 28, 28, 1], data=bytes(3136))
+    )
+    short_data = pb.ClassifyRequest(
+        model_name="identity", images=pb.Tensor(dtype="uint8", shape=[1, 28, 28, 1], data=bytes(10))
+    )
+    bad_top_k = pb.ClassifyRequest(model_name="identity", images=encode_tensor(images(1)), top_k=99)
+    for request in (wrong_dtype, short_data, bad_top_k):
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Classify(request, timeout=10)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert gauge(slow_server, "nv_inference_request_failure_total", reason="OTHER") == before + 3
