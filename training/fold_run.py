@@ -145,11 +145,14 @@ def fold_run(
     parity_images: int = PARITY_IMAGES,
     batch_sizes: Sequence[int] = PARITY_BATCH_SIZES,
     print_table: bool = True,
+    test: Split | None = None,
 ) -> FoldReport:
     """Folds RUN/model.keras into RUN/inference.savedmodel and writes RUN/export_report.json.
 
     Verifies on `parity_images` real test images (all when fewer) at each batch size and
     raises FoldError (a CnnserveError) naming the layer when the folded model disagrees.
+    `test` is the run's test split when the caller already holds it (`cnnserve train`);
+    otherwise it is read again from the run's dataset.
     """
     run_dir = Path(run_dir)
     info = load_run_info(run_dir)
@@ -161,7 +164,8 @@ def fold_run(
             f"cannot load {run_dir / MODEL_FILE} ({first_line}); retrain with 'cnnserve train'"
         ) from None
     folded = fold_model(original)
-    test = load_test_split(run_dir, data_dir)
+    if test is None:
+        test = load_test_split(run_dir, data_dir)
     images = test.images[:parity_images]
     parity = verify_fold(folded, original, images, batch_sizes)
     logits = run_batched(keras_predictor(folded.model), test.images, 256)

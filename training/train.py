@@ -21,6 +21,7 @@ from cnnserve import __version__
 from cnnserve.errors import CnnserveError
 from cnnserve.training import report
 from cnnserve.training.data import Dataset, load_dataset
+from cnnserve.training.fold_check import keras_predictor, run_batched
 from cnnserve.training.fold_run import fold_run
 from cnnserve.training.layers import MeanImageSubtraction
 from cnnserve.training.models import ModelSpec, count_params, get_spec
@@ -141,16 +142,6 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def predict_logits(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    """Logits in inference mode (moving BN statistics), batched."""
-    return np.concatenate(
-        [
-            keras.ops.convert_to_numpy(model(images[start : start + EVAL_BATCH_SIZE], training=False))
-            for start in range(0, len(images), EVAL_BATCH_SIZE)
-        ]
-    )
-
-
 def _plot_first_conv(model: keras.Model, image: np.ndarray, out: Path) -> None:
     conv = next((layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)), None)
     if conv is None:
@@ -206,12 +197,13 @@ def train(config: TrainConfig) -> Path:
     if precise_bn_images:
         logger.console.print(f"BatchNorm statistics recomputed over {precise_bn_images:,} training images")
 
+    predict = keras_predictor(model)  # inference mode: moving (or precise) BN statistics
     test_eval = report.evaluate_logits(
-        predict_logits(model, dataset.test.images), dataset.test.labels, dataset.class_names
+        run_batched(predict, dataset.test.images, EVAL_BATCH_SIZE), dataset.test.labels, dataset.class_names
     )
     train_sample = dataset.train.take(slice(0, TRAIN_ACCURACY_SAMPLE))
     train_eval = report.evaluate_logits(
-        predict_logits(model, train_sample.images), train_sample.labels, dataset.class_names
+        run_batched(predict, train_sample.images, EVAL_BATCH_SIZE), train_sample.labels, dataset.class_names
     )
     steps_done = logger.steps_done
     metrics = {
@@ -262,5 +254,5 @@ def train(config: TrainConfig) -> Path:
     ).save(out)
     logger.finish(test_eval.accuracy, test_eval.loss, train_eval.accuracy, training_time_s, out)
     if config.fold:
-        fold_run(out, data_dir=config.data_dir, print_table=True)
+        fold_run(out, data_dir=config.data_dir, test=dataset.test)
     return out
