@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cnnserve.bench.noop_model import write_noop
-from tests.child_processes import die_with_parent
+from tests.child_processes import module_command
 
 START_TIMEOUT_S = 90
 IMAGE_SHAPE = (28, 28, 1)
@@ -49,14 +48,12 @@ def server(noop_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     workdir = tmp_path_factory.mktemp("bench_server")
     ready, log = workdir / "ready.json", workdir / "server.log"
     command = [
-        sys.executable, "-m", "cnnserve", "serve", "--repository", str(noop_repository),
+        *module_command("cnnserve", "serve"), "--repository", str(noop_repository),
         "--host", "127.0.0.1", "--port", "0", "--metrics-port", "off",
         "--ready-file", str(ready), "--cpu-threads", "1",
     ]  # fmt: skip
     with log.open("wb") as handle:
-        process = subprocess.Popen(
-            command, stdout=handle, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
-        )
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
         while not ready.exists():

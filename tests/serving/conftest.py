@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from onnx_models import cnn_model, identity_model, write_model
 
 from cnnserve.serving.client import ClassifierClient
-from tests.child_processes import die_with_parent
+from tests.child_processes import module_command
 
 START_TIMEOUT_S = 90
 
@@ -53,7 +53,7 @@ class ServerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         command = [
-            sys.executable, "-m", "cnnserve", "serve",
+            *module_command("cnnserve", "serve"),
             "--repository", str(self.repository),
             "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
             "--ready-file", str(self.ready_file),
@@ -61,9 +61,7 @@ class ServerProcess:
             *self.args,
         ]  # fmt: skip
         with self.log_file.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
-            )
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.ready_file.exists():
             if self.process.poll() is not None:
