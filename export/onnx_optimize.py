@@ -13,6 +13,14 @@ Passes, each exact:
   α/size (β = 0.75 as x / (√d·√√d)). Exact up to float rounding; ONNX Runtime's LRN kernel is a
   slow, serial loop, while the 1x1 Conv and the element-wise ops run on its tuned,
   multi-threaded kernels (5x faster at batch 64 on 12x12x64 activations).
+- `rank_match_scalar_constants`: a scalar constant in an element-wise op gets the rank of the
+  other operand (`1/255` becomes `[[[[1/255]]]]`). Same values; but ONNX Runtime broadcasts a
+  rank-0 or rank-1 constant against an NHWC tensor with one channel in one-element spans: the
+  `Rescaling` multiply on a batch of 64 Fashion-MNIST images took 330 µs instead of 7 µs, 15% of
+  `mnist_cnn`'s whole batch.
+- `relu_before_max_pool`: MaxPool → Relu becomes Relu → MaxPool (max and ReLU commute, exactly),
+  so the ReLU fuses into the Conv in front of the pool instead of being a pass of its own;
+  `mnist_cnn` pools before its ReLUs, as its tutorial does.
 - `remove_dead_nodes`: nodes and initializers nothing reads.
 """
 
@@ -26,6 +34,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 REDUCE_OPS = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum")
+ELEMENTWISE_BINARY_OPS = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min")
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,8 @@ def optimize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OptimizeReport]:
         "transpose_into_matmul": transpose_into_matmul(model),
         "transpose_into_reduce": transpose_into_reduce(model),
         "decompose_lrn": decompose_lrn(model),
+        "rank_match_scalar_constants": rank_match_scalar_constants(model),
+        "relu_before_max_pool": relu_before_max_pool(model),
     }
     passes["remove_dead_nodes"] = remove_dead_nodes(model)
     after = op_counts(model)
@@ -313,6 +324,83 @@ def _divide_by_power(x: str, base: str, beta: float, output: str, prefix: str) -
         helper.make_node("Pow", [base, f"{prefix}_neg_beta"], [scale], name=f"{prefix}_pow"),
         helper.make_node("Mul", [x, scale], [output], name=f"{prefix}_apply"),
     ]
+
+
+def rank_match_scalar_constants(model: onnx.ModelProto) -> int:
+    """Reshapes one-element constants of element-wise ops to the other operand's rank."""
+    inits = _initializers(model)
+    ranks = _static_ranks(model)
+    rewrites = 0
+    for node in model.graph.node:
+        if node.op_type not in ELEMENTWISE_BINARY_OPS or len(node.input) != 2:
+            continue
+        for side in (0, 1):
+            constant, other = node.input[side], node.input[1 - side]
+            if constant not in inits or other not in ranks:
+                continue
+            value = numpy_helper.to_array(inits[constant])
+            rank = ranks[other]
+            if value.size != 1 or value.ndim >= rank:
+                continue
+            name = f"{constant}__rank{rank}"
+            if name not in inits:
+                inits[name] = numpy_helper.from_array(value.reshape([1] * rank), name)
+                model.graph.initializer.append(inits[name])
+            node.input[side] = name
+            rewrites += 1
+    return rewrites
+
+
+def relu_before_max_pool(model: onnx.ModelProto) -> int:
+    """Conv → MaxPool → Relu: swap the pool and the ReLU when the pool's only reader is the ReLU."""
+    producers, consumers = _producers(model), _consumers(model)
+    outputs = _graph_outputs(model)
+    rewrites = 0
+    for relu in model.graph.node:
+        if relu.op_type != "Relu":
+            continue
+        pool = producers.get(relu.input[0])
+        if pool is None or pool.op_type != "MaxPool" or len(pool.output) != 1:
+            continue
+        if len(consumers.get(pool.output[0], [])) != 1 or pool.output[0] in outputs:
+            continue
+        conv = producers.get(pool.input[0])
+        if conv is None or conv.op_type != "Conv":  # only where the ReLU will fuse into a Conv
+            continue
+        activated = f"{relu.name or relu.output[0]}__before_pool"
+        relu.input[0], relu.output[0], pool.output[0] = pool.input[0], activated, relu.output[0]
+        pool.input[0] = activated
+        rewrites += 1
+    if rewrites:
+        _sort_topologically(model)
+    return rewrites
+
+
+def _sort_topologically(model: onnx.ModelProto) -> None:
+    """Reorders nodes so that each comes after the producers of its inputs (ONNX requires it)."""
+    available = {init.name for init in model.graph.initializer} | {i.name for i in model.graph.input}
+    available.add("")
+    pending, ordered = list(model.graph.node), []
+    while pending:
+        ready = [node for node in pending if all(name in available for name in node.input)]
+        if not ready:
+            raise ValueError("the ONNX graph has a cycle")
+        for node in ready:
+            available.update(node.output)
+        ordered.extend(ready)
+        pending = [node for node in pending if id(node) not in {id(r) for r in ready}]
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+
+
+def _static_ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Every tensor whose rank shape inference knows: inputs, initializers and node outputs."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {init.name: len(init.dims) for init in model.graph.initializer}
+    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        if info.type.tensor_type.HasField("shape"):
+            ranks[info.name] = len(info.type.tensor_type.shape.dim)
+    return ranks
 
 
 def remove_dead_nodes(model: onnx.ModelProto) -> int:

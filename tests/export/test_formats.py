@@ -26,6 +26,38 @@ def _reference(source, images: np.ndarray) -> np.ndarray:
     return source.predict_logits(images)
 
 
+def _scalar_constants_below_rank(model: onnx.ModelProto) -> list[str]:
+    """Element-wise ops with a one-element constant of lower rank than the tensor it scales."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {i.name: len(i.dims) for i in model.graph.initializer}
+    for info in [*inferred.graph.value_info, *inferred.graph.input]:
+        ranks[info.name] = len(info.type.tensor_type.shape.dim)
+    constants = {i.name: i for i in model.graph.initializer if np.prod(i.dims, dtype=int) == 1}
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type in ("Add", "Sub", "Mul", "Div")
+        for constant, other in (node.input, node.input[::-1])
+        if constant in constants and ranks.get(other, 0) > len(constants[constant].dims)
+    ]
+
+
+def _relu_after_conv_pool(model: onnx.ModelProto) -> list[str]:
+    """Conv → MaxPool → Relu chains: the ReLU should run fused into the Conv instead."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+
+    def op(tensor: str) -> str | None:
+        return producers[tensor].op_type if tensor in producers else None
+
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "Relu"
+        and op(node.input[0]) == "MaxPool"
+        and op(producers[node.input[0]].input[0]) == "Conv"
+    ]
+
+
 @pytest.mark.parametrize("name", list(ZOO))
 def test_onnx_export(name, zoo_runs, zoo_sources, tmp_path):
     source = zoo_sources[name]
@@ -53,6 +85,8 @@ def test_onnx_export(name, zoo_runs, zoo_sources, tmp_path):
     assert report["nodes_after"] <= report["nodes_before"] == sum(report["ops_before"].values())
     assert "Shape" not in report["ops_after"] and "Gather" not in report["ops_after"]
     assert report["parity"]["max_abs_logit_diff"] <= MAX_ABS_LOGIT_DIFF
+    assert _scalar_constants_below_rank(model) == []
+    assert _relu_after_conv_pool(model) == []
     assert report["parity"]["batch_sizes"] == [1, 256] or report["parity"]["batch_sizes"] == (1, 256)
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
