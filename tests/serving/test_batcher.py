@@ -210,3 +210,23 @@ def test_close_finishes_accepted_work_and_refuses_new_requests() -> None:
         assert [ids((await p).outputs["logits"]) for p in pending] == [[i] for i in range(5)]
 
     asyncio.run(scenario())
+
+
+def test_the_worker_runs_batch_after_batch_while_the_event_loop_is_busy() -> None:
+    """The next batch must not wait for the event loop (busy decoding other requests)."""
+
+    async def scenario() -> None:
+        model = RecordingModel()
+        records: list[BatchRecord] = []
+        batcher = await started(model, config(max_batch_size=1, delay_s=0), records.append)
+        waiting = [asyncio.ensure_future(batcher.submit(images(i))) for i in range(3)]
+        await asyncio.sleep(0)  # every request is queued
+        deadline = time.monotonic() + 10
+        while len(model.batches) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)  # blocks the event loop, as a long callback would
+        assert len(model.batches) == 3 and records == []  # computed; delivered once the loop is free
+        assert [ids((await w).outputs["logits"]) for w in waiting] == [[0], [1], [2]]
+        assert [r.size for r in records] == [1, 1, 1]
+        await batcher.close()
+
+    asyncio.run(scenario())
