@@ -98,6 +98,11 @@ def _register_local(stages: argparse._SubParsersAction) -> None:
     local.add_argument("--min-runs", type=int, default=20, help="timed runs at least (default: 20)")
     local.add_argument("--min-time-s", type=float, default=2.0, help="timed seconds at least (default: 2)")
     local.add_argument("--max-time-s", type=float, default=60.0, help="cap per point (default: 60)")
+    local.add_argument(
+        "--rounds", type=int, default=3,
+        help="split each point's runs over this many rounds that alternate between the backends, "
+        "so the machine's drift hits them alike (default: 3)",
+    )  # fmt: skip
     local.add_argument("--peak-size", type=int, default=2048, help="matmul size for the peak (default: 2048)")
     _outputs(local, "write the records as CSV")
     local.set_defaults(handler=run_local_command)
@@ -150,7 +155,7 @@ def run_local_command(args: argparse.Namespace) -> int:
         models = _models(args.model, False, args.repository)
     plan = LocalPlan(
         models, variants, batch_sizes, None if args.synthetic else args.repository, options, policy,
-        peak_size=args.peak_size,
+        peak_size=args.peak_size, rounds=args.rounds,
     )  # fmt: skip
     from rich.console import Console
 

@@ -1,7 +1,10 @@
 """`cnnserve bench local`: every (model, backend, batch size) point, measured in this process.
 
 Order of work: matmul peak first (in a child process, before any runtime spins up threads),
-then per model: artefacts, FLOP count, and each backend across the batch sizes. A backend
+then per model: artefacts, FLOP count, every backend opened, and `rounds` rounds that each
+measure every backend at every batch size in turn. Interleaving is what makes the backends
+comparable on a machine whose speed drifts (10–20% here from minute to minute): a slow spell
+lands on every backend's samples alike instead of on whichever ran during it. A backend
 that cannot run here (missing artefact, no CUDA) is reported as skipped with the reason,
 not silently dropped; if nothing at all can run, that is an error.
 """
@@ -38,8 +41,11 @@ class LocalPlan:
     policy: RepeatPolicy = field(default_factory=RepeatPolicy)
     peak_size: int = DEFAULT_SIZE
     peak_repeats: int = DEFAULT_REPEATS
+    rounds: int = 3
 
     def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise CnnserveError(f"--rounds must be >= 1, received {self.rounds}")
         if not self.models:
             raise CnnserveError("--model is empty; name a model (or 'all' with --synthetic)")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
@@ -97,39 +103,53 @@ def run_local(plan: LocalPlan, progress: Progress | None = None) -> LocalResult:
     progress.step(f"matmul peak ({plan.options.threads} threads)")
     result.peak = measure_peak(plan.options.threads, plan.peak_size, plan.peak_repeats)
     system = {**asdict(result.system), "matmul_peak": asdict(result.peak)}
-    progress.start(len(plan.models) * len(plan.variants) * len(plan.batch_sizes))
+    progress.start(len(plan.models) * len(plan.variants) * len(plan.batch_sizes) * plan.rounds)
     with tempfile.TemporaryDirectory(prefix="cnnserve-bench-") as workdir:
         for model in plan.models:
             progress.step(f"{model}: preparing models")
             found = _artifacts(plan, model, Path(workdir))
             flops = artifacts.flops_per_image(found.zoo_model)
-            for variant in plan.variants:
-                path = found.files.get(variant)
-                backend = None
-                if path is None:
-                    reason = found.missing.get(variant, "not available")
-                else:
-                    try:
-                        backend = open_backend(variant, path, plan.options)
-                    except BackendUnavailable as error:
-                        reason = str(error)
-                if backend is None:
-                    result.skipped.append(Skipped(model, variant, reason))
-                    for _ in plan.batch_sizes:
+            backends = _open_backends(plan, model, found, result, progress)
+            samples: dict[tuple[str, int], list[np.ndarray]] = {}
+            for round_index in range(plan.rounds):
+                policy = plan.policy.for_round(plan.rounds, first=round_index == 0)
+                for variant, backend in backends.items():
+                    for batch_size in plan.batch_sizes:
+                        where = f"round {round_index + 1}/{plan.rounds}"
+                        progress.step(f"{model} · {variant} · batch {batch_size} · {where}")
+                        point = measure_point(backend, batch_size, found.input_shape, policy)
+                        samples.setdefault((variant, batch_size), []).append(point)
                         progress.advance()
-                    continue
+            for variant, backend in backends.items():
                 for batch_size in plan.batch_sizes:
-                    progress.step(f"{model} · {variant} · batch {batch_size}")
-                    samples = measure_point(backend, batch_size, found.input_shape, plan.policy)
+                    measured = np.concatenate(samples[(variant, batch_size)])
                     result.records.append(
-                        _record(found.model, backend, batch_size, samples, flops, result.peak, system)
+                        _record(found.model, backend, batch_size, measured, flops, result.peak, system)
                     )
-                    progress.advance()
-                del backend  # free its threads and memory before the next one is timed
+            backends.clear()  # free their threads and memory before the next model
     if not result.records:
         reasons = "; ".join(f"{s.model}/{s.backend}: {s.reason}" for s in result.skipped)
         raise CnnserveError(f"nothing could be measured: {reasons}")
     return result
+
+
+def _open_backends(plan: LocalPlan, model: str, found, result: LocalResult, progress: Progress) -> dict:
+    """Every variant that can run here, by name; the others are recorded as skipped, with why."""
+    backends = {}
+    for variant in plan.variants:
+        path = found.files.get(variant)
+        if path is None:
+            reason = found.missing.get(variant, "not available")
+        else:
+            try:
+                backends[variant] = open_backend(variant, path, plan.options)
+                continue
+            except BackendUnavailable as error:
+                reason = str(error)
+        result.skipped.append(Skipped(model, variant, reason))
+        for _ in range(len(plan.batch_sizes) * plan.rounds):
+            progress.advance()
+    return backends
 
 
 def _record(model, backend, batch_size, samples, flops, peak, system) -> LocalRecord:

@@ -39,6 +39,18 @@ class RepeatPolicy:
                 f"--max-time-s ({self.max_time_s}) must be >= --min-time-s ({self.min_time_s})"
             )
 
+    def for_round(self, rounds: int, first: bool) -> RepeatPolicy:
+        """This policy split over `rounds` interleaved rounds: each round takes its share of the
+        runs and time, and rounds after the first warm up with one call (caches and threads may
+        have gone cold while the other backends ran)."""
+        return RepeatPolicy(
+            warmup_runs=self.warmup_runs if first else min(self.warmup_runs, 1),
+            min_runs=-(-self.min_runs // rounds),
+            min_time_s=self.min_time_s / rounds,
+            max_runs=max(-(-self.max_runs // rounds), -(-self.min_runs // rounds)),
+            max_time_s=self.max_time_s / rounds,
+        )
+
     def done(self, runs: int, elapsed_ns: int) -> bool:
         """True once enough runs and time are in, or a cap is hit (after at least one run)."""
         if runs >= self.max_runs or (runs >= 1 and elapsed_ns >= self.max_time_s * 1e9):

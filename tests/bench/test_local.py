@@ -4,7 +4,7 @@ import pytest
 
 from cnnserve.bench import artifacts
 from cnnserve.bench.backends import BackendUnavailable, expand_backends, open_backend
-from cnnserve.bench.local import LocalPlan, run_local
+from cnnserve.bench.local import LocalPlan, Progress, run_local
 from cnnserve.bench.options import RuntimeOptions
 from cnnserve.bench.timing import RepeatPolicy
 from cnnserve.errors import CnnserveError
@@ -44,6 +44,46 @@ def test_repository_run_measures_onnxruntime_and_reports_what_is_missing(noop_re
     assert result.peak is not None and result.peak.gflops > 0
     (skipped,) = result.skipped
     assert skipped.backend == "tflite_float32" and "--format tflite" in skipped.reason
+
+
+class RecordingProgress(Progress):
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+
+    def step(self, description: str) -> None:
+        self.steps.append(description)
+
+
+def test_rounds_alternate_between_points_and_pool_their_samples(noop_repository):
+    options = RuntimeOptions(device="cpu", intra_op_threads=1)
+    policy = RepeatPolicy(warmup_runs=2, min_runs=5, min_time_s=0.0)
+    plan = LocalPlan(
+        ("tiny", "noop"), ("onnxruntime",), (1, 4), noop_repository, options, policy,
+        peak_size=64, peak_repeats=2, rounds=2,
+    )  # fmt: skip
+    progress = RecordingProgress()
+    result = run_local(plan, progress)
+    measured = [step for step in progress.steps if "round" in step]
+    assert measured == [
+        f"{model} · onnxruntime · batch {batch} · round {r}/2"
+        for model in ("tiny", "noop")
+        for r in (1, 2)
+        for batch in (1, 4)
+    ]
+    assert [(r.model, r.batch_size) for r in result.records] == [
+        ("tiny", 1), ("tiny", 4), ("noop", 1), ("noop", 4),
+    ]  # fmt: skip
+    assert all(record.runs == 6 for record in result.records)  # 2 rounds × ⌈5 / 2⌉ runs
+
+
+def test_a_round_takes_its_share_of_the_policy():
+    policy = RepeatPolicy(warmup_runs=5, min_runs=20, min_time_s=2.0, max_time_s=60.0)
+    first, later = policy.for_round(3, first=True), policy.for_round(3, first=False)
+    assert (first.warmup_runs, later.warmup_runs) == (5, 1)
+    assert first.min_runs == later.min_runs == 7
+    assert first.min_time_s == pytest.approx(2 / 3) and first.max_time_s == pytest.approx(20)
+    with pytest.raises(CnnserveError, match="--rounds must be >= 1"):
+        LocalPlan(("mnist_cnn",), ("onnxruntime",), (8,), None, rounds=0)
 
 
 def test_unknown_model_in_repository(noop_repository):
