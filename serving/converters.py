@@ -22,18 +22,29 @@ def decode_tensor(tensor: pb.Tensor, field: str, dtype: str = IMAGE_DTYPE) -> np
     sent_dtype = tensor.dtype or IMAGE_DTYPE
     if sent_dtype != dtype:
         raise InvalidInput(f"{field}.dtype: expected {dtype!r}, received {sent_dtype!r}")
-    shape = [int(d) for d in tensor.shape]
+    shape = wire_shape(tensor.shape, f"{field}.shape", "[N, H, W, C]")
+    return array_from_bytes(tensor.data, dtype, shape, f"{field}.data", dtype)
+
+
+def wire_shape(dims: Sequence[int], field: str, expected: str) -> list[int]:
+    """A shape as sent: present and without negative dimensions (both protocols)."""
+    shape = [int(d) for d in dims]
     if not shape:
-        raise InvalidInput(f"{field}.shape: missing; expected [N, H, W, C]")
+        raise InvalidInput(f"{field}: missing; expected {expected}")
     if any(d < 0 for d in shape):
-        raise InvalidInput(f"{field}.shape: dimensions must be >= 0, received {shape}")
-    itemsize = np.dtype(dtype).itemsize
-    expected = math.prod(shape) * itemsize
-    if len(tensor.data) != expected:
+        raise InvalidInput(f"{field}: dimensions must be >= 0, received {shape}")
+    return shape
+
+
+def array_from_bytes(data: bytes, dtype: str, shape: list[int], field: str, type_name: str) -> np.ndarray:
+    """Little-endian `data` viewed (not copied) as `shape`, once its length is checked."""
+    little = np.dtype(dtype).newbyteorder("<")
+    expected = math.prod(shape) * little.itemsize
+    if len(data) != expected:
         raise InvalidInput(
-            f"{field}.data: expected {expected} bytes for {dtype} {shape}, received {len(tensor.data)}"
+            f"{field}: expected {expected} bytes for {type_name} {shape}, received {len(data)}"
         )
-    return np.frombuffer(tensor.data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+    return np.frombuffer(data, dtype=little).reshape(shape)
 
 
 def encode_tensor(array: np.ndarray) -> pb.Tensor:

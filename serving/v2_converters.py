@@ -15,6 +15,7 @@ import numpy as np
 from cnnserve.export.model_config import ModelConfig, TensorSpec
 from cnnserve.protos import grpc_service_pb2 as pb
 from cnnserve.protos import model_config_pb2 as config_pb
+from cnnserve.serving.converters import array_from_bytes, wire_shape
 from cnnserve.serving.errors import InvalidInput
 
 # Triton datatype names ↔ numpy.
@@ -57,11 +58,7 @@ def decode_input(request: pb.ModelInferRequest, spec: TensorSpec) -> np.ndarray:
     expected_type = v2_datatype(spec.dtype)
     if tensor.datatype != expected_type:
         raise InvalidInput(f"inputs[0].datatype: expected {expected_type}, received {tensor.datatype!r}")
-    shape = [int(d) for d in tensor.shape]
-    if not shape:
-        raise InvalidInput(f"inputs[0].shape: missing; expected {_shown(spec.shape)}")
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"inputs[0].shape: dimensions must be >= 0, received {shape}")
+    shape = wire_shape(tensor.shape, "inputs[0].shape", _shown(spec.shape))
     dtype = np.dtype(spec.dtype).newbyteorder("<")
     elements = math.prod(shape)
     if request.raw_input_contents:
@@ -70,13 +67,9 @@ def decode_input(request: pb.ModelInferRequest, spec: TensorSpec) -> np.ndarray:
                 "raw_input_contents: expected 1 entry (one per input), "
                 f"received {len(request.raw_input_contents)}"
             )
-        raw = request.raw_input_contents[0]
-        if len(raw) != elements * dtype.itemsize:
-            raise InvalidInput(
-                f"raw_input_contents[0]: expected {elements * dtype.itemsize} bytes for "
-                f"{expected_type} {shape}, received {len(raw)}"
-            )
-        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+        return array_from_bytes(
+            request.raw_input_contents[0], spec.dtype, shape, "raw_input_contents[0]", expected_type
+        )
     values = tensor.contents.uint_contents if spec.dtype == "uint8" else tensor.contents.fp32_contents
     field = "uint_contents" if spec.dtype == "uint8" else "fp32_contents"
     if len(values) != elements:
