@@ -119,6 +119,7 @@ def export_run(
                 "created": created,
                 "parity": details["parity"],
                 "float_test_accuracy": source.test_accuracy,
+                "flops_per_image": _flops_per_image(info.model),
             },
         )
         final = writer.commit(config)
@@ -127,6 +128,16 @@ def export_run(
     key = fmt if quantize is None else f"{fmt}_{quantize}"
     update_report(run_dir, "exports", report, key=key)
     return ExportResult(fmt, quantize, name, writer.version, final / target.name, config, report)
+
+
+def _flops_per_image(zoo_model: str) -> int | None:
+    """2 × multiply-adds of the conv and dense layers, from the zoo definition the run trained.
+
+    Recorded so that `cnnserve bench server` can report GFLOP/s for what a server serves
+    without building the model (and importing TensorFlow) on the client."""
+    from cnnserve.training.models import ZOO, build_model, flops_per_image
+
+    return flops_per_image(build_model(zoo_model)) if zoo_model in ZOO else None
 
 
 def _export(fmt, quantize, source, target, provenance, calibration_images, max_drop) -> dict:

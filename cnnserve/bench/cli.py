@@ -230,8 +230,9 @@ def _register_server(stages: argparse._SubParsersAction) -> None:
     server.set_defaults(handler=run_server_command)
 
 
-def _flops_for(model: str) -> int | None:
-    """The zoo's FLOPs per image when the served model is named after a zoo model.
+def _zoo_flops(model: str) -> int | None:
+    """The zoo's FLOPs per image when the served model is named after a zoo model: the fallback
+    for servers that do not report them (exports before they were recorded, or Triton).
 
     The zoo lives beside Keras, so this imports TensorFlow (quietly, once, before any load)."""
     from cnnserve.quiet_tf import import_tensorflow_quietly
@@ -250,7 +251,7 @@ def run_server_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from cnnserve.bench import report
-    from cnnserve.bench.server_bench import ServerPlan, run_server_bench
+    from cnnserve.bench.server_bench import ServerPlan, run_server_bench, served_flops
     from cnnserve.bench.system import collect, usable_cores
 
     plan = ServerPlan(
@@ -265,7 +266,9 @@ def run_server_command(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     system = asdict(collect())
-    flops = _flops_for(plan.model)
+    flops = asyncio.run(served_flops(plan))
+    if flops is None:
+        flops = _zoo_flops(plan.model)
     peak_gflops = None
     if flops is not None and plan.is_loopback:
         from cnnserve.bench.peak import measure_peak

@@ -86,6 +86,17 @@ async def model_info(channel: grpc.aio.Channel, model: str, timeout_s: float) ->
     return ModelInfo(metadata.name, shape, metadata.platform, provider)
 
 
+async def reported_flops(channel: grpc.aio.Channel, model: str, timeout_s: float) -> int | None:
+    """FLOPs per image from the V2 ModelConfig's `flops_per_image` parameter, which cnnserve
+    exports record; None from servers (or older exports) that do not say."""
+    v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    response = await v2.ModelConfig(grpc_service_pb2.ModelConfigRequest(name=model), timeout=timeout_s)
+    parameter = response.config.parameters.get("flops_per_image")
+    if parameter is None or not parameter.string_value.isdigit():
+        return None
+    return int(parameter.string_value) or None
+
+
 async def statistics(channel: grpc.aio.Channel, model: str, timeout_s: float) -> StatsSnapshot:
     v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
     response = await v2.ModelStatistics(

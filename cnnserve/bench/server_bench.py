@@ -91,6 +91,18 @@ async def _model_info(channel, plan: ServerPlan, model: str) -> protocol_adapter
         raise CnnserveError(f"{plan.target}: model {model!r}: {describe(error)}") from None
 
 
+async def served_flops(plan: ServerPlan) -> int | None:
+    """What the server says `plan.model` costs per image (None if it does not say)."""
+    channel = await _connect(plan)
+    try:
+        await _model_info(channel, plan, plan.model)  # an unknown model fails here, clearly
+        return await protocol_adapter.reported_flops(channel, plan.model, plan.request_timeout_s)
+    except grpc.aio.AioRpcError:
+        return None  # a V2 server without the model-configuration extension
+    finally:
+        await channel.close()
+
+
 async def _sleep_until(deadline_ns: int) -> None:
     await asyncio.sleep(max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9))
 

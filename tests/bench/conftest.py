@@ -11,16 +11,18 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from cnnserve.bench.noop_model import write_noop
+from cnnserve.export.model_config import ModelConfig
 from tests.child_processes import module_command
 
 START_TIMEOUT_S = 90
 IMAGE_SHAPE = (28, 28, 1)
+PRICED_FLOPS = 6_726_144  # mnist_cnn's
 
 
 @dataclass
@@ -36,10 +38,14 @@ class RunningServer:
 
 @pytest.fixture(scope="session")
 def noop_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`noop` (the overhead model) and `tiny`, a second no-op standing in for a real model."""
+    """`noop` (the overhead model), and `tiny` and `priced`, no-ops standing in for real models."""
     root = tmp_path_factory.mktemp("bench_models")
     write_noop(root, IMAGE_SHAPE, "noop")
     write_noop(root, IMAGE_SHAPE, "tiny", max_batch_size=8)
+    # `priced`: a no-op whose config.json carries FLOPs, as `cnnserve export` records them.
+    write_noop(root, IMAGE_SHAPE, "priced")
+    config = ModelConfig.load(root / "priced")
+    replace(config, extra={**config.extra, "flops_per_image": PRICED_FLOPS}).save(root / "priced")
     return root
 
 

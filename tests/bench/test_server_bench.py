@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from cnnserve.bench.load_generator import LoadResult, split
-from cnnserve.bench.server_bench import ServerPlan, run_server_bench
+from cnnserve.bench.server_bench import ServerPlan, run_server_bench, served_flops
 from cnnserve.errors import CnnserveError
+from tests.bench.conftest import PRICED_FLOPS
 
 
 def _plan(target: str, **overrides) -> ServerPlan:
@@ -43,6 +44,18 @@ def test_several_client_processes(server):
 def test_unknown_model_on_the_server(server):
     with pytest.raises(CnnserveError, match="model 'nope': NOT_FOUND"):
         asyncio.run(run_server_bench(_plan(server.target, model="nope")))
+
+
+def test_flops_come_from_the_server_when_the_export_recorded_them(server):
+    assert asyncio.run(served_flops(_plan(server.target, model="priced"))) == PRICED_FLOPS
+    assert asyncio.run(served_flops(_plan(server.target, model="tiny"))) is None
+    with pytest.raises(CnnserveError, match="model 'nope': NOT_FOUND"):
+        asyncio.run(served_flops(_plan(server.target, model="nope")))
+    (record,) = asyncio.run(
+        run_server_bench(_plan(server.target, model="priced", concurrency=(1,), noop_model=None),
+                         flops_for=lambda model: PRICED_FLOPS)
+    )  # fmt: skip
+    assert record.gflops == pytest.approx(record.images_per_s * PRICED_FLOPS / 1e9)
 
 
 def test_unreachable_target(closed_port):

@@ -16,7 +16,7 @@ from cnnserve.export.pipeline import export_run
 from cnnserve.export.tflite_export import TflitePredictor
 from cnnserve.training.fold_check import MAX_ABS_LOGIT_DIFF
 from cnnserve.training.fold_run import REPORT_FILE
-from cnnserve.training.models import ZOO
+from cnnserve.training.models import ZOO, build_model, flops_per_image
 
 pytestmark = pytest.mark.slow
 SECOND_BATCH = 7
@@ -103,6 +103,9 @@ def test_onnx_export(name, zoo_runs, zoo_sources, tmp_path):
     assert config.class_labels == source.info.class_names
     assert config.source_run == str(zoo_runs[name].resolve())
     assert config.test_accuracy == pytest.approx(source.test_accuracy, abs=0.002)
+    assert config.extra["flops_per_image"] == flops_per_image(build_model(name)) > 0
+    if name == "mnist_cnn":  # 2 × (25·784·16 + 400·196·36 + 1764·128 + 128·10) multiply-adds
+        assert config.extra["flops_per_image"] == 6_726_144
     run_report = json.loads((zoo_runs[name] / REPORT_FILE).read_text())
     assert run_report["exports"]["onnx"]["nodes_after"] == report["nodes_after"]
     assert "fold" in run_report
