@@ -87,6 +87,8 @@ def test_onnx_export(name, zoo_runs, zoo_sources, tmp_path):
     assert report["parity"]["max_abs_logit_diff"] <= MAX_ABS_LOGIT_DIFF
     assert _scalar_constants_below_rank(model) == []
     assert _relu_after_conv_pool(model) == []
+    if name == "inception_bn":  # branches 1 and 2 of each of the four inception blocks
+        assert report["passes"]["merge_sibling_convs"] == 8
     assert report["parity"]["batch_sizes"] == [1, 256] or report["parity"]["batch_sizes"] == (1, 256)
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

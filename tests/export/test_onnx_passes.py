@@ -7,7 +7,11 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from cnnserve.export.onnx_optimize import rank_match_scalar_constants, relu_before_max_pool
+from cnnserve.export.onnx_optimize import (
+    merge_sibling_convs,
+    rank_match_scalar_constants,
+    relu_before_max_pool,
+)
 
 
 def _model(nodes, inputs, outputs, initializers) -> onnx.ModelProto:
@@ -93,3 +97,49 @@ def test_relu_stays_where_the_pooled_tensor_is_read_elsewhere():
     model = _conv_pool_relu(pool_is_also_an_output=True)
     assert relu_before_max_pool(model) == 0
     assert [node.op_type for node in model.graph.node] == ["Conv", "MaxPool", "Relu"]
+
+
+def _inception_like(read_b_elsewhere: bool = False) -> onnx.ModelProto:
+    """x → Conv a, Conv b (3x3, ReLU), Conv c (1x1, ReLU), MaxPool; Concat[a, b, c, pool]."""
+    rng = np.random.default_rng(4)
+    weights = {
+        "wa": rng.normal(size=(4, 2, 3, 3)), "wb": rng.normal(size=(4, 2, 3, 3)),
+        "wc": rng.normal(size=(4, 2, 1, 1)), "ba": rng.normal(size=4), "bb": rng.normal(size=4),
+    }  # fmt: skip
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["ca"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["ca"], ["a"]),
+        helper.make_node("Conv", ["x", "wb", "bb"], ["cb"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["cb"], ["b"]),
+        helper.make_node("Conv", ["x", "wc"], ["cc"]),
+        helper.make_node("Relu", ["cc"], ["c"]),
+        helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["a", "b", "c", "p"], ["y"], axis=1),
+    ]
+    outputs = [_float("y", ["batch", 14, 6, 6])]
+    if read_b_elsewhere:
+        outputs.append(_float("b", ["batch", 4, 6, 6]))
+    return _model(nodes, [_float("x", ["batch", 2, 6, 6])], outputs, inits)
+
+
+def test_sibling_convs_feeding_one_concat_become_one_conv_with_identical_results():
+    model = _inception_like()
+    feeds = {"x": np.random.default_rng(5).normal(size=(3, 2, 6, 6)).astype(np.float32)}
+    (expected,) = _run(model, feeds)
+
+    assert merge_sibling_convs(model) == 2  # a and b; c has another kernel, p is no Conv
+    onnx.checker.check_model(model)
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    assert len(convs) == 2
+    merged = next(node for node in convs if "__merged2" in node.name)
+    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
+    assert shapes[merged.input[1]] == [8, 2, 3, 3] and shapes[merged.input[2]] == [8]
+    (got,) = _run(model, feeds)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_a_conv_whose_output_is_read_elsewhere_is_not_merged():
+    model = _inception_like(read_b_elsewhere=True)
+    assert merge_sibling_convs(model) == 0
+    assert sum(node.op_type == "Conv" for node in model.graph.node) == 3
