@@ -6,6 +6,7 @@ import json
 import pytest
 
 from cnnserve.cli import main
+from tests.bench.conftest import PRICED_FLOPS
 
 FAST = ["--warmup-runs", "1", "--min-runs", "2", "--min-time-s", "0", "--peak-size", "128"]
 
@@ -67,6 +68,20 @@ def test_server_command_writes_csv_json_and_plot(server, tmp_path):
     records = json.loads((out / "s.json").read_text())
     assert {r["concurrency"] for r in records} == {1, 2}
     assert (out / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_server_command_reports_gflops_from_the_flops_the_server_reports(server, tmp_path):
+    out = tmp_path / "priced.json"
+    argv = ["bench", "server", "--target", server.target, "--model", "priced", "--protocol", "v2",
+            "--concurrency", "1", "--duration", "0.5", "--warmup", "0.2", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    model, noop = json.loads(out.read_text())
+    assert model["model"] == "priced" and noop["model"] == "noop"
+    assert model["gflops"] == pytest.approx(model["images_per_s"] * PRICED_FLOPS / 1e9)
+    # A loopback target: the matmul peak is measured on this machine, so the share is reported.
+    peak = model["system"]["matmul_peak"]["gflops"]
+    assert model["pct_of_peak"] == pytest.approx(100 * model["gflops"] / peak)
+    assert noop["gflops"] is None and noop["pct_of_peak"] is None
 
 
 def test_noop_model_command(tmp_path, capsys):
