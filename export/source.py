@@ -72,6 +72,22 @@ class ExportSource:
         return self._reference[batch]
 
     @cached_property
+    def folded_model(self):
+        """The folded Keras model, for exporters that must trace the graph again (TFLite's LRN)."""
+        import keras
+
+        from cnnserve.training.fold import fold_model
+
+        return fold_model(keras.models.load_model(self.run_dir / MODEL_FILE, compile=False)).model
+
+    @cached_property
+    def has_lrn(self) -> bool:
+        """Whether the folded graph contains TensorFlow's LRN op."""
+        graph = self.serving.graph.as_graph_def()
+        nodes = [*graph.node, *(node for function in graph.library.function for node in function.node_def)]
+        return any(node.op == "LRN" for node in nodes)
+
+    @cached_property
     def test(self) -> Split:
         return load_test_split(self.run_dir, self.data_dir)
 

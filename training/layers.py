@@ -45,7 +45,13 @@ class PerImageStandardization(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class LocalResponseNormalization(keras.layers.Layer):
-    """tf.nn.local_response_normalization across channels (AlexNet / cuda-convnet)."""
+    """tf.nn.local_response_normalization across channels (AlexNet / cuda-convnet).
+
+    `decomposed = True` (set by the TFLite exporter, never saved) computes the same function
+    from ops XNNPACK runs: x² → a 1x1 convolution with a banded weight → x / d^β. TFLite's own
+    LRN is a serial reference kernel that XNNPACK cannot take: `cifar10_convnet` ran at 24.6 ms
+    per batch of 64 with it and 5.9 ms decomposed. TensorFlow keeps its fused LRN kernel.
+    """
 
     def __init__(
         self,
@@ -60,11 +66,26 @@ class LocalResponseNormalization(keras.layers.Layer):
         self.bias = bias
         self.alpha = alpha
         self.beta = beta
+        self.decomposed = False
 
     def call(self, inputs):
+        if self.decomposed:
+            return self._decomposed(inputs)
         return tf.nn.local_response_normalization(
             inputs, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta
         )
+
+    def _decomposed(self, inputs):
+        """sqr_sum[c] = Σ x[c−r..c+r]² (TensorFlow's α is not divided by the window size)."""
+        channels, radius = int(inputs.shape[-1]), self.depth_radius
+        band = np.zeros((1, 1, channels, channels), np.float32)
+        for out in range(channels):
+            band[0, 0, max(0, out - radius) : out + radius + 1, out] = self.alpha
+        denominator = self.bias + tf.nn.conv2d(inputs * inputs, band, strides=1, padding="VALID")
+        if self.beta == 0.75:  # d^0.75 = √d·√√d: two square roots, cheaper than a power
+            root = tf.sqrt(denominator)
+            return inputs / (root * tf.sqrt(root))
+        return inputs * tf.pow(denominator, -self.beta)
 
     def get_config(self) -> dict:
         return {

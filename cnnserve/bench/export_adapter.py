@@ -85,8 +85,10 @@ def export_synthetic(
 
     input_shape = tuple(int(d) for d in keras_model.inputs[0].shape[1:])
     savedmodel = workdir / "model.savedmodel"
-    save_inference_savedmodel(fold(keras_model), savedmodel)
+    folded = fold(keras_model)
+    save_inference_savedmodel(folded, savedmodel)
     source = _synthetic_source(model_name, input_shape, savedmodel, workdir)  # type: ignore[arg-type]
+    source.__dict__["folded_model"] = folded  # no run directory to reload it from
     onnx_path = workdir / "model.onnx"
     optimized, _ = optimize(convert_onnx(source))
     onnx.save(optimized, str(onnx_path))

@@ -58,6 +58,16 @@ def _relu_after_conv_pool(model: onnx.ModelProto) -> list[str]:
     ]
 
 
+def _tflite_ops(path) -> list[str]:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    plain = Interpreter(
+        model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    plain.allocate_tensors()
+    return [op["op_name"] for op in plain._get_ops_details()]
+
+
 @pytest.mark.parametrize("name", list(ZOO))
 def test_onnx_export(name, zoo_runs, zoo_sources, tmp_path):
     source = zoo_sources[name]
@@ -123,6 +133,10 @@ def test_tflite_float32_export(name, zoo_runs, zoo_sources, tmp_path):
     images = source.test.images[:SECOND_BATCH]
     np.testing.assert_allclose(predict(images), _reference(source, images), atol=MAX_ABS_LOGIT_DIFF)
     assert ModelConfig.load(tmp_path / result.model_name).platform == "tflite"
+    # LRN models run a decomposed LRN that XNNPACK takes, not TFLite's serial reference kernel.
+    has_lrn = name in ("cifar10_convnet", "alexnet_bn")
+    assert result.report["lrn"] == ("decomposed" if has_lrn else None)
+    assert "LOCAL_RESPONSE_NORMALIZATION" not in _tflite_ops(result.path)
 
 
 @pytest.mark.parametrize("name", list(ZOO))

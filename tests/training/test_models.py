@@ -96,6 +96,20 @@ def test_lrn_uses_tutorial_parameters(zoo):
         assert lrn.alpha == pytest.approx(0.001 / 9.0)
 
 
+@pytest.mark.parametrize(
+    ("channels", "radius", "alpha", "beta"),
+    [(64, 4, 0.001 / 9.0, 0.75), (48, 2, 1e-4, 0.75), (5, 4, 0.01, 0.75), (16, 3, 0.002, 0.5)],
+)
+def test_decomposed_lrn_computes_tensorflows_lrn(channels, radius, alpha, beta):
+    """The TFLite export's form: the same function, from ops XNNPACK runs; never saved."""
+    layer = LocalResponseNormalization(depth_radius=radius, bias=1.0, alpha=alpha, beta=beta)
+    images = np.random.default_rng(channels).uniform(0, 30, (3, 6, 6, channels)).astype(np.float32)
+    fused = np.asarray(layer(images))
+    layer.decomposed = True
+    np.testing.assert_allclose(np.asarray(layer(images)), fused, rtol=2e-6, atol=1e-6)
+    assert "decomposed" not in layer.get_config()
+
+
 def test_cifar10_convnet_weight_decay_matches_tf_l2_loss(zoo):
     regularizer = zoo["cifar10_convnet"].get_layer("local3").kernel_regularizer
     weights = np.full((2, 2), 3.0, np.float32)
