@@ -270,6 +270,14 @@ class Batcher:
             self._queued_requests -= 1
             self._queued_images -= pending.rows - pending.next_row
 
+    def _fail(self, failures: list[tuple[_Pending, Exception]]) -> None:
+        """Stop counting these requests and answer each with its error."""
+        with self._lock:  # re-entrant: callers may already hold it
+            for pending, _ in failures:
+                pending.abandoned = True
+                self._uncount(pending)
+        self._post(failures)
+
     def _post(
         self, outcomes: list[tuple[_Pending, BatchedResult | Exception]], record: BatchRecord | None = None
     ) -> None:
@@ -292,10 +300,7 @@ class Batcher:
                 self._closed = True
                 failed = list(self._queue)
                 self._queue.clear()
-                for pending in failed:
-                    pending.abandoned = True
-                    self._uncount(pending)
-            self._post([(pending, failure) for pending in failed])
+            self._fail([(pending, failure) for pending in failed])
         finally:
             stopped = self._stopped
             assert self._loop is not None and stopped is not None
@@ -319,17 +324,11 @@ class Batcher:
                     self._lock.wait(wait_ns / 1e9)
                     continue
                 slices, expired = plan_batch(self._queue, self.config.max_batch_size, now)
-                failures: list[tuple[_Pending, BatchedResult | Exception]] = []
-                for pending in expired:
-                    pending.abandoned = True
-                    self._uncount(pending)
-                    waited_ms = (now - pending.enqueued_ns) / 1e6
-                    failures.append((pending, DeadlineExceeded(
-                        f"deadline exceeded after {waited_ms:.1f} ms waiting for model "
-                        f"{self.name!r}; dropped before compute"
-                    )))  # fmt: skip
-                if failures:
-                    self._post(failures)
+                if expired:
+                    self._fail([(pending, DeadlineExceeded(
+                        f"deadline exceeded after {(now - pending.enqueued_ns) / 1e6:.1f} ms waiting "
+                        f"for model {self.name!r}; dropped before compute"
+                    )) for pending in expired])  # fmt: skip
                 for pending, start, stop in slices:
                     self._queued_images -= stop - start
                     if stop == pending.rows and pending.queued:
@@ -365,11 +364,7 @@ class Batcher:
                 else InferenceFailed(f"model {self.name!r} failed on a batch of {rows} images: {error}")
             )
             _LOGGER.error("%s", failure)
-            with self._lock:
-                for pending, _, _ in slices:
-                    pending.abandoned = True
-                    self._uncount(pending)
-            self._post([(pending, failure) for pending, _, _ in slices])
+            self._fail([(pending, failure) for pending, _, _ in slices])
             return
         offset = 0
         for pending, start, stop in slices:
