@@ -104,15 +104,21 @@ def _graph_outputs(model: onnx.ModelProto) -> set[str]:
     return {output.name for output in model.graph.output}
 
 
-def _static_dims(model: onnx.ModelProto, tensor: str) -> list[int | None] | None:
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Every tensor shape inference can tell (None for a symbolic dimension), initializers too."""
     inferred = onnx.shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int | None]] = {init.name: list(init.dims) for init in model.graph.initializer}
     for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        if info.name == tensor and info.type.tensor_type.HasField("shape"):
-            return [
+        if info.type.tensor_type.HasField("shape"):
+            shapes[info.name] = [
                 dim.dim_value if dim.HasField("dim_value") else None
                 for dim in info.type.tensor_type.shape.dim
             ]
-    return None
+    return shapes
+
+
+def _static_dims(model: onnx.ModelProto, tensor: str) -> list[int | None] | None:
+    return _static_shapes(model).get(tensor)
 
 
 # --------------------------------------------------------------------------- passes
@@ -336,7 +342,7 @@ def _divide_by_power(x: str, base: str, beta: float, output: str, prefix: str) -
 def rank_match_scalar_constants(model: onnx.ModelProto) -> int:
     """Reshapes one-element constants of element-wise ops to the other operand's rank."""
     inits = _initializers(model)
-    ranks = _static_ranks(model)
+    ranks = {name: len(shape) for name, shape in _static_shapes(model).items()}
     rewrites = 0
     for node in model.graph.node:
         if node.op_type not in ELEMENTWISE_BINARY_OPS or len(node.input) != 2:
@@ -420,18 +426,17 @@ def merge_sibling_convs(model: onnx.ModelProto) -> int:
         inputs, rewritten, start = list(concat.input), [], 0
         while start < len(inputs):
             first = branch(inputs[start])
-            stop = start + 1
-            while first and stop < len(inputs):
-                other = branch(inputs[stop])
+            group = [first] if first else []
+            while group and start + len(group) < len(inputs):
+                other = branch(inputs[start + len(group)])
                 if other is None or signature(other) != signature(first):
                     break
-                stop += 1
-            if first is None or stop - start < 2:
+                group.append(other)
+            if len(group) < 2:
                 rewritten.append(inputs[start])
-                start = stop
+                start += 1
                 continue
-            group = [branch(name) for name in inputs[start:stop]]
-            name = f"{first[0].name or first[0].output[0]}__merged{stop - start}"
+            name = f"{first[0].name or first[0].output[0]}__merged{len(group)}"
             weights = np.concatenate([numpy_helper.to_array(inits[conv.input[1]]) for conv, _ in group])
             biases = np.concatenate([_conv_bias(conv, inits) for conv, _ in group])
             model.graph.initializer.extend(
@@ -443,13 +448,12 @@ def merge_sibling_convs(model: onnx.ModelProto) -> int:
             if first[1] is not None:
                 added.append(helper.make_node("Relu", [name], [f"{name}_relu"], name=f"{name}_relu"))
             rewritten.append(added[-1].output[0])
-            merged += stop - start
-            start = stop
+            merged += len(group)
+            start += len(group)
         del concat.input[:]
         concat.input.extend(rewritten)
-    if merged:
+    if merged:  # the replaced Convs and ReLUs are left for remove_dead_nodes
         model.graph.node.extend(added)
-        remove_dead_nodes(model)
         _sort_topologically(model)
     return merged
 
@@ -472,19 +476,10 @@ def _sort_topologically(model: onnx.ModelProto) -> None:
         for node in ready:
             available.update(node.output)
         ordered.extend(ready)
-        pending = [node for node in pending if id(node) not in {id(r) for r in ready}]
+        placed = {id(node) for node in ready}
+        pending = [node for node in pending if id(node) not in placed]
     del model.graph.node[:]
     model.graph.node.extend(ordered)
-
-
-def _static_ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """Every tensor whose rank shape inference knows: inputs, initializers and node outputs."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    ranks = {init.name: len(init.dims) for init in model.graph.initializer}
-    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        if info.type.tensor_type.HasField("shape"):
-            ranks[info.name] = len(info.type.tensor_type.shape.dim)
-    return ranks
 
 
 def remove_dead_nodes(model: onnx.ModelProto) -> int:

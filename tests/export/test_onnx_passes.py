@@ -11,6 +11,7 @@ from cnnserve.export.onnx_optimize import (
     merge_sibling_convs,
     rank_match_scalar_constants,
     relu_before_max_pool,
+    remove_dead_nodes,
 )
 
 
@@ -129,6 +130,7 @@ def test_sibling_convs_feeding_one_concat_become_one_conv_with_identical_results
     (expected,) = _run(model, feeds)
 
     assert merge_sibling_convs(model) == 2  # a and b; c has another kernel, p is no Conv
+    assert remove_dead_nodes(model) == 4  # the two Convs and two ReLUs it replaced
     onnx.checker.check_model(model)
     convs = [node for node in model.graph.node if node.op_type == "Conv"]
     assert len(convs) == 2
