@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from cnnserve.errors import CnnserveError
+from cnnserve.serving.nchwc_padding import PaddedConv, cpu_session_model
 
 _LOGGER = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
@@ -144,9 +145,14 @@ class ModelSession:
     """One ONNX Runtime session for one model version; `run` is blocking and thread-confined."""
 
     def __init__(self, path: Path, settings: SessionSettings) -> None:
+        # On CPU, filters are padded to ONNX Runtime's channel blocks (nchwc_padding: exact).
+        source: str | bytes = str(path)
+        self.padded_convs: list[PaddedConv] = []
+        if settings.provider == CPU:
+            source, self.padded_convs = cpu_session_model(path, settings.graph_optimization)
         try:
             self._session = ort.InferenceSession(
-                str(path), session_options(settings), _providers(settings.provider)
+                source, session_options(settings), _providers(settings.provider)
             )
         except Exception as error:
             raise CnnserveError(f"ONNX Runtime cannot load {path}: {error}") from None

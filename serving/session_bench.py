@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from cnnserve.serving.nchwc_padding import cpu_session_model
 from cnnserve.serving.session import CPU, GRAPH_OPTIMIZATION, SessionSettings, session_options
 
 
@@ -47,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         [int(t) for t in args.threads.split(",")], GRAPH_OPTIMIZATION, (False, True)
     ):
         options = session_options(SessionSettings(CPU, threads, level, spinning))
-        session = ort.InferenceSession(str(args.model), options, providers=[CPU])
+        source, _ = cpu_session_model(args.model, level)  # as the server opens it
+        session = ort.InferenceSession(source, options, providers=[CPU])
         rates = []
         for size in sizes:
             batch = np.random.default_rng(0).integers(0, 256, (size, *shape), dtype=np.uint8)

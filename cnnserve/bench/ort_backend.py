@@ -9,6 +9,7 @@ import numpy as np
 
 from cnnserve.bench.backends import BackendUnavailable
 from cnnserve.bench.options import RuntimeOptions
+from cnnserve.serving.nchwc_padding import PaddedConv, cpu_session_model
 
 _LOGGER = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
@@ -58,6 +59,12 @@ class OrtBackend:
         # get_available_providers() lists CUDA whenever the GPU build is installed; only the
         # session knows whether it could really load it.
         self.engine = self.session.get_providers()[0]
+        # The server pads filters to ONNX Runtime's channel blocks on CPU; measure what it runs.
+        self.padded_convs: list[PaddedConv] = []
+        if self.engine == CPU:
+            source, self.padded_convs = cpu_session_model(path, options.graph_optimization)
+            if self.padded_convs:
+                self.session = ort.InferenceSession(source, session_options(options), providers=[CPU])
         self.device = "cuda" if self.engine == CUDA else "cpu"
         if options.device == "cuda" and self.device != "cuda":
             raise BackendUnavailable(
@@ -81,4 +88,5 @@ class OrtBackend:
             "execution_mode": self.options.execution_mode,
             "allow_spinning": self.options.allow_spinning,
             "providers": self.session.get_providers(),
+            "nchwc_padded": [f"{c.name}: {c.filters}→{c.padded_to}" for c in self.padded_convs],
         }
