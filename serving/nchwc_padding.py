@@ -4,7 +4,7 @@ ONNX Runtime's CPU provider runs convolutions and pools in a blocked layout (NCH
 per block with AVX-512, 8 with AVX2). A Conv whose filter count is not a multiple of the block
 still runs blocked, padded inside ONNX Runtime, but the MaxPool after it does not: the output is
 converted back to NCHW and pooled there. `mnist_cnn`'s conv2 has 36 filters, and that detour
-cost 4–11% of its batch in-process and 15–20% of the server's 64-image throughput (BENCHMARKS.md,
+cost 4–11% of its batch in-process and 12–21% of the server's 64-image throughput (BENCHMARKS.md,
 "Filter padding").
 
 The rewrite appends zero filters with zero biases up to the block. Those channels are exactly 0
