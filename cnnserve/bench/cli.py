@@ -280,7 +280,7 @@ def run_server_command(args: argparse.Namespace) -> int:
     with report.RichProgress(Console(stderr=True)) as progress:
         records = asyncio.run(run_server_bench(plan, lambda model: flops, peak_gflops, system, progress))
     console.print(report.server_table(records))
-    for line in report.noop_overhead_lines(records):
+    for line in [*report.noop_overhead_lines(records), *report.client_load_lines(records)]:
         console.print(line)
     _write_outputs(args, records, csv_writer=report.write_csv, plotter="server")
     return 0

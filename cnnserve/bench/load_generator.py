@@ -6,6 +6,10 @@ system-wide on Linux), so the load can be spread over several client processes w
 core saturates, and the parent can read the server's statistics at the window's edges. Only
 requests that start and finish inside the window count; the warm-up before it lets
 connections, the server's batcher and its thread pools settle.
+
+Each process also measures its own CPU time over the window: its event-loop thread's (a Python
+client whose loop is busy nearly all the time is measuring itself, not the server) and the whole
+process's, gRPC's threads included (what the client takes from a server on the same machine).
 """
 
 from __future__ import annotations
@@ -48,15 +52,23 @@ class LoadResult:
     errors: int  # failed requests inside the window
     first_error: str
     late_start_ns: int  # how long after the window start the slowest caller got going
+    # CPU time of the busiest client process's event-loop thread over the window, in % of the
+    # window (100: that thread never waited, so the client, not the server, set the pace).
+    loop_busy_pct: float | None = None
+    cpu_pct: float | None = None  # all client processes' CPU time over the window, % of one core
 
     @staticmethod
     def merge(parts: list[LoadResult]) -> LoadResult:
         errors = [p.first_error for p in parts if p.first_error]
+        busy = [p.loop_busy_pct for p in parts if p.loop_busy_pct is not None]
+        cpu = [p.cpu_pct for p in parts if p.cpu_pct is not None]
         return LoadResult(
             np.concatenate([p.latencies_ns for p in parts]) if parts else np.empty(0, np.int64),
             sum(p.errors for p in parts),
             errors[0] if errors else "",
             max((p.late_start_ns for p in parts), default=0),
+            max(busy, default=None),
+            sum(cpu) if cpu else None,
         )
 
 
@@ -98,9 +110,27 @@ async def closed_loop(spec: LoadSpec, concurrency: int, window: Window) -> LoadR
                 if failed and finished < window.end_ns:
                     await asyncio.sleep(0.001)  # a failing server must not be hammered in a spin
 
+        cpu = asyncio.ensure_future(_cpu_over(window))
         await asyncio.gather(*(caller() for _ in range(concurrency)))
     late = max(0, first_start[0] - window.start_ns) if latencies or errors[0] else 0
-    return LoadResult(np.asarray(latencies, np.int64), errors[0], first_error[0] if first_error else "", late)
+    loop_busy_pct, cpu_pct = await cpu
+    return LoadResult(
+        np.asarray(latencies, np.int64), errors[0], first_error[0] if first_error else "", late,
+        loop_busy_pct, cpu_pct,
+    )  # fmt: skip
+
+
+async def _cpu_over(window: Window) -> tuple[float | None, float | None]:
+    """CPU time between the window's edges, in % of the wall time: (this event-loop thread, process)."""
+    await asyncio.sleep(max(0.0, (window.start_ns - time.monotonic_ns()) / 1e9))
+    wall, thread, process = time.monotonic_ns(), time.thread_time_ns(), time.process_time_ns()
+    await asyncio.sleep(max(0.0, (window.end_ns - wall) / 1e9))
+    elapsed = time.monotonic_ns() - wall
+    if elapsed <= 0:
+        return None, None
+    return 100.0 * (time.thread_time_ns() - thread) / elapsed, 100.0 * (
+        time.process_time_ns() - process
+    ) / elapsed
 
 
 def _closed_loop_process(spec: LoadSpec, concurrency: int, window: Window) -> LoadResult:

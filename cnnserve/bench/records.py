@@ -67,6 +67,8 @@ class ServerRecord:
     pct_of_peak: float | None
     noop: bool  # the no-op model: the per-request cost of the path itself
     client_processes: int = 1
+    client_loop_busy_pct: float | None = None  # the busiest client event-loop thread, % of the window
+    client_cpu_pct: float | None = None  # all client processes together, % of one core
     system: dict = field(default_factory=dict)
     kind: str = "server"
 

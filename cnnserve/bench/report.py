@@ -30,7 +30,11 @@ EXTRA_COLUMNS = (
     "Errors",
     "Device",
     "No-op",
+    "Client Loop Busy %",
+    "Client CPU %",
 )
+# Above this share of the window, a client event loop is the bottleneck rather than the server.
+CLIENT_SATURATED_PCT = 90.0
 
 
 WIDE_COLUMNS = 200
@@ -141,6 +145,31 @@ def noop_overhead_lines(records: Sequence[ServerRecord]) -> list[str]:
     return lines
 
 
+def _csv_pct(value: float | None) -> int | str:
+    return "" if value is None else round(value)
+
+
+def client_load_lines(records: Sequence[ServerRecord]) -> list[str]:
+    """What the load generator itself cost, and a warning per level where its event loop left no
+    time to wait for the server (then the figures measure the client)."""
+    measured = [r for r in records if r.client_loop_busy_pct is not None and r.client_cpu_pct is not None]
+    lines = []
+    if measured:
+        lines.append(
+            f"client: event loop busy at most {max(r.client_loop_busy_pct for r in measured):.0f}% of a "
+            f"window, client processes at most {max(r.client_cpu_pct for r in measured):.0f}% of one core"
+        )
+    for r in records:
+        if r.client_loop_busy_pct is not None and r.client_loop_busy_pct >= CLIENT_SATURATED_PCT:
+            more = f"--client-processes {r.client_processes * 2}"
+            lines.append(
+                f"warning: {r.model} at concurrency {r.concurrency}: the client's event loop was busy "
+                f"{r.client_loop_busy_pct:.0f}% of the window, so these figures may measure the client; "
+                f"spread it over more processes ({more}) and compare"
+            )
+    return lines
+
+
 def write_json(records: Sequence[LocalRecord | ServerRecord], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([r.to_dict() for r in records], indent=2) + "\n")
@@ -162,7 +191,7 @@ def perf_analyzer_row(r: ServerRecord) -> dict[str, object]:
         *(round(v or 0.0) for v in server), 0,
         round(r.p50_ms * 1e3), round(r.p90_ms * 1e3), round(r.p95_ms * 1e3), round(r.p99_ms * 1e3),
         round(avg_us), r.model, r.protocol, r.images_per_request, round(r.requests_per_s, 1), r.errors,
-        r.device, int(r.noop),
+        r.device, int(r.noop), _csv_pct(r.client_loop_busy_pct), _csv_pct(r.client_cpu_pct),
     ]  # fmt: skip
     return dict(zip((*PERF_ANALYZER_COLUMNS, *EXTRA_COLUMNS), values, strict=True))
 

@@ -154,6 +154,8 @@ def _record(plan, spec, info, concurrency, result: LoadResult, window: Window, d
         server_batch_size=delta.inferences / delta.executions if delta.executions else None,
         noop=spec.model == plan.noop_model,
         client_processes=plan.client_processes,
+        client_loop_busy_pct=result.loop_busy_pct,
+        client_cpu_pct=result.cpu_pct,
         system=system,
         **latency_fields(summary),
         **throughput_fields(images_per_s, flops, peak, plan.is_loopback and device == "cpu"),

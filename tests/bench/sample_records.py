@@ -15,12 +15,15 @@ def local_record(model: str = "cs231n_complex", backend: str = "onnxruntime", ba
     )  # fmt: skip
 
 
-def server_record(model: str = "mnist_cnn", concurrency: int = 4, noop: bool = False) -> ServerRecord:
+def server_record(
+    model: str = "mnist_cnn", concurrency: int = 4, noop: bool = False, loop_busy_pct: float | None = 40.0
+) -> ServerRecord:
     return ServerRecord(
         model=model, backend="server:v2", protocol="v2", device="cpu", target="127.0.0.1:1",
         concurrency=concurrency, images_per_request=1, requests=1000, errors=0, window_s=1.0,
         p50_ms=2.0, p90_ms=3.0, p95_ms=3.5, p99_ms=4.0, mean_ms=2.2, requests_per_s=1000.0,
         images_per_s=1000.0, server_queue_us=300.0, server_compute_input_us=10.0,
         server_compute_infer_us=900.0, server_compute_output_us=5.0, server_total_us=1500.0,
-        server_batch_size=3.5, gflops=None, pct_of_peak=None, noop=noop,
+        server_batch_size=3.5, gflops=None, pct_of_peak=None, noop=noop, client_loop_busy_pct=loop_busy_pct,
+        client_cpu_pct=None if loop_busy_pct is None else 120.0,
     )  # fmt: skip

@@ -99,3 +99,18 @@ def test_noop_overhead_line_names_the_lowest_concurrency():
     records = [server_record("noop", concurrency=c, noop=True) for c in (4, 1)]
     (line,) = report.noop_overhead_lines(records)
     assert "concurrency 1" in line and "2000 µs p50" in line and "600 µs" in line
+
+
+def test_a_saturated_client_loop_is_called_out_with_what_to_do():
+    records = [
+        server_record(concurrency=c, loop_busy_pct=busy) for c, busy in ((1, 35.0), (32, 97.0), (64, None))
+    ]
+    summary, warning = report.client_load_lines(records)
+    assert (
+        summary
+        == "client: event loop busy at most 97% of a window, client processes at most 120% of one core"
+    )
+    assert "concurrency 32" in warning and "97%" in warning and "--client-processes 2" in warning
+    assert report.perf_analyzer_row(records[1])["Client Loop Busy %"] == 97
+    assert report.perf_analyzer_row(records[1])["Client CPU %"] == 120
+    assert report.perf_analyzer_row(records[2])["Client Loop Busy %"] == ""

@@ -32,6 +32,9 @@ def test_sweep_measures_model_and_noop_with_server_split(server, protocol):
         # The server saw (about) the requests the client counted, and split their time.
         assert record.server_queue_us is not None and record.server_compute_infer_us is not None
         assert record.server_total_us >= record.server_compute_infer_us
+        # The client loop's own CPU time over the window: measured, and a share of the window.
+        assert 0 < record.client_loop_busy_pct <= 105
+        assert record.client_loop_busy_pct <= record.client_cpu_pct + 1  # the loop is part of the process
 
 
 def test_several_client_processes(server):
@@ -39,6 +42,7 @@ def test_several_client_processes(server):
     (record,) = asyncio.run(run_server_bench(plan))
     assert record.requests > 0 and record.errors == 0 and record.client_processes == 2
     assert record.images_per_s == pytest.approx(3 * record.requests_per_s)
+    assert 0 < record.client_loop_busy_pct <= 105  # the busier of the two processes' loops
 
 
 def test_unknown_model_on_the_server(server):
@@ -85,8 +89,9 @@ def test_split_spreads_callers_evenly():
 
 
 def test_merge_results():
-    a = LoadResult(np.array([1, 2], np.int64), 0, "", 5)
-    b = LoadResult(np.array([3], np.int64), 2, "UNAVAILABLE: full", 9)
+    a = LoadResult(np.array([1, 2], np.int64), 0, "", 5, 30.0, 40.0)
+    b = LoadResult(np.array([3], np.int64), 2, "UNAVAILABLE: full", 9, 85.0, 95.0)
     merged = LoadResult.merge([a, b])
     assert merged.latencies_ns.tolist() == [1, 2, 3]
     assert merged.errors == 2 and merged.first_error == "UNAVAILABLE: full" and merged.late_start_ns == 9
+    assert merged.loop_busy_pct == 85.0 and merged.cpu_pct == 135.0  # busiest loop; all processes
