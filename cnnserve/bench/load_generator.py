@@ -111,7 +111,11 @@ async def closed_loop(spec: LoadSpec, concurrency: int, window: Window) -> LoadR
                     await asyncio.sleep(0.001)  # a failing server must not be hammered in a spin
 
         cpu = asyncio.ensure_future(_cpu_over(window))
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        try:
+            await asyncio.gather(*(caller() for _ in range(concurrency)))
+        except BaseException:  # cancelled, or a caller failed: the CPU reading is not wanted
+            cpu.cancel()
+            raise
     late = max(0, first_start[0] - window.start_ns) if latencies or errors[0] else 0
     loop_busy_pct, cpu_pct = await cpu
     return LoadResult(
@@ -128,9 +132,9 @@ async def _cpu_over(window: Window) -> tuple[float | None, float | None]:
     elapsed = time.monotonic_ns() - wall
     if elapsed <= 0:
         return None, None
-    return 100.0 * (time.thread_time_ns() - thread) / elapsed, 100.0 * (
-        time.process_time_ns() - process
-    ) / elapsed
+    thread_pct = 100.0 * (time.thread_time_ns() - thread) / elapsed
+    process_pct = 100.0 * (time.process_time_ns() - process) / elapsed
+    return thread_pct, process_pct
 
 
 def _closed_loop_process(spec: LoadSpec, concurrency: int, window: Window) -> LoadResult:
