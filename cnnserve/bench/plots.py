@@ -22,16 +22,30 @@ def _pyplot():
     return plt
 
 
+def _integer_ticks(axis, values: Sequence[int]) -> None:
+    """Log-2 x axis with a labelled tick at each measured value (1, 8, 64, …), not 1.0, 2.0, …."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ticks = sorted(set(values))
+    axis.set_xscale("log", base=2)
+    axis.xaxis.set_major_locator(FixedLocator(ticks))
+    axis.xaxis.set_minor_locator(NullLocator())
+    axis.set_xticklabels([str(t) for t in ticks])
+
+
 def plot_local(records: Sequence[LocalRecord], path: Path) -> None:
     """One panel per model: p50 latency per batch vs batch size, one line per backend, log-log,
-    with the tutorials' batch-64 figures for cs231n_complex as horizontal reference lines."""
+    with the tutorials' batch-64 figures for cs231n_complex as shaded reference bands and the
+    batch they were measured at marked. One legend for all panels, where it hides no data."""
     plt = _pyplot()
-    from matplotlib.ticker import ScalarFormatter
 
     models = list(dict.fromkeys(r.model for r in records))
     columns = min(3, len(models))
     rows = math.ceil(len(models) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.2 * rows), squeeze=False)
+    spare = rows * columns - len(models)
+    legend_height = 0 if spare else 0.9  # inches below the panels when no panel slot is free
+    height = 4.2 * rows + legend_height
+    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, height), squeeze=False)
     for axis, model in zip(axes.flat, models, strict=False):
         points = [r for r in records if r.model == model]
         for backend in dict.fromkeys(r.backend for r in points):
@@ -39,21 +53,32 @@ def plot_local(records: Sequence[LocalRecord], path: Path) -> None:
             axis.plot([r.batch_size for r in line], [r.p50_ms for r in line], marker="o",
                       label=f"{backend} ({line[0].device})")  # fmt: skip
         for figure_ref, color in zip(TUTORIAL_FIGURES, FIGURE_COLORS, strict=True):
-            for value in (figure_ref.low_ms, figure_ref.high_ms):
-                axis.axhline(value, color=color, linestyle="--", linewidth=0.8,
-                             label=f"{REFERENCE_MODEL} b{REFERENCE_BATCH_SIZE}: {figure_ref.label}"
-                             if value == figure_ref.low_ms else None)  # fmt: skip
-        axis.set_xscale("log", base=2)
-        axis.xaxis.set_major_formatter(ScalarFormatter())
+            label = (
+                f"{REFERENCE_MODEL} b{REFERENCE_BATCH_SIZE}, tutorial: {figure_ref.label} "
+                f"({figure_ref.low_ms:g}–{figure_ref.high_ms:g} ms)"
+            )
+            # Edged, so that a narrow band (115–118 ms) still shows on a log axis.
+            axis.axhspan(figure_ref.low_ms, figure_ref.high_ms, facecolor=color, alpha=0.2, edgecolor=color,
+                         linewidth=0.8, label=label)  # fmt: skip
+        axis.axvline(REFERENCE_BATCH_SIZE, color="grey", linestyle=":", linewidth=0.8,
+                     label=f"batch {REFERENCE_BATCH_SIZE}, where the tutorials measured")  # fmt: skip
+        _integer_ticks(axis, [r.batch_size for r in points])
         axis.set_yscale("log")
+        top = max(max(r.p50_ms for r in points), max(f.high_ms for f in TUTORIAL_FIGURES))
+        axis.set_ylim(top=top * 1.5)
         axis.set_title(model)
         axis.set_xlabel("batch size")
         axis.set_ylabel("p50 latency per batch (ms)")
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
     for axis in list(axes.flat)[len(models) :]:
-        axis.set_visible(False)
-    figure.tight_layout()
+        axis.set_axis_off()
+    if spare:
+        list(axes.flat)[len(models)].legend(handles, labels, loc="center", fontsize=9, frameon=False)
+        figure.tight_layout()
+    else:
+        figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+        figure.tight_layout(rect=(0, legend_height / height, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -62,20 +87,18 @@ def plot_local(records: Sequence[LocalRecord], path: Path) -> None:
 def plot_server(records: Sequence[ServerRecord], path: Path) -> None:
     """Throughput (images/s) and p50/p99 latency vs concurrency, one line per model."""
     plt = _pyplot()
-    from matplotlib.ticker import ScalarFormatter
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for model in dict.fromkeys(r.model for r in records):
+    for index, model in enumerate(dict.fromkeys(r.model for r in records)):
         line = sorted((r for r in records if r.model == model), key=lambda r: r.concurrency)
         label = f"{model} ({line[0].protocol}, {line[0].images_per_request} img/req)"
-        style = "--" if line[0].noop else "-"
+        style = {"linestyle": "--" if line[0].noop else "-", "color": f"C{index}"}  # one colour per model
         x = [r.concurrency for r in line]
-        left.plot(x, [r.images_per_s for r in line], style, marker="o", label=label)
-        right.plot(x, [r.p50_ms for r in line], style, marker="o", label=f"{label} p50")
-        right.plot(x, [r.p99_ms for r in line], style, marker="x", alpha=0.6, label=f"{label} p99")
+        left.plot(x, [r.images_per_s for r in line], marker="o", label=label, **style)
+        right.plot(x, [r.p50_ms for r in line], marker="o", label=f"{label} p50", **style)
+        right.plot(x, [r.p99_ms for r in line], marker="x", alpha=0.5, label=f"{label} p99", **style)
     for axis, ylabel in ((left, "images/s"), (right, "latency per request (ms)")):
-        axis.set_xscale("log", base=2)
-        axis.xaxis.set_major_formatter(ScalarFormatter())
+        _integer_ticks(axis, [r.concurrency for r in records])
         axis.set_xlabel("concurrency (requests in flight)")
         axis.set_ylabel(ylabel)
         axis.grid(True, which="both", alpha=0.3)
