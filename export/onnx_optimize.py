@@ -39,6 +39,17 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from cnnserve.export.onnx_graph import (
+    attribute_of,
+    consumers_of,
+    graph_outputs,
+    initializers_of,
+    producers_of,
+    sort_topologically,
+    static_dims,
+    static_shapes,
+)
+
 REDUCE_OPS = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum")
 ELEMENTWISE_BINARY_OPS = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min")
 
@@ -74,53 +85,6 @@ def optimize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OptimizeReport]:
     return model, report
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    return {init.name: init for init in model.graph.initializer}
-
-
-def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    return users
-
-
-def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {output: node for node in model.graph.node for output in node.output}
-
-
-def _attribute(node: onnx.NodeProto, name: str, default=None):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
-
-
-def _graph_outputs(model: onnx.ModelProto) -> set[str]:
-    return {output.name for output in model.graph.output}
-
-
-def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Every tensor shape inference can tell (None for a symbolic dimension), initializers too."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes: dict[str, list[int | None]] = {init.name: list(init.dims) for init in model.graph.initializer}
-    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        if info.type.tensor_type.HasField("shape"):
-            shapes[info.name] = [
-                dim.dim_value if dim.HasField("dim_value") else None
-                for dim in info.type.tensor_type.shape.dim
-            ]
-    return shapes
-
-
-def _static_dims(model: onnx.ModelProto, tensor: str) -> list[int | None] | None:
-    return _static_shapes(model).get(tensor)
-
-
 # --------------------------------------------------------------------------- passes
 
 
@@ -128,7 +92,7 @@ def fold_batch_invariant_shapes(model: onnx.ModelProto) -> int:
     """Shape-derived tensors that are the same at batch 1 and 3 become constants."""
     import onnxruntime as ort
 
-    constants = set(_initializers(model)) | {
+    constants = set(initializers_of(model)) | {
         out for node in model.graph.node if node.op_type == "Constant" for out in node.output
     }
     derived: list[str] = []
@@ -162,7 +126,7 @@ def fold_batch_invariant_shapes(model: onnx.ModelProto) -> int:
         for batch in (1, 3)
     }  # fmt: skip
     rewrites = 0
-    producers = _producers(model)
+    producers = producers_of(model)
     # Reshape targets that are [batch, static...]: use -1 for the batch.
     for node in model.graph.node:
         if node.op_type != "Reshape" or node.input[1] not in runs[1]:
@@ -202,8 +166,8 @@ def fold_batch_invariant_shapes(model: onnx.ModelProto) -> int:
 
 def transpose_into_matmul(model: onnx.ModelProto) -> int:
     """Transpose(NCHW→NHWC) → Reshape[-1, HWC] → MatMul(W): permute W's rows instead."""
-    inits = _initializers(model)
-    producers, consumers = _producers(model), _consumers(model)
+    inits = initializers_of(model)
+    producers, consumers = producers_of(model), consumers_of(model)
     rewrites = 0
     for reshape in list(model.graph.node):
         if reshape.op_type != "Reshape" or reshape.input[1] not in inits:
@@ -211,7 +175,7 @@ def transpose_into_matmul(model: onnx.ModelProto) -> int:
         transpose = producers.get(reshape.input[0])
         if transpose is None or transpose.op_type != "Transpose":
             continue
-        if list(_attribute(transpose, "perm", [])) != [0, 2, 3, 1]:
+        if list(attribute_of(transpose, "perm", [])) != [0, 2, 3, 1]:
             continue
         target = numpy_helper.to_array(inits[reshape.input[1]])
         users = consumers.get(reshape.output[0], [])
@@ -221,12 +185,12 @@ def transpose_into_matmul(model: onnx.ModelProto) -> int:
             continue
         if not all(u.op_type in ("MatMul", "Gemm") and u.input[0] == reshape.output[0] for u in users):
             continue
-        if any(u.op_type == "Gemm" and _attribute(u, "transB", 0) for u in users):
+        if any(u.op_type == "Gemm" and attribute_of(u, "transB", 0) for u in users):
             continue
         weights = [u.input[1] for u in users]
         if not all(w in inits and len(consumers[w]) == 1 for w in weights):
             continue
-        nchw = _static_dims(model, transpose.input[0])
+        nchw = static_dims(model, transpose.input[0])
         if nchw is None or len(nchw) != 4 or any(d is None for d in nchw[1:]):
             continue
         _, channels, height, width = nchw
@@ -243,22 +207,22 @@ def transpose_into_matmul(model: onnx.ModelProto) -> int:
 
 def transpose_into_reduce(model: onnx.ModelProto) -> int:
     """Transpose → Reduce(axes, keepdims=0): reduce the untransposed axes when that is exact."""
-    inits = _initializers(model)
-    producers, consumers = _producers(model), _consumers(model)
+    inits = initializers_of(model)
+    producers, consumers = producers_of(model), consumers_of(model)
     rewrites = 0
     for reduce in list(model.graph.node):
-        if reduce.op_type not in REDUCE_OPS or _attribute(reduce, "keepdims", 1) != 0:
+        if reduce.op_type not in REDUCE_OPS or attribute_of(reduce, "keepdims", 1) != 0:
             continue
         transpose = producers.get(reduce.input[0])
         if transpose is None or transpose.op_type != "Transpose":
             continue
         if len(consumers.get(transpose.output[0], [])) != 1:
             continue
-        perm = list(_attribute(transpose, "perm", []))
+        perm = list(attribute_of(transpose, "perm", []))
         if len(reduce.input) > 1 and reduce.input[1] in inits:
             axes = numpy_helper.to_array(inits[reduce.input[1]]).tolist()
         else:
-            axes = _attribute(reduce, "axes")
+            axes = attribute_of(reduce, "axes")
         if not perm or axes is None:
             continue
         axes = [axis % len(perm) for axis in axes]
@@ -284,13 +248,13 @@ def decompose_lrn(model: onnx.ModelProto) -> int:
     rewrites = 0
     nodes: list[onnx.NodeProto] = []
     for index, node in enumerate(model.graph.node):
-        dims = _static_dims(model, node.input[0]) if node.op_type == "LRN" else None
+        dims = static_dims(model, node.input[0]) if node.op_type == "LRN" else None
         if dims is None or len(dims) != 4 or dims[1] is None:
             nodes.append(node)
             continue
-        channels, size = dims[1], int(_attribute(node, "size"))
-        alpha, beta = float(_attribute(node, "alpha", 1e-4)), float(_attribute(node, "beta", 0.75))
-        bias = float(_attribute(node, "bias", 1.0))
+        channels, size = dims[1], int(attribute_of(node, "size"))
+        alpha, beta = float(attribute_of(node, "alpha", 1e-4)), float(attribute_of(node, "beta", 0.75))
+        bias = float(attribute_of(node, "bias", 1.0))
         # ONNX sums channels [c − ⌊(size−1)/2⌋, c + ⌈(size−1)/2⌉].
         low, high = (size - 1) // 2, (size - 1) - (size - 1) // 2
         band = np.zeros((channels, channels, 1, 1), np.float32)
@@ -341,8 +305,8 @@ def _divide_by_power(x: str, base: str, beta: float, output: str, prefix: str) -
 
 def rank_match_scalar_constants(model: onnx.ModelProto) -> int:
     """Reshapes one-element constants of element-wise ops to the other operand's rank."""
-    inits = _initializers(model)
-    ranks = {name: len(shape) for name, shape in _static_shapes(model).items()}
+    inits = initializers_of(model)
+    ranks = {name: len(shape) for name, shape in static_shapes(model).items()}
     rewrites = 0
     for node in model.graph.node:
         if node.op_type not in ELEMENTWISE_BINARY_OPS or len(node.input) != 2:
@@ -366,8 +330,8 @@ def rank_match_scalar_constants(model: onnx.ModelProto) -> int:
 
 def relu_before_max_pool(model: onnx.ModelProto) -> int:
     """Conv → MaxPool → Relu: swap the pool and the ReLU when the pool's only reader is the ReLU."""
-    producers, consumers = _producers(model), _consumers(model)
-    outputs = _graph_outputs(model)
+    producers, consumers = producers_of(model), consumers_of(model)
+    outputs = graph_outputs(model)
     rewrites = 0
     for relu in model.graph.node:
         if relu.op_type != "Relu":
@@ -385,15 +349,15 @@ def relu_before_max_pool(model: onnx.ModelProto) -> int:
         pool.input[0] = activated
         rewrites += 1
     if rewrites:
-        _sort_topologically(model)
+        sort_topologically(model)
     return rewrites
 
 
 def merge_sibling_convs(model: onnx.ModelProto) -> int:
     """Conv(X, Wi, bi) [→ Relu] feeding Concat inputs i..j (axis 1) → one Conv(X, [Wi..Wj])."""
-    inits = _initializers(model)
-    producers, consumers = _producers(model), _consumers(model)
-    outputs = _graph_outputs(model)
+    inits = initializers_of(model)
+    producers, consumers = producers_of(model), consumers_of(model)
+    outputs = graph_outputs(model)
 
     def single_use(tensor: str) -> bool:
         return len(consumers.get(tensor, [])) == 1 and tensor not in outputs
@@ -406,7 +370,7 @@ def merge_sibling_convs(model: onnx.ModelProto) -> int:
             relu, node = node, producers.get(node.input[0])
         if node is None or node.op_type != "Conv" or not single_use(node.output[0]):
             return None
-        if _attribute(node, "group", 1) != 1 or node.input[1] not in inits:
+        if attribute_of(node, "group", 1) != 1 or node.input[1] not in inits:
             return None
         if len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
             return None
@@ -421,7 +385,7 @@ def merge_sibling_convs(model: onnx.ModelProto) -> int:
     merged = 0
     added: list[onnx.NodeProto] = []
     for concat in model.graph.node:
-        if concat.op_type != "Concat" or _attribute(concat, "axis") not in (1, -3):
+        if concat.op_type != "Concat" or attribute_of(concat, "axis") not in (1, -3):
             continue
         inputs, rewritten, start = list(concat.input), [], 0
         while start < len(inputs):
@@ -454,7 +418,7 @@ def merge_sibling_convs(model: onnx.ModelProto) -> int:
         concat.input.extend(rewritten)
     if merged:  # the replaced Convs and ReLUs are left for remove_dead_nodes
         model.graph.node.extend(added)
-        _sort_topologically(model)
+        sort_topologically(model)
     return merged
 
 
@@ -464,29 +428,11 @@ def _conv_bias(conv: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.n
     return np.zeros(inits[conv.input[1]].dims[0], np.float32)
 
 
-def _sort_topologically(model: onnx.ModelProto) -> None:
-    """Reorders nodes so that each comes after the producers of its inputs (ONNX requires it)."""
-    available = {init.name for init in model.graph.initializer} | {i.name for i in model.graph.input}
-    available.add("")
-    pending, ordered = list(model.graph.node), []
-    while pending:
-        ready = [node for node in pending if all(name in available for name in node.input)]
-        if not ready:
-            raise ValueError("the ONNX graph has a cycle")
-        for node in ready:
-            available.update(node.output)
-        ordered.extend(ready)
-        placed = {id(node) for node in ready}
-        pending = [node for node in pending if id(node) not in placed]
-    del model.graph.node[:]
-    model.graph.node.extend(ordered)
-
-
 def remove_dead_nodes(model: onnx.ModelProto) -> int:
     """Drops nodes whose outputs nobody reads, then initializers nobody reads."""
     removed = 0
     while True:
-        needed = _graph_outputs(model) | {name for node in model.graph.node for name in node.input}
+        needed = graph_outputs(model) | {name for node in model.graph.node for name in node.input}
         live = [node for node in model.graph.node if any(out in needed for out in node.output)]
         if len(live) == len(model.graph.node):
             break

@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cnnserve.export.onnx_optimize import _attribute, _consumers, _initializers, _static_shapes
+from cnnserve.export.onnx_graph import attribute_of, consumers_of, initializers_of, static_shapes
 
 _LOGGER = logging.getLogger(__name__)
 # Per-channel ops that map an all-zero channel to an all-zero channel.
@@ -94,21 +94,25 @@ def pad_filters_to_block(model: onnx.ModelProto, block: int) -> list[PaddedConv]
 class _Padder:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
-        self.inits = _initializers(model)
-        self.consumers = _consumers(model)
+        self.inits = initializers_of(model)
+        self.consumers = consumers_of(model)
         self.graph_outputs = {output.name for output in model.graph.output}
         self._shapes: dict[str, list[int | None]] | None = None
 
     @property
     def shapes(self) -> dict[str, list[int | None]]:
         if self._shapes is None:  # shape inference only for models that have a candidate
-            self._shapes = _static_shapes(self.model)
+            self._shapes = static_shapes(self.model)
         return self._shapes
 
     def pad(self, block: int) -> list[PaddedConv]:
         padded: list[PaddedConv] = []
         for conv in list(self.model.graph.node):
-            if conv.op_type != "Conv" or _attribute(conv, "group", 1) != 1 or conv.input[1] not in self.inits:
+            if (
+                conv.op_type != "Conv"
+                or attribute_of(conv, "group", 1) != 1
+                or conv.input[1] not in self.inits
+            ):
                 continue
             has_bias = len(conv.input) > 2 and bool(conv.input[2])
             if has_bias and conv.input[2] not in self.inits:
