@@ -128,6 +128,24 @@ def test_channels_someone_else_reads_are_left_alone(leak: str | None, reader: st
     assert _dims(model)["w1"][0] == FILTERS
 
 
+def _cpu_flags() -> set[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    return {
+        flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":")[1].split()
+    }
+
+
+def test_the_probe_finds_the_block_onnx_runtime_uses_on_this_cpu() -> None:
+    # MLAS blocks by 16 with AVX-512F and by 8 with AVX2 on x86-64; a probe that finds nothing
+    # there has lost track of ONNX Runtime (a renamed domain, say) and must not pass silently.
+    flags = _cpu_flags()
+    expected = 16 if "avx512f" in flags else 8 if "avx2" in flags else None
+    if expected is None:
+        pytest.skip("no AVX2 on this CPU: its NCHWc block is not pinned down here")
+    assert nchwc_block_size() == expected
+
+
 def test_padding_is_what_keeps_the_pool_in_onnx_runtimes_blocked_layout(tmp_path: Path) -> None:
     block = nchwc_block_size()
     if block == 0:
