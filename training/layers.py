@@ -50,7 +50,8 @@ class LocalResponseNormalization(keras.layers.Layer):
     `decomposed = True` (set by the TFLite exporter, never saved) computes the same function
     from ops XNNPACK runs: x² → a 1x1 convolution with a banded weight → x / d^β. TFLite's own
     LRN is a serial reference kernel that XNNPACK cannot take: `cifar10_convnet` ran at 24.6 ms
-    per batch of 64 with it and 5.9 ms decomposed. TensorFlow keeps its fused LRN kernel.
+    per batch of 64 with it and 5.9 ms decomposed (int8 exports keep these ops in float32).
+    TensorFlow keeps its fused LRN kernel.
     """
 
     def __init__(

@@ -165,6 +165,24 @@ def test_tflite_float16_export(zoo_runs, zoo_sources, tmp_path):
     assert result.report["parity"]["top1_agreement"] >= 0.98
 
 
+def test_int8_keeps_the_decomposed_lrn_in_float32(zoo_runs, zoo_sources, tmp_path):
+    """int8 everywhere else; the LRN layers' x², banded conv, square roots and division stay
+    float32 (XNNPACK), not TFLite's serial LRN kernel nor slow int8 Sqrt/Div."""
+    source = zoo_sources["cifar10_convnet"]
+    result = export_run(
+        zoo_runs["cifar10_convnet"], "tflite", quantize="int8", repository=tmp_path, source=source,
+        calibration_images=32, max_accuracy_drop_points=100.0,  # random weights: nothing to keep
+    )  # fmt: skip
+    assert result.report["lrn"] == "decomposed, float32"
+    ops = _tflite_ops(result.path)
+    assert "LOCAL_RESPONSE_NORMALIZATION" not in ops
+    assert ops.count("CONV_2D") == 4  # conv1, conv2 and the two banded sums
+    # Two LRNs in float: each x², its banded Conv2D, two square roots, their product, the division.
+    float_ops = result.report["float_ops"]
+    assert float_ops.count("SQRT") == 4 and float_ops.count("DIV") == 2 and float_ops.count("CONV_2D") == 2
+    assert result.report["parity"]["top1_agreement"] >= 0.9
+
+
 def test_int8_on_fashion_mnist_keeps_accuracy(fashion_run, tmp_path):
     """Full-integer int8 calibrated on real training images loses at most 1 point."""
     float_result = export_run(fashion_run, "tflite", repository=tmp_path)
