@@ -33,7 +33,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cnnserve.export.onnx_graph import attribute_of, consumers_of, initializers_of, static_shapes
+from cnnserve.export.onnx_graph import (
+    attribute_of,
+    consumers_of,
+    graph_outputs,
+    initializers_of,
+    static_shapes,
+)
 
 _LOGGER = logging.getLogger(__name__)
 # Per-channel ops that map an all-zero channel to an all-zero channel.
@@ -96,7 +102,7 @@ class _Padder:
         self.model = model
         self.inits = initializers_of(model)
         self.consumers = consumers_of(model)
-        self.graph_outputs = {output.name for output in model.graph.output}
+        self.graph_outputs = graph_outputs(model)
         self._shapes: dict[str, list[int | None]] | None = None
 
     @property
