@@ -50,18 +50,21 @@ class OrtBackend:
         self.options = options
         wants_cuda = options.device in ("auto", "cuda") and CUDA in ort.get_available_providers()
         providers = [CUDA, CPU] if wants_cuda else [CPU]
+        # The server pads filters to ONNX Runtime's channel blocks on CPU; measure what it runs.
+        source: str | bytes = str(path)
+        self.padded_convs: list[PaddedConv] = []
+        if not wants_cuda:
+            source, self.padded_convs = cpu_session_model(path, options.graph_optimization)
         if options.device == "auto":
             ort.set_default_logger_severity(_FATAL_ONLY)
         try:
-            self.session = ort.InferenceSession(str(path), session_options(options), providers=providers)
+            self.session = ort.InferenceSession(source, session_options(options), providers=providers)
         finally:
             ort.set_default_logger_severity(_WARNING)
         # get_available_providers() lists CUDA whenever the GPU build is installed; only the
         # session knows whether it could really load it.
         self.engine = self.session.get_providers()[0]
-        # The server pads filters to ONNX Runtime's channel blocks on CPU; measure what it runs.
-        self.padded_convs: list[PaddedConv] = []
-        if self.engine == CPU:
+        if wants_cuda and self.engine == CPU:  # CUDA did not stick: reopen as the CPU server would
             source, self.padded_convs = cpu_session_model(path, options.graph_optimization)
             if self.padded_convs:
                 self.session = ort.InferenceSession(source, session_options(options), providers=[CPU])
