@@ -91,7 +91,7 @@ def convert(source: ExportSource, quantize: str | None, calibration_images: int)
 def _convert(savedmodel: Path, source: ExportSource, quantize: str | None, calibration_images: int) -> bytes:
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel), signature_keys=[SERVING_SIGNATURE])
+    converter = _converter(savedmodel)
     if quantize == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -108,6 +108,12 @@ def _convert(savedmodel: Path, source: ExportSource, quantize: str | None, calib
     return _run_converter(converter, quantize or "float32")
 
 
+def _converter(savedmodel: Path):
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_saved_model(str(savedmodel), signature_keys=[SERVING_SIGNATURE])
+
+
 def _run_converter(converter, what: str, convert: Callable[[], bytes] | None = None) -> bytes:
     try:
         return (convert or converter.convert)()
@@ -121,10 +127,7 @@ def _int8_with_float_lrn(converter, savedmodel: Path, source: ExportSource, imag
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
-    float_converter = tf.lite.TFLiteConverter.from_saved_model(
-        str(savedmodel), signature_keys=[SERVING_SIGNATURE]
-    )
-    float_model = _run_converter(float_converter, "float32, to find the LRN ops")
+    float_model = _run_converter(_converter(savedmodel), "float32, to find the LRN ops")
     names = [
         layer.name for layer in source.folded_model.layers if isinstance(layer, LocalResponseNormalization)
     ]
