@@ -40,6 +40,8 @@ def plot_local(records: Sequence[LocalRecord], path: Path) -> None:
     plt = _pyplot()
 
     models = list(dict.fromkeys(r.model for r in records))
+    # One colour per backend in every panel, whichever backends a panel lacks.
+    colors = {backend: f"C{i}" for i, backend in enumerate(dict.fromkeys(r.backend for r in records))}
     columns = min(3, len(models))
     rows = math.ceil(len(models) / columns)
     spare = rows * columns - len(models)
@@ -51,7 +53,7 @@ def plot_local(records: Sequence[LocalRecord], path: Path) -> None:
         for backend in dict.fromkeys(r.backend for r in points):
             line = sorted((r for r in points if r.backend == backend), key=lambda r: r.batch_size)
             axis.plot([r.batch_size for r in line], [r.p50_ms for r in line], marker="o",
-                      label=f"{backend} ({line[0].device})")  # fmt: skip
+                      color=colors[backend], label=f"{backend} ({line[0].device})")  # fmt: skip
         for figure_ref, color in zip(TUTORIAL_FIGURES, FIGURE_COLORS, strict=True):
             label = (
                 f"{REFERENCE_MODEL} b{REFERENCE_BATCH_SIZE}, tutorial: {figure_ref.label} "
@@ -70,7 +72,11 @@ def plot_local(records: Sequence[LocalRecord], path: Path) -> None:
         axis.set_xlabel("batch size")
         axis.set_ylabel("p50 latency per batch (ms)")
         axis.grid(True, which="both", alpha=0.3)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    entries: dict[str, object] = {}  # every panel's lines: a backend may be missing from the first
+    for axis in list(axes.flat)[: len(models)]:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    handles, labels = list(entries.values()), list(entries)
     for axis in list(axes.flat)[len(models) :]:
         axis.set_axis_off()
     if spare:
