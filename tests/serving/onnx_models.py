@@ -47,6 +47,18 @@ def _model(nodes: list, inputs: list, outputs: list, initializers: list, opset: 
     return model
 
 
+_SCALE = numpy_helper.from_array(np.array(1 / 255, dtype=np.float32), "scale")
+
+
+def _scaled_nchw() -> list[onnx.NodeProto]:
+    """uint8 NHWC `images` → float pixels / 255 (`scale`) → NCHW `nchw`, as the exporter's graphs do."""
+    return [
+        helper.make_node("Cast", ["images"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["pixels", "scale"], ["scaled"]),
+        helper.make_node("Transpose", ["scaled"], ["nchw"], perm=[0, 3, 1, 2]),
+    ]
+
+
 def cnn_model(
     height: int = 28, width: int = 28, channels: int = 1, classes: int = 10, seed: int = 0, opset: int = 17
 ) -> onnx.ModelProto:
@@ -57,7 +69,7 @@ def cnn_model(
         return numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
 
     initializers = [
-        numpy_helper.from_array(np.array(1 / 255, dtype=np.float32), "scale"),
+        _SCALE,
         weight("conv1_w", 8, channels, 3, 3),
         weight("conv1_b", 8),
         weight("conv2_w", 16, 8, 3, 3),
@@ -66,9 +78,7 @@ def cnn_model(
         weight("dense_b", classes),
     ]
     nodes = [
-        helper.make_node("Cast", ["images"], ["pixels"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["pixels", "scale"], ["scaled"]),
-        helper.make_node("Transpose", ["scaled"], ["nchw"], perm=[0, 3, 1, 2]),
+        *_scaled_nchw(),
         helper.make_node("Conv", ["nchw", "conv1_w", "conv1_b"], ["conv1"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["conv1"], ["relu1"]),
         helper.make_node("MaxPool", ["relu1"], ["pool1"], kernel_shape=[2, 2], strides=[2, 2]),
@@ -80,6 +90,29 @@ def cnn_model(
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
     ]
     return _model(nodes, *_io(height, width, channels, classes), initializers, opset)
+
+
+def flatten_cnn_model(filters: int, classes: int = 10, seed: int = 2, opset: int = 17) -> onnx.ModelProto:
+    """mnist_cnn's shape on 28x28x1: uint8 → /255 → NCHW → Conv(`filters`) → Relu → MaxPool →
+    flatten → MatMul → logits, Softmax (the chain the CPU filter padding rewrites)."""
+    rng = np.random.default_rng(seed)
+    initializers = [
+        _SCALE,
+        numpy_helper.from_array(rng.normal(0, 0.3, (filters, 1, 5, 5)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(0, 0.1, filters).astype(np.float32), "b"),
+        numpy_helper.from_array(np.array([-1, filters * 196], np.int64), "flat"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (filters * 196, classes)).astype(np.float32), "fc"),
+    ]
+    nodes = [
+        *_scaled_nchw(),
+        helper.make_node("Conv", ["nchw", "w", "b"], ["conv"], pads=[2, 2, 2, 2]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("MaxPool", ["relu"], ["pool"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Reshape", ["pool", "flat"], ["features"]),
+        helper.make_node("MatMul", ["features", "fc"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    return _model(nodes, *_io(28, 28, 1, classes), initializers, opset)
 
 
 def identity_model(

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx_models import images, write_model
+from onnx_models import flatten_cnn_model, images, write_model
 
 from cnnserve.bench.options import RuntimeOptions
 from cnnserve.bench.ort_backend import OrtBackend
@@ -57,37 +57,6 @@ def _conv_pool_flatten_matmul(leak: str | None = None, reader: str = "MatMul") -
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
     onnx.checker.check_model(model)
     return model
-
-
-def _classifier(filters: int) -> onnx.ModelProto:
-    """The exporter's contract (uint8 NHWC `images` → `logits`, `probabilities`), mnist_cnn's shape:
-    Conv → Relu → MaxPool → flatten → MatMul."""
-    rng = np.random.default_rng(2)
-    initializers = [
-        numpy_helper.from_array(np.array([[[[1 / 255]]]], np.float32), "scale"),
-        numpy_helper.from_array(rng.normal(0, 0.3, (filters, 1, 5, 5)).astype(np.float32), "w"),
-        numpy_helper.from_array(rng.normal(0, 0.1, filters).astype(np.float32), "b"),
-        numpy_helper.from_array(np.array([-1, filters * 196], np.int64), "flat"),
-        numpy_helper.from_array(rng.normal(0, 0.1, (filters * 196, 10)).astype(np.float32), "fc"),
-    ]
-    nodes = [
-        helper.make_node("Cast", ["images"], ["pixels"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["pixels", "scale"], ["scaled"]),
-        helper.make_node("Transpose", ["scaled"], ["nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Conv", ["nchw", "w", "b"], ["conv"], pads=[2, 2, 2, 2]),
-        helper.make_node("Relu", ["conv"], ["relu"]),
-        helper.make_node("MaxPool", ["relu"], ["pool"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Reshape", ["pool", "flat"], ["features"]),
-        helper.make_node("MatMul", ["features", "fc"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    inputs = [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 28, 28, 1])]
-    outputs = [
-        helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 10])
-        for name in ("logits", "probabilities")
-    ]
-    graph = helper.make_graph(nodes, "classifier", inputs, outputs, initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def _session(model: onnx.ModelProto, optimized: Path | None = None) -> ort.InferenceSession:
@@ -164,7 +133,7 @@ def test_padding_is_what_keeps_the_pool_in_onnx_runtimes_blocked_layout(tmp_path
 
 
 def test_server_and_bench_sessions_run_the_padded_model_with_the_files_results(tmp_path: Path) -> None:
-    write_model(tmp_path, "flat", _classifier(filters=12))
+    write_model(tmp_path, "flat", flatten_cnn_model(filters=12))
     path = tmp_path / "flat/1/model.onnx"
     batch = images(6)
     reference = ort.InferenceSession(str(path), providers=[CPU]).run(["logits"], {"images": batch})[0]
