@@ -4,6 +4,9 @@
 #   docker build -t cnnserve:cpu .
 # CUDA image (CUDA 13 + cuDNN 9, what onnxruntime-gpu 1.31 requires):
 #   docker build --build-arg DEVICE=cuda -t cnnserve:cuda .
+# The CPU image installs ONNX Runtime's CPU build (`onnxruntime`, same version as the pinned
+# onnxruntime-gpu; deploy/image/onnxruntime_for_device.py swaps the requirement before
+# `pip install .`) and runs `cnnserve serve --device cpu`; the CUDA image installs onnxruntime-gpu.
 # Run with the model repository mounted read-only:
 #   docker run --rm -p 8500:8500 -p 8002:8002 -v "$PWD/models:/models:ro" cnnserve:cpu
 #   docker run --rm --gpus all -p 8500:8500 -p 8002:8002 -v "$PWD/models:/models:ro" cnnserve:cuda
@@ -28,23 +31,30 @@ RUN apt-get update \
 # base-${DEVICE} is a stage of this file, not a registry image: nothing to tag.
 # hadolint ignore=DL3006
 FROM base-${DEVICE} AS build
+ARG DEVICE
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY deploy/image/onnxruntime_for_device.py /usr/local/bin/
 COPY cnnserve ./cnnserve
 COPY training ./training
 COPY export ./export
 COPY serving ./serving
 COPY protos ./protos
-RUN python3 -m venv /opt/venv \
+# The package's own metadata names the ONNX Runtime it gets, so `pip check` is clean in both images.
+RUN python3 /usr/local/bin/onnxruntime_for_device.py --device "${DEVICE}" pyproject.toml \
+    && python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check .
 
 # --- runtime ---------------------------------------------------------------------------------
 # base-${DEVICE} is a stage of this file, not a registry image: nothing to tag.
 # hadolint ignore=DL3006
 FROM base-${DEVICE} AS runtime
+# ORT_DISABLE_TELEMETRY: ONNX Runtime 1.31 otherwise keeps a telemetry database under $HOME, which
+# uid 10001 does not have, and warns at every start that it could not.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    ORT_DISABLE_TELEMETRY=1
 COPY --from=build /opt/venv /opt/venv
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin cnnserve \
     && mkdir -p /models \
@@ -58,3 +68,17 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
 # Exec form: the server is PID 1 and gets SIGTERM directly, for a graceful drain on `docker stop`.
 ENTRYPOINT ["cnnserve", "serve"]
 CMD ["--repository", "/models", "--host", "0.0.0.0", "--port", "8500", "--metrics-port", "8002"]
+
+# --- the image for DEVICE ---------------------------------------------------------------------
+# CPU: ONNX Runtime's CPU build has no CUDA provider, so `--device auto` would only ever fall back
+# (with a warning); --device cpu is in the entrypoint so replacing the CMD keeps it.
+FROM runtime AS runtime-cpu
+ENTRYPOINT ["cnnserve", "serve", "--device", "cpu"]
+CMD ["--repository", "/models", "--host", "0.0.0.0", "--port", "8500", "--metrics-port", "8002"]
+
+# CUDA: `--device auto` uses CUDA when a session confirms it.
+FROM runtime AS runtime-cuda
+
+# runtime-${DEVICE} is a stage of this file, not a registry image: nothing to tag.
+# hadolint ignore=DL3006
+FROM runtime-${DEVICE}

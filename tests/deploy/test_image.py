@@ -1,0 +1,97 @@
+"""The Docker images' ONNX Runtime: the CPU build in the CPU image, onnxruntime-gpu in the CUDA one,
+and each image's default command as `cnnserve serve` really parses it."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.deploy.manifests import DEPLOY, DOCKERFILE, ROOT, image_config, instructions, parse_command
+
+SCRIPT = DEPLOY / "image" / "onnxruntime_for_device.py"
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("onnxruntime_for_device", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _dependencies(text: str) -> list[str]:
+    return tomllib.loads(text)["project"]["dependencies"]
+
+
+def test_the_cpu_image_swaps_only_the_onnxruntime_requirement() -> None:
+    text = (ROOT / "pyproject.toml").read_text()
+    before = _dependencies(text)
+    (gpu,) = [r for r in before if r.startswith("onnxruntime-gpu==")]
+    after = _dependencies(_script().for_device(text, "cpu"))
+    assert after == [r.replace("onnxruntime-gpu==", "onnxruntime==") if r == gpu else r for r in before]
+    assert gpu.split("==")[1] == next(r for r in after if r.startswith("onnxruntime==")).split("==")[1]
+    assert _script().for_device(text, "cuda") == text  # the CUDA image stays as it is
+
+
+def test_the_script_rewrites_in_place_and_refuses_what_it_cannot_swap(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text((ROOT / "pyproject.toml").read_text())
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, str(SCRIPT), *args, str(pyproject)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    assert run("--device", "cpu").returncode == 0
+    assert "onnxruntime-gpu" not in pyproject.read_text()
+    again = run("--device", "cpu")  # nothing left to swap: a clear one-line error, exit 2
+    assert again.returncode == 2
+    assert again.stderr.strip().endswith("expected exactly one onnxruntime-gpu base dependency, found 0")
+    pyproject.write_text('[project]\ndependencies = ["onnxruntime-gpu>=1.20"]\n')
+    unpinned = run("--device", "cpu")
+    assert unpinned.returncode == 2 and "must pin one version" in unpinned.stderr
+    assert run("--device", "rocm").returncode == 2  # argparse's choices
+
+
+def test_the_build_stage_swaps_before_installing() -> None:
+    runs = [rest for instruction, rest in instructions(DOCKERFILE.read_text()) if instruction == "RUN"]
+    (install,) = [rest for rest in runs if "pip install" in rest]
+    swap = 'onnxruntime_for_device.py --device "${DEVICE}" pyproject.toml'
+    assert swap in install and install.index(swap) < install.index("pip install")
+
+
+@pytest.mark.parametrize(("device", "expected"), [("cpu", "cpu"), ("cuda", "auto")])
+def test_each_image_default_command_parses_with_its_device(device: str, expected: str) -> None:
+    config = image_config(DOCKERFILE.read_text(), device)
+    args, error = parse_command([*config.entrypoint, *config.cmd])
+    assert args is not None, error
+    assert (args.command, args.device, str(args.repository), args.port) == (
+        "serve",
+        expected,
+        "/models",
+        8500,
+    )
+    assert args.port in config.expose and args.metrics_port in config.expose
+    assert config.user == "10001:10001"
+    # ONNX Runtime's telemetry would write under $HOME (uid 10001 has none) and warn at every start.
+    assert config.env["ORT_DISABLE_TELEMETRY"] == "1"
+    # Replacing the CMD (docker run IMAGE --repository ...) keeps the CPU image on --device cpu.
+    args, _ = parse_command([*config.entrypoint, "--repository", "/models"])
+    assert args is not None and args.device == expected
+
+
+def test_the_dev_venv_has_one_onnxruntime() -> None:
+    installed = set()
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.distribution(name)
+            installed.add(name)
+        except metadata.PackageNotFoundError:
+            pass
+    assert installed == {"onnxruntime-gpu"}  # both would share one `onnxruntime` module
