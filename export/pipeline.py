@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cnnserve import __version__
-from cnnserve.export.model_config import ModelConfig, TensorSpec
+from cnnserve.export.leftovers import Leftover, clean_repository
+from cnnserve.export.model_config import PLATFORM_FILES, ModelConfig, TensorSpec
 from cnnserve.export.repository import RepositoryError, VersionWriter
+from cnnserve.export.run_report import record_export
 from cnnserve.export.source import ExportSource, load_source
 from cnnserve.export.tflite_export import CALIBRATION_IMAGES, QUANTIZE_CHOICES
 from cnnserve.training.fold_check import PARITY_IMAGES
@@ -31,6 +34,7 @@ class ExportResult:
     path: Path  # the model file or directory inside the repository
     config: ModelConfig
     report: dict  # what went into RUN/export_report.json
+    leftovers: tuple[Leftover, ...] = ()  # what earlier, killed exports left, and what was done
 
 
 def default_model_name(model: str, fmt: str, quantize: str | None) -> str:
@@ -72,13 +76,17 @@ def export_run(
     `repository/<name>/<version>/` plus `config.json`, or nothing at all.
 
     `source` (from `load_source`) can be passed to export several formats from one load."""
-    from cnnserve.training.fold_run import update_report
-
     validate_options(fmt, quantize)
     run_dir = Path(run_dir)
     info = load_run_info(run_dir)
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise RepositoryError(
+            f"cannot write to {run_dir}: the export records itself in {run_dir}/export_report.json; "
+            "make the run directory writable or export from a copy of it"
+        )
     name = name or default_model_name(info.model, fmt, quantize)
     platform = FORMATS[fmt]
+    leftovers = tuple(clean_repository(Path(repository)))
     writer = VersionWriter(Path(repository), name, version, overwrite, platform)  # fails fast
     if source is None:
         source = load_source(run_dir, data_dir, parity_images)
@@ -93,7 +101,7 @@ def export_run(
     }
     with writer:
         assert writer.staging is not None
-        target = writer.staging / ModelConfig(name, platform, (), (), ()).model_file
+        target = writer.staging / PLATFORM_FILES[platform]
         details = _export(fmt, quantize, source, target, provenance, calibration_images,
                           max_accuracy_drop_points)  # fmt: skip
         classes = len(info.class_names)
@@ -123,11 +131,11 @@ def export_run(
             },
         )
         final = writer.commit(config)
-    report = {**details, "repository": str(Path(repository).resolve()), "name": name,
+    report = {"format": fmt, "quantize": quantize, **details,
+              "repository": str(Path(repository).resolve()), "name": name,
               "version": writer.version, "created": created}  # fmt: skip
-    key = fmt if quantize is None else f"{fmt}_{quantize}"
-    update_report(run_dir, "exports", report, key=key)
-    return ExportResult(fmt, quantize, name, writer.version, final / target.name, config, report)
+    record_export(run_dir, report)
+    return ExportResult(fmt, quantize, name, writer.version, final / target.name, config, report, leftovers)
 
 
 def _flops_per_image(zoo_model: str) -> int | None:

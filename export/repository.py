@@ -2,11 +2,15 @@
 
 Everything is built in a hidden staging directory inside `models/<model>/` (same filesystem),
 then renamed into place; `config.json` is replaced atomically. A failure at any point removes
-the staging directory, so the repository never holds a half-written version.
+the staging directory, so the repository never holds a half-written version; what a killed
+export leaves is named and locked so the next export can remove it (`leftovers`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -14,12 +18,37 @@ from pathlib import Path
 from types import TracebackType
 
 from cnnserve.errors import CnnserveError
+from cnnserve.export.leftovers import CONFIG_PREFIX, REPLACED_PREFIX, STAGING_PREFIX
 from cnnserve.export.model_config import CONFIG_FILE, MODEL_NAME_PATTERN, ModelConfig, model_versions
 from cnnserve.training.fold_run import make_readable
 
 
 class RepositoryError(CnnserveError):
     """The repository cannot take this version as asked."""
+
+
+def check_writable(model_dir: Path) -> None:
+    """Fails before any conversion when the export could not write `model_dir` (or create it)."""
+    folder = model_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise RepositoryError(f"{folder} is a file, not a directory; pass another --repository")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RepositoryError(
+            f"cannot write to {folder}: permission denied; make it writable (e.g. chmod u+w {folder}) "
+            "or pass --repository with a folder you can write"
+        )
+
+
+def _write_error(path: Path, error: OSError) -> RepositoryError:
+    reason = error.strerror or str(error)
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return RepositoryError(
+            f"cannot write to {path}: {reason}; make it writable or pass --repository with a folder "
+            "you can write"
+        )
+    return RepositoryError(f"cannot write to {path}: {reason}; nothing was exported")
 
 
 def next_version(model_dir: Path) -> int:
@@ -51,7 +80,9 @@ class VersionWriter:
                 f"--version (next free: {next_version(self.model_dir)})"
             )
         self._check_platform(platform)
+        check_writable(self.model_dir)
         self.staging: Path | None = None
+        self._lock_fd: int | None = None
         self._created_model_dir = False
 
     def _check_platform(self, platform: str) -> None:
@@ -66,23 +97,42 @@ class VersionWriter:
             )
 
     def __enter__(self) -> VersionWriter:
-        self._created_model_dir = not self.model_dir.exists()
-        self.model_dir.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".staging-{self.version}-", dir=self.model_dir))
+        prefix = f"{STAGING_PREFIX}{self.version}-{os.getpid()}-"
+        for attempt in range(3):
+            try:
+                self._created_model_dir = not self.model_dir.exists()
+                self.model_dir.mkdir(parents=True, exist_ok=True)
+                self.staging = Path(tempfile.mkdtemp(prefix=prefix, dir=self.model_dir))
+                break
+            except FileNotFoundError as error:  # another export removed it as a leftover: again
+                if attempt == 2:
+                    raise _write_error(self.model_dir, error) from None
+            except OSError as error:
+                raise _write_error(self.model_dir, error) from None
+        # Held until the version is in place: tells `leftovers` this staging is live.
+        self._lock_fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         return self
 
     def commit(self, config: ModelConfig) -> Path:
         """Renames the staged version into place and replaces config.json."""
         assert self.staging is not None
+        try:
+            return self._commit(config)
+        except OSError as error:
+            raise _write_error(self.model_dir, error) from None
+
+    def _commit(self, config: ModelConfig) -> Path:
+        assert self.staging is not None
         old = None
         if self.final.exists():
-            old = self.model_dir / f".replaced-{self.version}-{os.getpid()}"
+            old = self.model_dir / f"{REPLACED_PREFIX}{self.version}-{os.getpid()}"
             self.final.rename(old)
         make_readable(self.staging)
         self.staging.rename(self.final)
         self.staging = None
         with tempfile.NamedTemporaryFile(
-            "w", dir=self.model_dir, prefix=".config-", suffix=".json", delete=False
+            "w", dir=self.model_dir, prefix=f"{CONFIG_PREFIX}{os.getpid()}-", suffix=".json", delete=False
         ) as handle:
             handle.write(config.to_json())
         make_readable(Path(handle.name))
@@ -100,5 +150,10 @@ class VersionWriter:
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         if kind is not None and self._created_model_dir:
-            shutil.rmtree(self.model_dir, ignore_errors=True)
+            # Only if still empty: another export may have written a version into it meanwhile.
+            with contextlib.suppress(OSError):
+                self.model_dir.rmdir()

@@ -7,11 +7,12 @@ at a time (`fold` here, `exports` from `cnnserve export`).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +37,7 @@ from cnnserve.training.run import MODEL_FILE, load_run_info
 
 FOLDED_DIR = "inference.savedmodel"
 REPORT_FILE = "export_report.json"
+REPORT_LOCK = ".export_report.lock"
 SERVING_SIGNATURE = "serving_default"
 OUTPUT_NAMES = ("logits", "probabilities")
 
@@ -121,21 +123,27 @@ def load_test_split(run_dir: Path, data_dir: Path | None = None, train: bool = F
     return dataset.train if train else dataset.test
 
 
-def update_report(run_dir: Path, section: str, content: dict, key: str | None = None) -> None:
-    """Writes one section of RUN/export_report.json, keeping the others (atomic replace)."""
+def update_report(
+    run_dir: Path, section: str, content: object = None, merge: Callable[[object], object] | None = None
+) -> None:
+    """Writes one section of RUN/export_report.json, keeping the others (atomic replace).
+
+    `merge(old_section)` returns the new section (`content` replaces it otherwise). Writers
+    hold RUN/.export_report.lock, so a fold and exports running side by side lose no entry."""
     path = run_dir / REPORT_FILE
-    try:
-        report = json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError:
-        report = {}
-    if key is None:
-        report[section] = content
-    else:
-        report.setdefault(section, {})[key] = content
-    with tempfile.NamedTemporaryFile("w", dir=run_dir, suffix=".tmp", delete=False) as handle:
-        handle.write(json.dumps(report, indent=2) + "\n")
-    make_readable(Path(handle.name))
-    Path(handle.name).replace(path)
+    with (run_dir / REPORT_LOCK).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            report = json.loads(path.read_text()) if path.is_file() else {}
+        except json.JSONDecodeError:
+            report = {}
+        if not isinstance(report, dict):
+            report = {}
+        report[section] = merge(report.get(section)) if merge is not None else content
+        with tempfile.NamedTemporaryFile("w", dir=run_dir, suffix=".tmp", delete=False) as handle:
+            handle.write(json.dumps(report, indent=2) + "\n")
+        make_readable(Path(handle.name))
+        Path(handle.name).replace(path)
 
 
 def fold_run(

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from cnnserve.export.model_config import ModelConfig
 from cnnserve.export.pipeline import export_run
+from cnnserve.export.run_report import find_exports
 from cnnserve.export.tflite_export import TflitePredictor
 from cnnserve.training.fold_check import MAX_ABS_LOGIT_DIFF
 from cnnserve.training.fold_run import REPORT_FILE
@@ -119,7 +120,8 @@ def test_onnx_export(name, zoo_runs, zoo_sources, tmp_path):
     if name == "mnist_cnn":  # 2 × (25·784·16 + 400·196·36 + 1764·128 + 128·10) multiply-adds
         assert config.extra["flops_per_image"] == 6_726_144
     run_report = json.loads((zoo_runs[name] / REPORT_FILE).read_text())
-    assert run_report["exports"]["onnx"]["nodes_after"] == report["nodes_after"]
+    (entry,) = find_exports(run_report, repository=str(tmp_path.resolve()), name=name, version=1)
+    assert entry["format"] == "onnx" and entry["nodes_after"] == report["nodes_after"]
     assert "fold" in run_report
 
 
