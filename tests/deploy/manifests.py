@@ -222,6 +222,11 @@ def image_config(text: str, device: str) -> ImageConfig:
     return config
 
 
+def image_device(image: str, tags: dict[str, str]) -> str | None:
+    """The device of a manifest's image, by the name and tag the Dockerfile builds (any registry)."""
+    return tags.get(image.rsplit("/", 1)[-1])
+
+
 def image_tags(text: str) -> dict[str, str]:
     """{tag: device} from the `docker build` commands the Dockerfile documents."""
     tags = {}

@@ -21,6 +21,7 @@ from tests.deploy.manifests import (
     KUBERNETES_VERSIONS,
     container_command,
     image_config,
+    image_device,
     image_tags,
     kserve_problems,
     kserve_tables,
@@ -81,10 +82,10 @@ def runtime_problems(runtime: dict[str, Any], service: dict[str, Any]) -> list[s
     """The runtime's container against the image, the CLI and KServe's conventions."""
     text = DOCKERFILE.read_text()
     (container,) = runtime["spec"]["containers"]
-    tags = image_tags(text)
-    if container["image"] not in tags:
+    device = image_device(container["image"], image_tags(text))
+    if device is None:
         return [f"image {container['image']!r} is none the Dockerfile builds"]
-    config = image_config(text, tags[container["image"]])
+    config = image_config(text, device)
     args, error = parse_command(container_command(container, config))
     if args is None:
         return [f"the container's command does not parse: {error}"]
@@ -137,6 +138,8 @@ def _edit(doc: dict[str, Any], edit: str) -> dict[str, Any]:
         container["args"] += ["--model-store", "/mnt/models"]
     elif edit == "port":
         container["ports"][0]["containerPort"] = 9000
+    elif edit == "image":
+        container["image"] = "nvcr.io/nvidia/tritonserver:25.01-py3"
     elif edit == "protocol":
         changed["spec"]["protocolVersions"] = ["v2"]
     return changed
@@ -149,6 +152,7 @@ def _edit(doc: dict[str, Any], edit: str) -> dict[str, Any]:
         ("flag", "unrecognized arguments: --model-store"),
         ("port", "expected the one serving port"),
         ("protocol", "protocolVersion 'grpc-v2' is not the runtime's"),
+        ("image", "is none the Dockerfile builds"),
     ],
 )
 def test_a_runtime_that_drifted_is_caught(edit: str, expected: str) -> None:

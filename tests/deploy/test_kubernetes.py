@@ -15,6 +15,7 @@ from tests.deploy.manifests import (
     KUBERNETES_VERSIONS,
     container_command,
     image_config,
+    image_device,
     image_tags,
     kubernetes_problems,
     load,
@@ -42,9 +43,10 @@ def server_problems(deployment: dict[str, Any]) -> list[str]:
     pod = deployment["spec"]["template"]["spec"]
     container = _server(deployment)
     tags = image_tags(text)
-    if container["image"] not in tags:
+    device = image_device(container["image"], tags)
+    if device is None:
         return [f"image {container['image']!r} is none the Dockerfile builds ({', '.join(tags)})"]
-    config = image_config(text, tags[container["image"]])
+    config = image_config(text, device)
     args, error = parse_command(container_command(container, config))
     if args is None:
         return [f"the container's command does not parse: {error}"]
@@ -92,6 +94,19 @@ def server_problems(deployment: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    changed = copy.deepcopy(doc)
+    *parents, last = path.split(".")
+    node: Any = changed
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[last] = value
+    return changed
+
+
+CONTAINER = "spec.template.spec.containers.0"
+
+
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_manifest_is_valid_kubernetes(version: str) -> None:
     found = manifests(FOLDER)
@@ -120,23 +135,12 @@ def test_kustomization_lists_every_manifest() -> None:
 def test_the_deployment_matches_the_image_and_the_cli() -> None:
     deployment = _by_kind()["Deployment/cnnserve"]
     assert server_problems(deployment) == []
+    pushed = _set(deployment, f"{CONTAINER}.image", "registry.example.com/ml/cnnserve:cpu")
+    assert server_problems(pushed) == []  # the same image in any registry
     args, _ = parse_command(
         container_command(_server(deployment), image_config(DOCKERFILE.read_text(), "cpu"))
     )
     assert args is not None and args.device == "cpu"  # from the CPU image's entrypoint
-
-
-def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    changed = copy.deepcopy(doc)
-    *parents, last = path.split(".")
-    node: Any = changed
-    for key in parents:
-        node = node[int(key)] if isinstance(node, list) else node[key]
-    node[last] = value
-    return changed
-
-
-CONTAINER = "spec.template.spec.containers.0"
 
 
 @pytest.mark.parametrize(
