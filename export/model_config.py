@@ -66,6 +66,10 @@ class ModelConfig:
             raise CnnserveError(f"max_batch_size must be >= 1, received {self.max_batch_size}")
         if self.max_queue_delay_ms < 0:
             raise CnnserveError(f"max_queue_delay_ms must be >= 0, received {self.max_queue_delay_ms:g}")
+        if not self.inputs:
+            raise CnnserveError("inputs is empty; an image classifier has one input")
+        if not self.outputs:
+            raise CnnserveError("outputs is empty; expected at least the logits")
 
     @property
     def model_file(self) -> str:
@@ -96,8 +100,16 @@ class ModelConfig:
             )
         except FileNotFoundError:
             raise CnnserveError(f"{path} is missing; re-export with 'cnnserve export'") from None
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        except CnnserveError as error:
+            raise CnnserveError(f"{path}: {error}") from None
+        except OSError as error:  # a directory, no permission, an I/O error
+            raise CnnserveError(f"cannot read {path}: {error.strerror or error}") from None
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
             raise CnnserveError(f"{path} is damaged ({error}); re-export the model") from None
+
+
+# Version folders: positive integers in ASCII digits ("²" passes str.isdigit() but not int()).
+VERSION_DIR_PATTERN = re.compile(r"[1-9][0-9]{0,17}")
 
 
 def model_versions(model_dir: Path) -> list[int]:
@@ -105,5 +117,5 @@ def model_versions(model_dir: Path) -> list[int]:
     return sorted(
         int(child.name)
         for child in model_dir.iterdir()
-        if child.is_dir() and child.name.isdigit() and int(child.name) > 0
+        if VERSION_DIR_PATTERN.fullmatch(child.name) and child.is_dir()
     )

@@ -7,6 +7,8 @@ model's input: its channel count, and its height and width (resized if they diff
 from __future__ import annotations
 
 import logging
+import ssl
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +30,33 @@ class ClientTls:
     key: Path | None = None
 
     def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC credentials, once Python's ssl module has checked every file (gRPC itself would
+        only report a failed handshake, long after)."""
+        self._check()
+
         def read(path: Path | None) -> bytes | None:
             return path.read_bytes() if path else None
 
         return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+    def _check(self) -> None:
+        for flag, path in (("--tls-ca", self.ca), ("--tls-cert", self.cert), ("--tls-key", self.key)):
+            if path is not None and not path.is_file():
+                raise CnnserveError(f"{flag} {path}: no such file; give the PEM file's path")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if self.ca is not None:
+            try:
+                context.load_verify_locations(cafile=self.ca)
+            except (ssl.SSLError, OSError) as error:
+                raise CnnserveError(f"--tls-ca {self.ca}: not a PEM CA certificate ({error})") from None
+        if self.cert is not None and self.key is not None:
+            try:
+                context.load_cert_chain(self.cert, self.key)
+            except (ssl.SSLError, OSError) as error:
+                raise CnnserveError(
+                    f"--tls-cert {self.cert} / --tls-key {self.key}: not a matching PEM certificate "
+                    f"and key ({error})"
+                ) from None
 
 
 def open_channel(
@@ -114,7 +139,18 @@ def _load_picture(path: Path, image_shape: tuple[int, int, int]) -> np.ndarray:
 
     height, width, channels = image_shape
     try:
-        with Image.open(path) as picture:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            picture = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise CnnserveError(
+            f"{path}: refused to decode: {error} Is it really an image of the model's input?"
+        ) from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise CnnserveError(f"{path}: not a readable image ({error})") from None
+    try:
+        with picture:
             converted = picture.convert("L" if channels == 1 else "RGB")
             if converted.size != (width, height):
                 _LOGGER.info("%s: resizing %dx%d to %dx%d", path.name, *converted.size, width, height)

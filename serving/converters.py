@@ -13,21 +13,28 @@ import numpy as np
 
 from cnnserve.protos import classifier_pb2 as pb
 from cnnserve.serving.errors import InvalidInput
+from cnnserve.serving.log_limit import shown
 
 IMAGE_DTYPE = "uint8"
+# numpy's limit is 64 dimensions; no model here takes more than a handful.
+MAX_WIRE_RANK = 8
 
 
 def decode_tensor(tensor: pb.Tensor, field: str, dtype: str = IMAGE_DTYPE) -> np.ndarray:
     """The array a `Tensor` describes; INVALID_ARGUMENT naming `field` if it is malformed."""
     sent_dtype = tensor.dtype or IMAGE_DTYPE
     if sent_dtype != dtype:
-        raise InvalidInput(f"{field}.dtype: expected {dtype!r}, received {sent_dtype!r}")
+        raise InvalidInput(f"{field}.dtype: expected {dtype!r}, received {shown(sent_dtype)}")
     shape = wire_shape(tensor.shape, f"{field}.shape", "[N, H, W, C]")
     return array_from_bytes(tensor.data, dtype, shape, f"{field}.data", dtype)
 
 
 def wire_shape(dims: Sequence[int], field: str, expected: str) -> list[int]:
     """A shape as sent: present and without negative dimensions (both protocols)."""
+    if len(dims) > MAX_WIRE_RANK:
+        raise InvalidInput(
+            f"{field}: rank {len(dims)} is over the supported {MAX_WIRE_RANK}; expected {expected}"
+        )
     shape = [int(d) for d in dims]
     if not shape:
         raise InvalidInput(f"{field}: missing; expected {expected}")

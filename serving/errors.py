@@ -18,6 +18,9 @@ import grpc
 from cnnserve.errors import CnnserveError
 
 _LOGGER = logging.getLogger(__name__)
+# gRPC clients refuse trailers over 8 KiB by default (and then report RESOURCE_EXHAUSTED instead
+# of the real status), so no status message may come near that, whatever a request echoed.
+MAX_DETAILS_CHARS = 2048
 
 
 class ServingError(CnnserveError):
@@ -63,14 +66,20 @@ class InferenceFailed(ServingError):
     failure_reason = "BACKEND"
 
 
+def bounded(details: str) -> str:
+    if len(details) <= MAX_DETAILS_CHARS:
+        return details
+    return details[:MAX_DETAILS_CHARS] + f"… (message cut from {len(details)} characters)"
+
+
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC code and details for any exception; unexpected ones are logged as bugs."""
     if isinstance(error, ServingError):
-        return error.code, str(error)
+        return error.code, bounded(str(error))
     if isinstance(error, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED, "request cancelled"
     _LOGGER.exception("unexpected error while serving a request", exc_info=error)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
+    return grpc.StatusCode.INTERNAL, bounded(f"internal error: {type(error).__name__}: {error}")
 
 
 _Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])

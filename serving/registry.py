@@ -9,13 +9,18 @@ its reason and reported; the others serve.
 from __future__ import annotations
 
 import logging
+import re
+import threading
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from cnnserve.errors import CnnserveError
 from cnnserve.export.model_config import ModelConfig
 from cnnserve.serving.batcher import Batcher
 from cnnserve.serving.config import BatchingConfig, ServerOptions
 from cnnserve.serving.errors import InvalidInput, ModelNotFound, ModelUnavailable
+from cnnserve.serving.log_limit import shown
 from cnnserve.serving.repository import LoadFailure, VersionSpec, scan_repository
 from cnnserve.serving.session import (
     CPU,
@@ -30,6 +35,13 @@ from cnnserve.serving.stats import ModelStats
 _LOGGER = logging.getLogger(__name__)
 
 LOADING, READY, UNAVAILABLE = "LOADING", "READY", "UNAVAILABLE"
+# A request's version string: ASCII digits only (str.isdigit() also takes "²" and "١"), no
+# leading zero, and small enough to be a Triton int64 version.
+VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,17}")
+
+
+class LoadingCancelled(Exception):
+    """A shutdown signal arrived while models were still loading."""
 
 
 @dataclass
@@ -96,8 +108,12 @@ class ModelRegistry:
         if unknown:
             raise CnnserveError(f"per-model overrides name unknown models: {', '.join(sorted(unknown))}")
 
-    def load_sessions(self) -> None:
-        """Open and warm every version (blocking: run it in a worker thread)."""
+    def load_sessions(self, cancelled: threading.Event | None = None) -> None:
+        """Open and warm every version (blocking: run it in a worker thread).
+
+        Raises `LoadingCancelled` at the next session or warm-up batch once `cancelled` is set.
+        """
+        cancelled = cancelled or threading.Event()
         versions = [v for by_number in self._models.values() for v in by_number.values()]
         if not versions:
             return
@@ -114,9 +130,14 @@ class ModelRegistry:
         )
         for served in versions:
             try:
+                if cancelled.is_set():
+                    raise LoadingCancelled
                 session = ModelSession(served.spec.model_path, settings)
                 _check_matches_config(session, served)
-                session.warm(range(1, served.batching.max_batch_size + 1), served.image_shape)
+                for size in range(1, served.batching.max_batch_size + 1):
+                    if cancelled.is_set():
+                        raise LoadingCancelled
+                    session.warm([size], served.image_shape)
             except CnnserveError as error:
                 if isinstance(error, ProviderMismatch) and self._options.device == "cuda":
                     raise  # --device cuda promises CUDA for every model, or no start at all
@@ -168,15 +189,17 @@ class ModelRegistry:
         """The version to serve for a request; errors name the request fields."""
         if name not in self._models and name not in self._failures:
             raise ModelNotFound(
-                f"{field_prefix}model {name!r} not found; models: {', '.join(self.model_names()) or 'none'}"
+                f"{field_prefix}model {shown(name)} not found; "
+                f"models: {', '.join(self.model_names()) or 'none'}"
             )
         if name in self._failures:
             raise ModelUnavailable(f"model {name!r} failed to load: {self._failures[name].reason}")
         by_number = self._models[name]
         if version:
-            if not version.isdigit() or int(version) < 1:
+            if not VERSION_PATTERN.fullmatch(version):
                 raise InvalidInput(
-                    f"{field_prefix}version: expected a positive integer or empty, received {version!r}"
+                    f"{field_prefix}version: expected a positive integer or empty, "
+                    f"received {shown(version)}"
                 )
             served = by_number.get(int(version))
             if served is None:
@@ -232,3 +255,17 @@ def _check_matches_config(session: ModelSession, served: ServedVersion) -> None:
         )
     if len(spec.shape) != 4:
         raise CnnserveError(f"config.json input shape {list(spec.shape)} is not [N, H, W, C]")
+    # The outputs as ONNX Runtime really produces them for one image, against config.json.
+    produced = session.run(np.zeros((1, *spec.shape[1:]), dtype=session.input_dtype))
+    for output in served.config.outputs:
+        value = produced.get(output.name)
+        if value is None:
+            raise CnnserveError(
+                f"config.json output {output.name!r} is not an output of the model "
+                f"(it has {', '.join(map(repr, produced))})"
+            )
+        if value.dtype.name != output.dtype or list(value.shape[1:]) != list(output.shape[1:]):
+            raise CnnserveError(
+                f"model output {output.name!r} is {value.dtype.name} {[-1, *value.shape[1:]]}, "
+                f"config.json says {output.dtype} {list(output.shape)}"
+            )

@@ -2,33 +2,38 @@
 
 Start-up order follows Triton: listen first (ServerLive answers, health says NOT_SERVING),
 load and warm every model in a worker thread, and only then report ready (health SERVING,
-ServerReady true, the `--ready-file` written). On SIGTERM or SIGINT: report not ready, stop
-accepting calls, let every accepted call finish (batchers stop waiting for full batches),
-then exit 0 — all within `--grace-s`.
+ServerReady true, the `--ready-file` written). A signal during loading stops the loading and
+exits 0 without ever reporting ready. On SIGTERM or SIGINT once ready: report not ready, then
+drain (`shutdown.py`) so every call a client sent is answered OK or UNAVAILABLE, and exit 0 —
+all within `--grace-s`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-import signal
+import ssl
+import threading
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from cnnserve import __version__
 from cnnserve.errors import CnnserveError
 from cnnserve.protos import classifier_pb2, classifier_pb2_grpc, grpc_service_pb2, grpc_service_pb2_grpc
+from cnnserve.serving.call_guard import CallGuard, GuardedServer
 from cnnserve.serving.classifier_service import ClassifierService
 from cnnserve.serving.config import ServerOptions
 from cnnserve.serving.dataplane import DataPlane
 from cnnserve.serving.metrics import MetricsServer
-from cnnserve.serving.registry import ModelRegistry
+from cnnserve.serving.registry import LoadingCancelled, ModelRegistry
+from cnnserve.serving.shutdown import ShutdownSignal, drain_and_stop
 from cnnserve.serving.v2_service import V2Service
 
 _LOGGER = logging.getLogger(__name__)
@@ -47,23 +52,33 @@ def grpc_options(options: ServerOptions) -> list[tuple[str, int]]:
 
 
 def create_server(
-    options: ServerOptions, dataplane: DataPlane, health: health_aio.HealthServicer
+    options: ServerOptions, dataplane: DataPlane, health: health_aio.HealthServicer, guard: CallGuard
 ) -> tuple[grpc.aio.Server, int]:
-    """A configured, not yet started server and the port it bound (useful with port 0)."""
+    """A configured, not yet started server and the port it bound (useful with port 0).
+
+    Every service registers through `GuardedServer`, so each method gets the guard's
+    undecodable-message and drain handling.
+    """
+    credentials = _tls_credentials(options) if options.tls is not None else None
     server = grpc.aio.server(options=grpc_options(options))
-    classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierService(dataplane), server)
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(V2Service(dataplane), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
+    guarded = GuardedServer(server, guard)
+    classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierService(dataplane), guarded)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(V2Service(dataplane), guarded)
+    health_pb2_grpc.add_HealthServicer_to_server(health, guarded)
+    reflected = (
+        *SERVICE_NAMES,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(reflected), guarded
     )
     address = f"{options.host}:{options.port}"
     try:
-        if options.tls is None:
+        if credentials is None:
             port = server.add_insecure_port(address)
         else:
-            port = server.add_secure_port(address, _tls_credentials(options))
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as error:
         raise CnnserveError(f"cannot listen on {address}: {error}") from None
     if port == 0:
@@ -72,8 +87,29 @@ def create_server(
 
 
 def _tls_credentials(options: ServerOptions) -> grpc.ServerCredentials:
+    """gRPC's credentials, after Python's ssl module has checked the files: gRPC itself only
+    reports a bad certificate or key as a failure to bind the port."""
     tls = options.tls
     assert tls is not None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except ssl.SSLError as error:
+        problem = (
+            "the key does not match the certificate"
+            if "KEY_VALUES_MISMATCH" in str(error)
+            else f"not a PEM certificate and private key ({error.reason or error})"
+        )
+        raise CnnserveError(f"--tls-cert {tls.cert} / --tls-key {tls.key}: {problem}") from None
+    except OSError as error:
+        raise CnnserveError(f"--tls-cert/--tls-key: cannot read {error.filename}: {error.strerror}") from None
+    if tls.client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=tls.client_ca)
+        except (ssl.SSLError, OSError) as error:
+            raise CnnserveError(
+                f"--tls-client-ca {tls.client_ca}: not a PEM CA certificate ({error})"
+            ) from None
     client_ca = tls.client_ca.read_bytes() if tls.client_ca else None
     return grpc.ssl_server_credentials(
         [(tls.key.read_bytes(), tls.cert.read_bytes())],
@@ -99,17 +135,16 @@ def _write_ready_file(path: Path, grpc_port: int, metrics_port: int | None) -> N
 
 async def serve(options: ServerOptions) -> int:
     """Run until SIGTERM/SIGINT; return the process exit code."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    signals = ShutdownSignal()
+    signals.install()
 
     registry = ModelRegistry(options)
     registry.scan()
     dataplane = DataPlane(registry, options.max_request_images)
     health = health_aio.HealthServicer()
     await _set_health(health, serving=False)
-    server, port = create_server(options, dataplane, health)
+    guard = CallGuard()
+    server, port = create_server(options, dataplane, health, guard)
     metrics = MetricsServer(registry)
     await server.start()
     scheme = "TLS" if options.tls else "plaintext"
@@ -118,15 +153,18 @@ async def serve(options: ServerOptions) -> int:
         metrics_port = (
             metrics.start(options.host, options.metrics_port) if options.metrics_port is not None else None
         )
-        await asyncio.to_thread(registry.load_sessions)
-        ready = registry.start_batchers()
-        if ready == 0:
-            raise CnnserveError("no model could be loaded; see the errors above")
+        ready = await _load(registry, signals)
     except BaseException:
         await server.stop(None)
         metrics.stop()
         await registry.close()
         raise
+    if ready is None:  # a signal arrived while loading: never report ready
+        _LOGGER.info("stopped before any model was served")
+        await server.stop(None)
+        metrics.stop()
+        await registry.close()
+        return 0
     dataplane.ready = True
     await _set_health(health, serving=True)
     if options.ready_file is not None:
@@ -143,16 +181,36 @@ async def serve(options: ServerOptions) -> int:
         os.getpid(),
     )
 
-    await stop.wait()
-    _LOGGER.info("shutting down: refusing new calls, finishing accepted ones (grace %.0f s)", options.grace_s)
+    await signals.wait()
+    _LOGGER.info("shutting down: finishing accepted calls, refusing new ones (grace %.0f s)", options.grace_s)
     dataplane.ready = False
     await _set_health(health, serving=False)
+    guard.start_draining()
     registry.drain()  # accepted requests run now instead of waiting for fuller batches
-    await server.stop(options.grace_s)
+    await drain_and_stop(server, guard, options.grace_s)
     await registry.close()
     metrics.stop()
     _LOGGER.info("stopped")
     return 0
+
+
+async def _load(registry: ModelRegistry, signals: ShutdownSignal) -> int | None:
+    """Open, warm and start every model; the number ready, or None if a signal came first."""
+    cancelled = threading.Event()
+    loading = asyncio.create_task(asyncio.to_thread(registry.load_sessions, cancelled))
+    interrupted = asyncio.create_task(signals.wait())
+    await asyncio.wait((loading, interrupted), return_when=asyncio.FIRST_COMPLETED)
+    if interrupted.done():
+        cancelled.set()  # the loader stops before its next session or warm-up batch
+        with contextlib.suppress(LoadingCancelled):
+            await loading
+        return None
+    interrupted.cancel()
+    loading.result()
+    ready = registry.start_batchers()
+    if ready == 0:
+        raise CnnserveError("no model could be loaded; see the errors above")
+    return ready
 
 
 def run(options: ServerOptions) -> int:

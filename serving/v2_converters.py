@@ -17,6 +17,7 @@ from cnnserve.protos import grpc_service_pb2 as pb
 from cnnserve.protos import model_config_pb2 as config_pb
 from cnnserve.serving.converters import array_from_bytes, wire_shape
 from cnnserve.serving.errors import InvalidInput
+from cnnserve.serving.log_limit import shown
 
 # Triton datatype names ↔ numpy.
 V2_TO_NUMPY = {
@@ -54,14 +55,19 @@ def decode_input(request: pb.ModelInferRequest, spec: TensorSpec) -> np.ndarray:
         raise InvalidInput(f"inputs: expected 1 input ({spec.name!r}), received {len(request.inputs)}")
     tensor = request.inputs[0]
     if tensor.name != spec.name:
-        raise InvalidInput(f"inputs[0].name: expected {spec.name!r}, received {tensor.name!r}")
+        raise InvalidInput(f"inputs[0].name: expected {spec.name!r}, received {shown(tensor.name)}")
     expected_type = v2_datatype(spec.dtype)
     if tensor.datatype != expected_type:
-        raise InvalidInput(f"inputs[0].datatype: expected {expected_type}, received {tensor.datatype!r}")
+        raise InvalidInput(f"inputs[0].datatype: expected {expected_type}, received {shown(tensor.datatype)}")
     shape = wire_shape(tensor.shape, "inputs[0].shape", _shown(spec.shape))
     dtype = np.dtype(spec.dtype).newbyteorder("<")
     elements = math.prod(shape)
     if request.raw_input_contents:
+        if tensor.HasField("contents"):
+            raise InvalidInput(
+                f"inputs[0].contents: must not be set when raw_input_contents is used for input "
+                f"{spec.name!r}; send the tensor in one of the two"
+            )
         if len(request.raw_input_contents) != 1:
             raise InvalidInput(
                 "raw_input_contents: expected 1 entry (one per input), "
@@ -99,7 +105,7 @@ def requested_outputs(
     wanted = []
     for i, output in enumerate(request.outputs):
         if output.name not in names:
-            raise InvalidInput(f"outputs[{i}].name: expected one of {names}, received {output.name!r}")
+            raise InvalidInput(f"outputs[{i}].name: expected one of {names}, received {shown(output.name)}")
         top_k = 0
         if CLASSIFICATION in output.parameters:
             parameter = output.parameters[CLASSIFICATION]

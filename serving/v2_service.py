@@ -83,7 +83,12 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests on one stream run concurrently, so they can share batches; answers come as they finish."""
+        """Requests on one stream run concurrently, so they can share batches; answers come as they finish.
+
+        When reading stops — the client half-closed, the server is draining, or a message could
+        not be parsed — every request already read is still answered before the stream ends; the
+        call guard then gives the stream its final status.
+        """
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         # Strong references: the event loop only keeps weak ones to running tasks.
         tasks: set[asyncio.Task[None]] = set()
@@ -104,13 +109,17 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 )
 
         async def read() -> None:
-            async for request in request_iterator:
-                task = asyncio.create_task(answer(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-            answers.put_nowait(None)
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(answer(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            except ServingError:
+                pass  # an unparseable message: the guard ends the stream with its status
+            finally:
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                answers.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
