@@ -155,6 +155,11 @@ def build_options(args: argparse.Namespace) -> object:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import os
+
+    # ONNX Runtime 1.31 sends usage telemetry unless told not to; a server should not phone home
+    # (and, as a user without a home directory, it warns at every start that it cannot).
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     from cnnserve.serving import server
 
     return server.run(build_options(args))

@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnxruntime as ort
 
 from cnnserve.errors import CnnserveError
 from cnnserve.export.model_config import ModelConfig
@@ -24,6 +25,7 @@ from cnnserve.serving.log_limit import shown
 from cnnserve.serving.repository import LoadFailure, VersionSpec, scan_repository
 from cnnserve.serving.session import (
     CPU,
+    CUDA,
     DeviceChoice,
     ModelSession,
     ProviderMismatch,
@@ -118,7 +120,12 @@ class ModelRegistry:
         if not versions:
             return
         self.device = resolve_device(self._options.device, [v.spec.model_path for v in versions])
-        fell_back = self._options.device == "auto" and self.device.provider == CPU
+        # A CPU-only ONNX Runtime build (the CPU image) has nothing to fall back from.
+        fell_back = (
+            self._options.device == "auto"
+            and self.device.provider == CPU
+            and CUDA in ort.get_available_providers()
+        )
         _LOGGER.log(
             logging.WARNING if fell_back else logging.INFO,
             "execution provider: %s (%s)",
@@ -198,8 +205,7 @@ class ModelRegistry:
         if version:
             if not VERSION_PATTERN.fullmatch(version):
                 raise InvalidInput(
-                    f"{field_prefix}version: expected a positive integer or empty, "
-                    f"received {shown(version)}"
+                    f"{field_prefix}version: expected a positive integer or empty, received {shown(version)}"
                 )
             served = by_number.get(int(version))
             if served is None:

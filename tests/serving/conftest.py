@@ -31,10 +31,11 @@ START_TIMEOUT_S = 90
 class ServerProcess:
     """A real `cnnserve serve` in a subprocess."""
 
-    def __init__(self, repository: Path, workdir: Path, *args: str) -> None:
+    def __init__(self, repository: Path, workdir: Path, *args: str, prefix: tuple[str, ...] = ()) -> None:
         self.repository = repository
         self.workdir = workdir
         self.args = args
+        self.prefix = prefix  # e.g. setpriv, to run the server with fewer privileges
         self.ready_file = workdir / "ready.json"
         self.log_file = workdir / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -53,6 +54,7 @@ class ServerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         command = [
+            *self.prefix,
             *module_command("cnnserve", "serve"),
             "--repository", str(self.repository),
             "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",

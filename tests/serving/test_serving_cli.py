@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,70 @@ def test_device_auto_logs_one_reason_and_reports_the_real_provider(start_server)
         assert "fell back to CPU because" in lines[0]
     cpu = start_server("--models", "identity", "--device", "cpu")
     assert cpu.client().metadata("identity").execution_provider == "CPUExecutionProvider"
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width × height: what a decompression bomb looks like."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_classify_refuses_a_decompression_bomb_and_bad_tls_files(
+    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_declaring(20000, 20000))
+    assert main(["classify", "--target", server.target, "--model", "cnn", str(bomb)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"{bomb}: refused to decode" in error and "400000000 pixels" in error and "\n" not in error
+
+    np.save(tmp_path / "x.npy", images(1))
+    missing = tmp_path / "ca.pem"
+    argv = [
+        "classify",
+        "--target",
+        server.target,
+        "--model",
+        "cnn",
+        "--tls-ca",
+        str(missing),
+        str(tmp_path / "x.npy"),
+    ]
+    assert main(argv) == 2
+    assert f"--tls-ca {missing}: no such file" in capsys.readouterr().err
+    missing.write_text("not a certificate\n")
+    assert main(argv) == 2
+    assert f"--tls-ca {missing}: not a PEM CA certificate" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_serve_names_a_key_that_does_not_match_its_certificate(repository: Path, tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+             "-out", f"{name}.pem", "-days", "1", "-subj", f"/CN={name}"],
+            cwd=tmp_path, check=True, capture_output=True,
+        )  # fmt: skip
+    serve = ("--repository", str(repository), "--models", "identity")
+    result = run_serve(*serve, "--tls-cert", str(tmp_path / "a.pem"), "--tls-key", str(tmp_path / "b.key"))
+    assert result.returncode == 2, result.stderr
+    assert "the key does not match the certificate" in result.stderr and "Failed to bind" not in result.stderr
+    (tmp_path / "garbage.pem").write_text(
+        "-----BEGIN CERTIFICATE-----\nbm9wZQ==\n-----END CERTIFICATE-----\n"
+    )
+    result = run_serve(
+        *serve, "--tls-cert", str(tmp_path / "garbage.pem"), "--tls-key", str(tmp_path / "a.key")
+    )
+    assert result.returncode == 2 and "not a PEM certificate and private key" in result.stderr
+    assert "Traceback" not in result.stderr
