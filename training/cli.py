@@ -6,8 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
+from cnnserve.errors import CnnserveError
 from cnnserve.quiet_tf import import_tensorflow_quietly
 from cnnserve.training.data import DATASETS
+
+# Kept in step with cnnserve.training.distribute.MODES (that module imports TensorFlow).
+MODES = ("none", "mirrored", "multiworker")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -20,10 +24,17 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="train a zoo model and write a run directory",
         description="Train a zoo model; unset options take the source tutorial's defaults.",
     )
-    train.add_argument("--model", required=True, help="zoo model name (see 'cnnserve models')")
+    train.add_argument("--model", help="zoo model name (see 'cnnserve models')")
     train.add_argument("--dataset", default="fashion_mnist", choices=DATASETS)
     train.add_argument("--data-dir", type=Path, help="folder with the dataset files")
-    train.add_argument("--out", type=Path, required=True, help="run directory to write")
+    train.add_argument("--out", type=Path, help="run directory to write")
+    train.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN",
+        help="continue an interrupted run from its latest checkpoint, with the settings it was "
+        "started with (other training options are ignored)",
+    )
     length = train.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, help="passes over the training set")
     length.add_argument("--steps", type=int, help="optimizer steps (instead of --epochs)")
@@ -31,6 +42,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--lr", type=float, help="initial learning rate")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--val-size", type=int, help="validation images held out of train")
+    train.add_argument("--train-size", type=int, help="train on the first N training images only")
     train.add_argument(
         "--synthetic-size", type=int, default=4096, help="training images for --dataset synthetic"
     )
@@ -43,6 +55,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument(
         "--no-fold", action="store_true", help="skip writing RUN/inference.savedmodel (see 'cnnserve fold')"
+    )
+    train.add_argument(
+        "--checkpoint-every-steps",
+        type=int,
+        metavar="K",
+        help="checkpoint every K steps as well as after every epoch (RUN/checkpoints/)",
+    )
+    train.add_argument(
+        "--distribute",
+        default="none",
+        choices=MODES,
+        help="mirrored: every local GPU; multiworker: the workers TF_CONFIG lists (same command on each)",
     )
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     train.add_argument("--no-progress", action="store_true", help="per-epoch lines only")
@@ -90,9 +114,17 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import_tensorflow_quietly()
-    from cnnserve.training.train import TrainConfig, train
+    if args.resume is None and (args.model is None or args.out is None):
+        raise CnnserveError("give --model and --out (or --resume RUN to continue a run)")
+    if args.distribute == "none":
+        import_tensorflow_quietly()
+    # A distributed strategy must be created before TensorFlow runs its first operation,
+    # which the quiet import does; `train` creates it first thing.
+    from cnnserve.training.train import TrainConfig, resume_config, train
 
+    if args.resume is not None:
+        train(resume_config(args.resume, show_progress=not args.no_progress), resume=True)
+        return 0
     config = TrainConfig(
         model=args.model,
         out=args.out,
@@ -105,10 +137,13 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         val_size=args.val_size,
         synthetic_size=args.synthetic_size,
+        train_size=args.train_size,
         precise_bn_batches=args.precise_bn_batches,
         fold=not args.no_fold,
         overwrite=args.overwrite,
         show_progress=not args.no_progress,
+        checkpoint_every_steps=args.checkpoint_every_steps,
+        distribute=args.distribute,
     )
     train(config)
     return 0

@@ -16,28 +16,21 @@ if TYPE_CHECKING:
     from cnnserve.training.train import Schedule
 
 
-class StepLimit(keras.callbacks.Callback):
-    """Stops after exactly `total_steps` optimizer steps (`--steps`), even mid-epoch."""
-
-    def __init__(self, total_steps: int) -> None:
-        super().__init__()
-        self.total_steps = total_steps
-        self.steps = 0
-
-    def on_train_batch_end(self, batch, logs=None) -> None:
-        self.steps += 1
-        if self.steps >= self.total_steps:
-            self.model.stop_training = True
-
-
 class EpochLogger(keras.callbacks.Callback):
     """A progress bar while an epoch runs (on a terminal), then one summary line per epoch."""
 
     def __init__(
-        self, epochs: int, steps_per_epoch: int, batch_size: int, show_progress: bool = True
+        self,
+        epochs: int,
+        steps_per_epoch: int,
+        batch_size: int,
+        show_progress: bool = True,
+        validation_seconds: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.console = Console(highlight=False, soft_wrap=True)
+        # Filled by the validation callback that runs before this one at each epoch's end.
+        self.validation_seconds = validation_seconds if validation_seconds is not None else []
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
         self.batch_size = batch_size
@@ -57,7 +50,9 @@ class EpochLogger(keras.callbacks.Callback):
         )
         self._task = None
 
-    def announce(self, spec: ModelSpec, dataset: Dataset, schedule: Schedule, params: int) -> None:
+    def announce(
+        self, spec: ModelSpec, dataset: Dataset, schedule: Schedule, params: int, statistics: str
+    ) -> None:
         val = len(dataset.val) if dataset.val is not None else 0
         self.console.print(
             f"Training {spec.name} ({params:,} parameters) on {dataset.name}: "
@@ -68,6 +63,8 @@ class EpochLogger(keras.callbacks.Callback):
             f"{schedule.epochs} epoch(s) of {schedule.steps_per_epoch} steps "
             f"({schedule.total_steps} steps)"
         )
+        if val:
+            self.console.print(f"validation after each epoch: the model as it will be served ({statistics})")
 
     def on_train_begin(self, logs=None) -> None:
         self._progress.start()
@@ -96,7 +93,8 @@ class EpochLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None) -> None:
         logs = logs or {}
-        elapsed = time.perf_counter() - self._epoch_started
+        validation_s = self.validation_seconds[-1] if "val_loss" in logs else 0.0
+        elapsed = time.perf_counter() - self._epoch_started - validation_s
         self.epoch_times_s.append(elapsed)
         self._progress.remove_task(self._task)
         steps = max(self._epoch_steps, 1)
@@ -105,7 +103,10 @@ class EpochLogger(keras.callbacks.Callback):
             f"acc {logs.get('accuracy', float('nan')):.4f}"
         )
         if "val_loss" in logs:
-            line += f"  val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.4f}"
+            line += (
+                f"  val_loss {logs['val_loss']:.4f}  val_acc {logs['val_accuracy']:.4f}"
+                f" ({validation_s:.1f} s)"
+            )
         line += (
             f"  {steps * self.batch_size / elapsed:,.0f} examples/s  {elapsed / steps:.3f} s/batch"
             f"  ({elapsed:.1f} s)"

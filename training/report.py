@@ -95,14 +95,14 @@ def plot_errors(
     plt.close(fig)
 
 
-def plot_history(history: dict[str, list[float]], path: Path) -> None:
+def plot_history(history: dict[str, list[float]], path: Path, validation_label: str = "validation") -> None:
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     for key, ax in (("loss", loss_ax), ("accuracy", acc_ax)):
         for prefix, style in (("", "-o"), ("val_", "--s")):
             values = history.get(prefix + key)
             if values:
-                ax.plot(epochs, values, style, label=f"{'validation' if prefix else 'training'}")
+                ax.plot(epochs, values, style, label=validation_label if prefix else "training")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(key)

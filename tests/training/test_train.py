@@ -181,3 +181,37 @@ def test_unknown_model_via_cli(tmp_path: Path, capsys):
 def test_train_config_rejects_epochs_and_steps_together():
     with pytest.raises(CnnserveError, match="not both"):
         TrainConfig("mnist_cnn", Path("x"), epochs=1, steps=1)
+
+
+def test_validation_figures_are_those_of_the_served_model(inception_run: Path):
+    """Each epoch's val_accuracy is measured on a copy with the final BN recalibration, so the
+    last epoch's figure is exactly the saved model's accuracy on the validation split."""
+    metrics = json.loads((inception_run / "metrics.json").read_text())
+    assert metrics["validation_statistics"] == "precise BN, 20x256 training images"
+    assert len(metrics["validation_times_s"]) == metrics["epochs"]
+    model = keras.saving.load_model(inception_run / "model.keras", compile=False)
+    val = load_dataset("synthetic", synthetic_shape=(28, 28, 1), synthetic_size=2048).val
+    logits = keras.ops.convert_to_numpy(model.predict(val.images, batch_size=256, verbose=0))
+    served_accuracy = float((logits.argmax(1) == val.labels).mean())
+    assert metrics["history"]["val_accuracy"][-1] == pytest.approx(served_accuracy, abs=1e-9)
+    assert metrics["val_accuracy"] == metrics["history"]["val_accuracy"][-1]
+
+
+def test_tensorboard_has_step_and_epoch_scalars_and_the_pictures(inception_run: Path):
+    import tensorflow as tf
+
+    def tags(folder: str) -> dict[str, set[int]]:
+        found: dict[str, set[int]] = {}
+        for events in (inception_run / "tensorboard" / folder).glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(events)):
+                for value in event.summary.value:
+                    found.setdefault(value.tag, set()).add(event.step)
+        return found
+
+    train_tags, val_tags, test_tags = tags("train"), tags("validation"), tags("test")
+    assert train_tags["batch_loss"] == set(range(1, 61))  # every one of the 60 steps
+    assert {"batch_accuracy", "epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= set(train_tags)
+    epochs = json.loads((inception_run / "metrics.json").read_text())["epochs"]
+    assert val_tags["epoch_accuracy"] == set(range(epochs))
+    assert set(test_tags) == {"confusion_matrix", "errors"}
+    assert (inception_run / "history.png").read_bytes()[:8] == PNG_MAGIC
