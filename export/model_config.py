@@ -36,6 +36,95 @@ class TensorSpec:
         return cls(str(raw["name"]), str(raw["dtype"]), tuple(int(d) for d in raw["shape"]))
 
 
+POLICY_KINDS = ("latest", "all", "specific")
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which version folders a server loads, in Triton's three forms; the default is Triton's
+    and TF Serving's: the newest one."""
+
+    kind: str = "latest"
+    num_versions: int = 1  # for "latest"
+    versions: tuple[int, ...] = ()  # for "specific"
+
+    def __post_init__(self) -> None:
+        if self.kind not in POLICY_KINDS:
+            raise CnnserveError(
+                f"version_policy: expected one of {', '.join(POLICY_KINDS)}, received {self.kind!r}"
+            )
+        if self.kind == "latest" and self.num_versions < 1:
+            raise CnnserveError(
+                f"version_policy.latest.num_versions must be >= 1, received {self.num_versions}"
+            )
+        if self.kind == "specific" and (not self.versions or any(v < 1 for v in self.versions)):
+            raise CnnserveError(
+                "version_policy.specific.versions: expected positive version numbers, "
+                f"received {list(self.versions)}"
+            )
+
+    def select(self, available: list[int] | tuple[int, ...]) -> list[int]:
+        """The versions to serve out of those on disk, ascending."""
+        ordered = sorted(set(available))
+        if self.kind == "all":
+            return ordered
+        if self.kind == "latest":
+            return ordered[-self.num_versions :]
+        return [v for v in ordered if v in self.versions]
+
+    def to_config(self) -> dict:
+        """Triton's JSON form: {"latest": {"num_versions": 1}}, {"all": {}}, {"specific": {...}}."""
+        if self.kind == "latest":
+            return {"latest": {"num_versions": self.num_versions}}
+        if self.kind == "specific":
+            return {"specific": {"versions": list(self.versions)}}
+        return {"all": {}}
+
+    @classmethod
+    def from_config(cls, raw: object) -> VersionPolicy:
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict) or len(raw) != 1:
+            raise CnnserveError(
+                'version_policy: expected one of {"latest": {"num_versions": N}}, {"all": {}}, '
+                f'{{"specific": {{"versions": [...]}}}}, received {raw!r}'
+            )
+        ((kind, body),) = raw.items()
+        body = body or {}
+        if not isinstance(body, dict):
+            raise CnnserveError(f"version_policy.{kind}: expected an object, received {body!r}")
+        if kind == "latest":
+            return cls("latest", num_versions=int(body.get("num_versions", 1)))
+        if kind == "specific":
+            return cls("specific", versions=tuple(int(v) for v in body.get("versions", ())))
+        return cls(str(kind))
+
+    @classmethod
+    def parse(cls, text: str) -> VersionPolicy:
+        """The command-line form: `latest`, `latest:N`, `all` or `specific:1,3`."""
+        kind, _, value = text.partition(":")
+        try:
+            if kind == "latest":
+                return cls("latest", num_versions=int(value) if value else 1)
+            if kind == "specific":
+                return cls("specific", versions=tuple(int(v) for v in value.split(",") if v.strip()))
+        except ValueError:
+            pass
+        else:
+            if kind == "all" and not value:
+                return cls("all")
+        raise CnnserveError(
+            f"version policy: expected latest[:N], all or specific:V[,V...], received {text!r}"
+        )
+
+    def describe(self) -> str:
+        if self.kind == "latest":
+            return f"latest {self.num_versions}"
+        if self.kind == "specific":
+            return f"specific {', '.join(map(str, self.versions))}"
+        return "all"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
@@ -51,6 +140,7 @@ class ModelConfig:
     source_run: str = ""
     test_accuracy: float | None = None
     extra: dict = field(default_factory=dict)
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
 
     def __post_init__(self) -> None:
         if not MODEL_NAME_PATTERN.match(self.name):
@@ -76,7 +166,9 @@ class ModelConfig:
         return PLATFORM_FILES[self.platform]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        fields = asdict(self)
+        fields["version_policy"] = self.version_policy.to_config()
+        return json.dumps(fields, indent=2) + "\n"
 
     def save(self, model_dir: Path) -> None:
         (model_dir / CONFIG_FILE).write_text(self.to_json())
@@ -97,6 +189,7 @@ class ModelConfig:
                 source_run=str(raw.get("source_run", "")),
                 test_accuracy=raw.get("test_accuracy"),
                 extra=dict(raw.get("extra", {})),
+                version_policy=VersionPolicy.from_config(raw.get("version_policy")),
             )
         except FileNotFoundError:
             raise CnnserveError(f"{path} is missing; re-export with 'cnnserve export'") from None

@@ -11,6 +11,7 @@ from cnnserve.protos import classifier_pb2_grpc
 from cnnserve.serving import converters
 from cnnserve.serving.dataplane import DataPlane, Inference
 from cnnserve.serving.errors import InvalidInput, grpc_errors
+from cnnserve.serving.lifecycle import ModelManager
 from cnnserve.serving.registry import ServedVersion
 
 
@@ -21,8 +22,9 @@ def deadline_ns(context: grpc.aio.ServicerContext) -> int | None:
 
 
 class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, manager: ModelManager) -> None:
         self._dataplane = dataplane
+        self._manager = manager
 
     @grpc_errors
     async def Classify(
@@ -64,24 +66,15 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         registry = self._dataplane.registry
-        failures = {f.name: f for f in registry.failures() if not f.version}
-        version_failures = {(f.name, f.version): f for f in registry.failures() if f.version}
+        by_name: dict[str, list[pb.ModelVersionState]] = {}
+        for entry in await self._manager.index():
+            by_name.setdefault(entry.name, []).append(
+                pb.ModelVersionState(version=entry.version, state=entry.state, reason=entry.reason)
+            )
         models = []
-        for name in registry.model_names():
-            if name in failures:
-                versions = [pb.ModelVersionState(state="UNAVAILABLE", reason=failures[name].reason)]
-                models.append(pb.ModelSummary(name=name, versions=versions))
-                continue
-            served = registry.versions_of(name)
-            versions = [
-                pb.ModelVersionState(version=s.version, state=s.state, reason=s.reason) for s in served
-            ]
-            versions += [
-                pb.ModelVersionState(version=v, state="UNAVAILABLE", reason=f.reason)
-                for (n, v), f in version_failures.items()
-                if n == name
-            ]
-            platform = served[0].config.platform if served else ""
+        for name, versions in by_name.items():
+            known = registry.known(name)
+            platform = known.config.platform if known is not None and known.config is not None else ""
             models.append(pb.ModelSummary(name=name, platform=platform, versions=versions))
         return pb.ListModelsResponse(models=models)
 
@@ -94,9 +87,7 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
         return pb.GetModelMetadataResponse(
             model_name=model.name,
             model_version=model.version,
-            versions=[
-                s.version for s in self._dataplane.registry.versions_of(model.name) if s.state == "READY"
-            ],
+            versions=self._dataplane.registry.ready_versions_of(model.name),
             platform=config.platform,
             inputs=[
                 pb.TensorMetadata(name=t.name, dtype=t.dtype, shape=list(t.shape)) for t in config.inputs

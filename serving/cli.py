@@ -110,6 +110,16 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--ready-file", type=Path, help="write {grpc_port, metrics_port, pid} JSON here once ready"
     )
+    serve.add_argument(
+        "--model-control",
+        choices=("none", "poll", "explicit"),
+        default="poll",
+        help="poll: rescan the repository and apply new versions and config changes without a restart; "
+        "none: load once at start; explicit: only RepositoryModelLoad/Unload (default: poll)",
+    )
+    serve.add_argument(
+        "--poll-interval-s", type=float, default=2.0, help="seconds between repository scans (default: 2)"
+    )
     serve.set_defaults(handler=run_serve)
 
 
@@ -151,6 +161,8 @@ def build_options(args: argparse.Namespace) -> object:
         cpu_spinning=args.cpu_spinning,
         tls=tls,
         ready_file=args.ready_file,
+        model_control=args.model_control,
+        poll_interval_s=args.poll_interval_s,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Generic, TypeVar
 from cnnserve.errors import CnnserveError
 
 DEVICES = ("auto", "cuda", "cpu")
+MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # gRPC's own default is 4 MiB
 
 T = TypeVar("T", int, float)
@@ -89,8 +90,19 @@ class ServerOptions:
     cpu_spinning: bool = False
     tls: TlsConfig | None = None
     ready_file: Path | None = None
+    # poll: what `cnnserve export` commits into the repository goes live without a restart.
+    model_control: str = "poll"
+    poll_interval_s: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.model_control not in MODEL_CONTROL_MODES:
+            raise CnnserveError(
+                f"--model-control must be one of {', '.join(MODEL_CONTROL_MODES)}, got {self.model_control!r}"
+            )
+        if not 0.1 <= self.poll_interval_s <= 3600:
+            raise CnnserveError(
+                f"--poll-interval-s must be between 0.1 and 3600, received {self.poll_interval_s:g}"
+            )
         if self.device not in DEVICES:
             raise CnnserveError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if not 0 <= self.port <= 65535:
@@ -107,6 +119,14 @@ class ServerOptions:
             raise CnnserveError(f"--grace-s must be >= 0, received {self.grace_s}")
         if self.cpu_threads < 0:
             raise CnnserveError(f"--cpu-threads must be >= 0, received {self.cpu_threads}")
+
+    def overridden_models(self) -> tuple[str, ...]:
+        """Models named in a per-model batching flag (`--max-batch-size MODEL=N`, ...)."""
+        return (
+            *self.max_batch_size.models(),
+            *self.max_queue_delay_ms.models(),
+            *self.max_queue_size.models(),
+        )
 
     def batching_for(self, name: str, max_batch_size: int, max_queue_delay_ms: float) -> BatchingConfig:
         """The batcher settings for a model whose config.json says `max_batch_size`/delay."""

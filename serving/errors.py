@@ -44,6 +44,18 @@ class ModelUnavailable(ServingError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class ModelLoadFailed(ServingError):
+    """A repository load request for a model whose files do not load."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ModelControlDisabled(ServingError):
+    """Repository load/unload while the server's model control mode does not take them."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class QueueFull(ServingError):
     code = grpc.StatusCode.UNAVAILABLE
     failure_reason = "REJECTED"

@@ -58,6 +58,12 @@ class ServingCollector(Collector):
         batch_latency = HistogramMetricFamily(
             "cnnserve_batch_compute_duration_us", "Model execution time per batch", labels=LABELS
         )
+        load_failures = counter(
+            "cnnserve_model_load_failures",
+            "Failed loads of a model version (version empty: the model's folder or config.json)",
+        )
+        for (name, version), failures in sorted(self._registry.load_failures.items()):
+            load_failures.add_metric([name, version], failures)
         for served in self._registry.versions():
             labels = [served.name, served.version]
             info.add_metric([*labels, served.provider, served.state], 1)
@@ -92,7 +98,7 @@ class ServingCollector(Collector):
             latency_buckets.append(("+Inf", sum(stats.batch_latency_us)))
             batch_latency.add_metric(labels, latency_buckets, stats.batch_latency_sum_us)
         yield from (success, failure, count, executions, request_us, queue_us, input_us, infer_us, output_us)
-        yield from (pending, pending_images, info, batch_size, batch_latency)
+        yield from (pending, pending_images, info, batch_size, batch_latency, load_failures)
 
 
 class MetricsServer:

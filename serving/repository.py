@@ -1,12 +1,16 @@
-"""Find the servable model versions in a Triton-layout model repository.
+"""Read a Triton-layout model repository: what each model folder holds, and whether it changed.
 
 Only directory names that match the model-name alphabet become models, and requests later
-look models up in the table built here: a name from the network never becomes a path.
+look models up in the table built from here: a name from the network never becomes a path.
 A model whose config or files are broken becomes a `LoadFailure` instead of stopping the rest.
+Each scan carries fingerprints (config.json's digest, each model file's inode, size and mtime),
+so the poller reloads exactly what changed — the exporter commits a version by renaming a
+finished folder into place, so a version folder is never seen half-written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,8 @@ from cnnserve.export.model_config import (
 _LOGGER = logging.getLogger(__name__)
 SERVED_PLATFORM = "onnxruntime_onnx"
 
+Fingerprint = tuple[int, int, int]  # inode, size, mtime_ns of the model file
+
 
 @dataclass(frozen=True)
 class VersionSpec:
@@ -31,6 +37,7 @@ class VersionSpec:
     config: ModelConfig
     version: int
     model_path: Path
+    fingerprint: Fingerprint = (0, 0, 0)
 
     @property
     def name(self) -> str:
@@ -46,35 +53,57 @@ class LoadFailure:
     reason: str
 
 
-def scan_repository(root: Path, only: tuple[str, ...] = ()) -> tuple[list[VersionSpec], list[LoadFailure]]:
-    """Every servable version under `root` (or only the models named in `only`)."""
+@dataclass(frozen=True)
+class ModelScan:
+    """One model folder as it is on disk now."""
+
+    name: str
+    config: ModelConfig | None  # None when the model as a whole failed (see `failures`)
+    config_digest: str
+    versions: tuple[VersionSpec, ...]  # every version folder with a readable model file
+    failures: tuple[LoadFailure, ...]  # the model's (version "") or single versions'
+
+    @property
+    def model_failure(self) -> LoadFailure | None:
+        return next((f for f in self.failures if not f.version), None)
+
+    def fingerprint(self) -> tuple:
+        """Equal for two scans exactly when nothing a server would load differs."""
+        return (
+            self.config_digest,
+            tuple((v.version, v.fingerprint) for v in self.versions),
+            tuple(sorted((f.version, f.reason) for f in self.failures)),
+        )
+
+
+def check_repository(root: Path, only: tuple[str, ...] = ()) -> None:
+    """Errors a user must fix before the server can start at all."""
     if not root.is_dir():
         raise CnnserveError(f"model repository {root} is not a directory; export a model first")
     for name in only:
         if not MODEL_NAME_PATTERN.match(name):
             raise CnnserveError(f"--models: {name!r} is not a valid model name")
+
+
+def model_names(root: Path) -> list[str]:
+    """The model folders in `root` (sorted), whether or not they load."""
     try:
         children = sorted(root.iterdir())
     except OSError as error:
         raise CnnserveError(f"cannot list model repository {root}: {error.strerror or error}") from None
-    candidates = [child for child in children if MODEL_NAME_PATTERN.match(child.name) and _has_config(child)]
-    found = {child.name for child in candidates}
+    return [child.name for child in children if MODEL_NAME_PATTERN.match(child.name) and _has_config(child)]
+
+
+def scan_repository(root: Path, only: tuple[str, ...] = ()) -> dict[str, ModelScan]:
+    """Every model folder under `root` (or only the models named in `only`), by name."""
+    check_repository(root, only)
+    found = model_names(root)
     missing = [name for name in only if name not in found]
     if missing:
         raise CnnserveError(
-            f"--models: {', '.join(missing)} not in {root} (available: {', '.join(sorted(found)) or 'none'})"
+            f"--models: {', '.join(missing)} not in {root} (available: {', '.join(found) or 'none'})"
         )
-    specs: list[VersionSpec] = []
-    failures: list[LoadFailure] = []
-    for model_dir in candidates:
-        if only and model_dir.name not in only:
-            continue
-        model_specs, model_failures = _scan_model(model_dir)
-        specs += model_specs
-        failures += model_failures
-    if not specs and not failures:
-        raise CnnserveError(f"no models in {root}: expected <model>/{CONFIG_FILE} folders")
-    return specs, failures
+    return {name: scan_model(root / name) for name in found if not only or name in only}
 
 
 def _has_config(child: Path) -> bool:
@@ -91,27 +120,32 @@ def _has_config(child: Path) -> bool:
         return True
 
 
-def _scan_model(model_dir: Path) -> tuple[list[VersionSpec], list[LoadFailure]]:
+def scan_model(model_dir: Path) -> ModelScan:
     """One model's versions; any problem with its files becomes a `LoadFailure`, never an exception."""
+    name = model_dir.name
     try:
         return _scan_model_files(model_dir)
     except OSError as error:
         where = error.filename or model_dir
-        return [], [LoadFailure(model_dir.name, "", f"cannot read {where}: {error.strerror or error}")]
+        failure = LoadFailure(name, "", f"cannot read {where}: {error.strerror or error}")
+        return ModelScan(name, None, "", (), (failure,))
 
 
-def _scan_model_files(model_dir: Path) -> tuple[list[VersionSpec], list[LoadFailure]]:
+def _scan_model_files(model_dir: Path) -> ModelScan:
     name = model_dir.name
+    digest = hashlib.sha256((model_dir / CONFIG_FILE).read_bytes()).hexdigest()
+
+    def failed(reason: str) -> ModelScan:
+        return ModelScan(name, None, digest, (), (LoadFailure(name, "", reason),))
+
     try:
         config = ModelConfig.load(model_dir)
     except CnnserveError as error:
-        return [], [LoadFailure(name, "", str(error))]
+        return failed(str(error))
     if config.name != name:
-        reason = f"config.json names the model {config.name!r} but its folder is {name!r}"
-        return [], [LoadFailure(name, "", reason)]
+        return failed(f"config.json names the model {config.name!r} but its folder is {name!r}")
     if config.platform != SERVED_PLATFORM:
-        reason = f"platform {config.platform!r} is not served; export it as {SERVED_PLATFORM}"
-        return [], [LoadFailure(name, "", reason)]
+        return failed(f"platform {config.platform!r} is not served; export it as {SERVED_PLATFORM}")
     for child in model_dir.iterdir():
         if child.name.isdigit() and not VERSION_DIR_PATTERN.fullmatch(child.name):
             _LOGGER.warning(
@@ -121,23 +155,18 @@ def _scan_model_files(model_dir: Path) -> tuple[list[VersionSpec], list[LoadFail
             )
     versions = model_versions(model_dir)
     if not versions:
-        return [], [LoadFailure(name, "", f"no version folders (1/, 2/, ...) in {model_dir}")]
+        return failed(f"no version folders (1/, 2/, ...) in {model_dir}")
     specs, failures = [], []
     for version in versions:
         path = model_dir / str(version) / config.model_file
         try:
-            present = path.is_file() and _readable(path)
+            if not path.is_file():
+                failures.append(LoadFailure(name, str(version), f"{path} is missing"))
+                continue
+            with path.open("rb"):  # a permission problem is this version's failure, now
+                status = path.stat()
         except OSError as error:
             failures.append(LoadFailure(name, str(version), f"cannot read {path}: {error.strerror or error}"))
             continue
-        if present:
-            specs.append(VersionSpec(config, version, path))
-        else:
-            failures.append(LoadFailure(name, str(version), f"{path} is missing"))
-    return specs, failures
-
-
-def _readable(path: Path) -> bool:
-    """Open the file once, so a permission problem is this version's failure at scan time."""
-    with path.open("rb"):
-        return True
+        specs.append(VersionSpec(config, version, path, (status.st_ino, status.st_size, status.st_mtime_ns)))
+    return ModelScan(name, config, digest, tuple(specs), tuple(failures))

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import ssl
-import threading
 from pathlib import Path
 
 import grpc
@@ -31,8 +30,9 @@ from cnnserve.serving.call_guard import CallGuard, GuardedServer
 from cnnserve.serving.classifier_service import ClassifierService
 from cnnserve.serving.config import ServerOptions
 from cnnserve.serving.dataplane import DataPlane
+from cnnserve.serving.lifecycle import LoadingCancelled, ModelManager
 from cnnserve.serving.metrics import MetricsServer
-from cnnserve.serving.registry import LoadingCancelled, ModelRegistry
+from cnnserve.serving.registry import ModelRegistry
 from cnnserve.serving.shutdown import ShutdownSignal, drain_and_stop
 from cnnserve.serving.v2_service import V2Service
 
@@ -52,7 +52,11 @@ def grpc_options(options: ServerOptions) -> list[tuple[str, int]]:
 
 
 def create_server(
-    options: ServerOptions, dataplane: DataPlane, health: health_aio.HealthServicer, guard: CallGuard
+    options: ServerOptions,
+    dataplane: DataPlane,
+    manager: ModelManager,
+    health: health_aio.HealthServicer,
+    guard: CallGuard,
 ) -> tuple[grpc.aio.Server, int]:
     """A configured, not yet started server and the port it bound (useful with port 0).
 
@@ -62,8 +66,8 @@ def create_server(
     credentials = _tls_credentials(options) if options.tls is not None else None
     server = grpc.aio.server(options=grpc_options(options))
     guarded = GuardedServer(server, guard)
-    classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierService(dataplane), guarded)
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(V2Service(dataplane), guarded)
+    classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierService(dataplane, manager), guarded)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(V2Service(dataplane, manager), guarded)
     health_pb2_grpc.add_HealthServicer_to_server(health, guarded)
     reflected = (
         *SERVICE_NAMES,
@@ -138,38 +142,46 @@ async def serve(options: ServerOptions) -> int:
     signals = ShutdownSignal()
     signals.install()
 
-    registry = ModelRegistry(options)
-    registry.scan()
+    registry = ModelRegistry()
+    manager = ModelManager(options, registry)
+    manager.check()  # a bad --repository, --models or override fails before listening
     dataplane = DataPlane(registry, options.max_request_images)
     health = health_aio.HealthServicer()
     await _set_health(health, serving=False)
     guard = CallGuard()
-    server, port = create_server(options, dataplane, health, guard)
+    server, port = create_server(options, dataplane, manager, health, guard)
     metrics = MetricsServer(registry)
     await server.start()
     scheme = "TLS" if options.tls else "plaintext"
-    _LOGGER.info("listening on %s:%d (%s); loading models", options.host, port, scheme)
+    _LOGGER.info(
+        "listening on %s:%d (%s); loading models (model control: %s)",
+        options.host,
+        port,
+        scheme,
+        options.model_control,
+    )
     try:
         metrics_port = (
             metrics.start(options.host, options.metrics_port) if options.metrics_port is not None else None
         )
-        ready = await _load(registry, signals)
+        ready = await _load(manager, signals)
     except BaseException:
         await server.stop(None)
         metrics.stop()
-        await registry.close()
+        await manager.close()
         raise
     if ready is None:  # a signal arrived while loading: never report ready
         _LOGGER.info("stopped before any model was served")
         await server.stop(None)
         metrics.stop()
-        await registry.close()
+        await manager.close()
         return 0
+    manager.start_polling()
     dataplane.ready = True
     await _set_health(health, serving=True)
     if options.ready_file is not None:
         _write_ready_file(options.ready_file, port, metrics_port)
-    device = registry.device.provider if registry.device else "none"
+    device = manager.device.provider if manager.device else "none"
     _LOGGER.info(
         "ready: %d model version(s) on %s; gRPC %s:%d, metrics %s (cnnserve %s, pid %d)",
         ready,
@@ -185,32 +197,28 @@ async def serve(options: ServerOptions) -> int:
     _LOGGER.info("shutting down: finishing accepted calls, refusing new ones (grace %.0f s)", options.grace_s)
     dataplane.ready = False
     await _set_health(health, serving=False)
+    manager.cancel_loading()  # no new versions go live during the drain
     guard.start_draining()
     registry.drain()  # accepted requests run now instead of waiting for fuller batches
     await drain_and_stop(server, guard, options.grace_s)
-    await registry.close()
+    await manager.close()
     metrics.stop()
     _LOGGER.info("stopped")
     return 0
 
 
-async def _load(registry: ModelRegistry, signals: ShutdownSignal) -> int | None:
-    """Open, warm and start every model; the number ready, or None if a signal came first."""
-    cancelled = threading.Event()
-    loading = asyncio.create_task(asyncio.to_thread(registry.load_sessions, cancelled))
+async def _load(manager: ModelManager, signals: ShutdownSignal) -> int | None:
+    """Load what the model control mode loads at start; the number ready, or None if a signal came first."""
+    loading = asyncio.create_task(manager.start())
     interrupted = asyncio.create_task(signals.wait())
     await asyncio.wait((loading, interrupted), return_when=asyncio.FIRST_COMPLETED)
     if interrupted.done():
-        cancelled.set()  # the loader stops before its next session or warm-up batch
+        manager.cancel_loading()  # the loader stops before its next session or warm-up batch
         with contextlib.suppress(LoadingCancelled):
             await loading
         return None
     interrupted.cancel()
-    loading.result()
-    ready = registry.start_batchers()
-    if ready == 0:
-        raise CnnserveError("no model could be loaded; see the errors above")
-    return ready
+    return loading.result()
 
 
 def run(options: ServerOptions) -> int:

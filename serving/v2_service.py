@@ -21,7 +21,9 @@ from cnnserve.protos import model_config_pb2 as config_pb
 from cnnserve.serving import v2_converters as convert
 from cnnserve.serving.classifier_service import deadline_ns
 from cnnserve.serving.dataplane import DataPlane
-from cnnserve.serving.errors import ModelNotFound, ServingError, grpc_errors, status_of
+from cnnserve.serving.errors import InvalidInput, ModelNotFound, ServingError, grpc_errors, status_of
+from cnnserve.serving.lifecycle import ModelManager
+from cnnserve.serving.log_limit import shown
 from cnnserve.serving.registry import READY, ServedVersion
 from cnnserve.serving.session import CUDA
 
@@ -29,9 +31,10 @@ EXTENSIONS = ("classification", "model_configuration", "statistics", "model_repo
 
 
 class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, manager: ModelManager) -> None:
         self._dataplane = dataplane
         self._registry = dataplane.registry
+        self._manager = manager
 
     @grpc_errors
     async def ServerLive(
@@ -68,7 +71,7 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         model = self._registry.get(request.name, request.version)
         return pb.ModelMetadataResponse(
             name=model.name,
-            versions=[s.version for s in self._registry.versions_of(model.name) if s.state == READY],
+            versions=self._registry.ready_versions_of(model.name),
             platform=model.config.platform,
             inputs=[convert.tensor_metadata(t) for t in model.config.inputs],
             outputs=[convert.tensor_metadata(t) for t in model.config.outputs],
@@ -156,21 +159,31 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
-        index = [
-            pb.RepositoryIndexResponse.ModelIndex(
-                name=s.name, version=s.version, state=s.state, reason=s.reason
-            )
-            for s in self._registry.versions()
-        ]
-        index += [
-            pb.RepositoryIndexResponse.ModelIndex(
-                name=f.name, version=f.version, state="UNAVAILABLE", reason=f.reason
-            )
-            for f in self._registry.failures()
-        ]
-        if request.ready:
-            index = [entry for entry in index if entry.state == READY]
-        return pb.RepositoryIndexResponse(models=index)
+        entries = await self._manager.index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=e.name, version=e.version, state=e.state, reason=e.reason
+                )
+                for e in entries
+            ]
+        )
+
+    @grpc_errors
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        _no_parameters(request.parameters, "load")
+        await self._manager.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @grpc_errors
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        _no_parameters(request.parameters, "unload", allowed=("unload_dependents",))
+        await self._manager.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
     async def _infer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
@@ -194,6 +207,29 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return response
 
 
+def _no_parameters(parameters: object, action: str, allowed: tuple[str, ...] = ()) -> None:
+    """Triton's load parameters override config.json or ship files; this server takes neither."""
+    unsupported = sorted(name for name in parameters if name not in allowed)  # type: ignore[attr-defined]
+    if unsupported:
+        raise InvalidInput(
+            f"parameters: {', '.join(shown(n) for n in unsupported[:4])} not supported for model {action}; "
+            "edit config.json in the repository instead"
+        )
+
+
+def _version_policy(model: ServedVersion) -> config_pb.ModelVersionPolicy:
+    policy = model.config.version_policy
+    if policy.kind == "latest":
+        return config_pb.ModelVersionPolicy(
+            latest=config_pb.ModelVersionPolicy.Latest(num_versions=policy.num_versions)
+        )
+    if policy.kind == "specific":
+        return config_pb.ModelVersionPolicy(
+            specific=config_pb.ModelVersionPolicy.Specific(versions=list(policy.versions))
+        )
+    return config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All())
+
+
 def _model_config(model: ServedVersion) -> config_pb.ModelConfig:
     """Triton's view of a model: dims exclude the batch dimension because max_batch_size > 0."""
     config = model.config
@@ -203,7 +239,7 @@ def _model_config(model: ServedVersion) -> config_pb.ModelConfig:
         platform=config.platform,
         backend="onnxruntime",
         max_batch_size=model.batching.max_batch_size,
-        version_policy=config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All()),
+        version_policy=_version_policy(model),
         input=[
             config_pb.ModelInput(
                 name=t.name,

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from onnx_models import cnn_model, identity_model, write_model
 
+from cnnserve.export.model_config import VersionPolicy
 from cnnserve.serving.client import ClassifierClient
 from tests.child_processes import module_command
 
@@ -101,8 +102,8 @@ class ServerProcess:
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """cnn (versions 1 and 2), identity, batched (long queue delay), and two broken models."""
     root = tmp_path_factory.mktemp("models")
-    write_model(root, "cnn", cnn_model(seed=1), versions=(1,))
-    write_model(root, "cnn", cnn_model(seed=2), versions=(2,))
+    write_model(root, "cnn", cnn_model(seed=1), versions=(1,), version_policy=VersionPolicy("all"))
+    write_model(root, "cnn", cnn_model(seed=2), versions=(2,), version_policy=VersionPolicy("all"))
     write_model(root, "identity", identity_model())
     write_model(root, "batched", identity_model(), max_batch_size=8, max_queue_delay_ms=300)
     write_model(root, "corrupt", b"this is not an onnx file")

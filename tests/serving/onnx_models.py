@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cnnserve.export.model_config import ModelConfig, TensorSpec
+from cnnserve.export.model_config import ModelConfig, TensorSpec, VersionPolicy
 
 FASHION_LABELS = (
     "T-shirt/top",
@@ -145,6 +145,7 @@ def write_model(
     labels: Sequence[str] = FASHION_LABELS,
     max_batch_size: int = 8,
     max_queue_delay_ms: float = 2.0,
+    version_policy: VersionPolicy | None = None,
 ) -> Path:
     """Write `models/<name>/config.json` and `<version>/model.onnx` as the exporter does."""
     model_dir = repository / name
@@ -159,6 +160,7 @@ def write_model(
         class_labels=tuple(labels),
         max_batch_size=max_batch_size,
         max_queue_delay_ms=max_queue_delay_ms,
+        version_policy=version_policy or VersionPolicy(),
     )
     data = model if isinstance(model, bytes) else model.SerializeToString()
     for version in versions:
