@@ -38,7 +38,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("run", type=Path, metavar="RUN", help="run directory from 'cnnserve train'")
     # Validated in the handler, so a bad value is one line that lists the choices.
     export.add_argument("--format", required=True, metavar="{savedmodel,onnx,tflite}")
-    export.add_argument("--quantize", metavar="{float16,int8}", help="TFLite only")
+    export.add_argument("--quantize", metavar="{float16,int8}", help="tflite: float16 or int8; onnx: int8")
     export.add_argument("--repository", type=Path, default=Path("models"), help="default: models")
     export.add_argument("--version", type=int, help="version number (default: next free)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing version")
@@ -137,6 +137,12 @@ def print_export(result) -> None:
             f" (float {report['float_test_accuracy']:.4f}, {-report['accuracy_drop_points']:+.2f} points)"
         )
     table.add_row("test accuracy", accuracy)
+    if report.get("int8_ops"):
+        table.add_row("int8 ops", _op_counts(report["int8_ops"]))
     if report.get("float_ops"):
         table.add_row("ops left in float", ", ".join(sorted(set(report["float_ops"]))))
     Console().print(table)
+
+
+def _op_counts(ops: list[str]) -> str:
+    return ", ".join(f"{op} ×{ops.count(op)}" if ops.count(op) > 1 else op for op in sorted(set(ops)))

@@ -1,17 +1,20 @@
-"""Folded SavedModel → ONNX (tf2onnx `from_function`, opset 18), cleaned up, checked, verified."""
+"""Folded SavedModel → ONNX (tf2onnx `from_function`, opset 18), cleaned up, checked, verified;
+optionally quantized to int8 (`onnx_quantize`) from the verified float model."""
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cnnserve.export.onnx_optimize import OptimizeReport, optimize
+from cnnserve.export.onnx_quantize import Int8Settings, QuantizedGraph, quantize_int8
 from cnnserve.export.source import ExportSource
-from cnnserve.export.verify import ExportError, Parity, accuracy, check_parity
+from cnnserve.export.verify import ExportError, Parity, accuracy, check_parity, measure_parity
 
 # tf2onnx 1.17 refuses opset 19 and later.
 OPSET = 18
@@ -22,11 +25,18 @@ BATCH_DIM = "batch"
 class OnnxExport:
     path: Path
     optimize: OptimizeReport
-    parity: Parity
+    parity: Parity  # of the written file: for int8, measured against the folded model, not required
     test_accuracy: float
+    float_parity: Parity | None = None  # int8: the float ONNX it was quantized from (checked)
+    float_accuracy: float | None = None  # int8: the folded float32 model on the same images
+    int8: QuantizedGraph | None = None
+
+    @property
+    def accuracy_drop_points(self) -> float:
+        return 100.0 * ((self.float_accuracy or self.test_accuracy) - self.test_accuracy)
 
     def to_dict(self) -> dict:
-        return {
+        report = {
             "file": self.path.name,
             "bytes": self.path.stat().st_size,
             "opset": OPSET,
@@ -38,6 +48,16 @@ class OnnxExport:
             "parity": asdict(self.parity),
             "test_accuracy": self.test_accuracy,
         }
+        if self.int8 is not None:
+            assert self.float_parity is not None
+            report |= {
+                "quantize": "int8",
+                "float_parity": asdict(self.float_parity),
+                "float_test_accuracy": self.float_accuracy,
+                "accuracy_drop_points": self.accuracy_drop_points,
+                **self.int8.to_dict(),
+            }
+        return report
 
 
 def convert(source: ExportSource):
@@ -71,17 +91,53 @@ def _finish(model, source: ExportSource, metadata: dict[str, str]) -> None:
     onnx.checker.check_model(model, full_check=True)
 
 
-def export_onnx(source: ExportSource, path: Path, metadata: dict[str, str]) -> OnnxExport:
-    import onnx
+def _predictor(path: Path):
     import onnxruntime as ort
 
-    model, report = optimize(convert(source))
-    _finish(model, source, {**metadata, "class_labels": json.dumps(list(source.info.class_names))})
-    onnx.save(model, str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def predict(images: np.ndarray) -> np.ndarray:
         return session.run(["logits"], {"images": images})[0]
 
-    parity = check_parity("ONNX", source, predict)
-    return OnnxExport(path, report, parity, accuracy(predict, source.test))
+    return predict
+
+
+def export_onnx(
+    source: ExportSource,
+    path: Path,
+    metadata: dict[str, str],
+    quantize: str | None = None,
+    calibration_images: int = 300,
+    max_accuracy_drop_points: float = 1.0,
+) -> OnnxExport:
+    """Writes the float model to `path`, or with `quantize="int8"` its int8 QDQ version
+    (refused when it loses more than `max_accuracy_drop_points` of test accuracy)."""
+    import onnx
+
+    if quantize not in (None, "int8"):
+        raise ExportError(f"ONNX export quantizes to int8 only, received --quantize {quantize}")
+    model, report = optimize(convert(source))
+    _finish(model, source, {**metadata, "class_labels": json.dumps(list(source.info.class_names))})
+    if quantize is None:
+        onnx.save(model, str(path))
+        predict = _predictor(path)
+        parity = check_parity("ONNX", source, predict)
+        return OnnxExport(path, report, parity, accuracy(predict, source.test))
+    with tempfile.TemporaryDirectory(prefix="cnnserve-onnx-") as workdir:
+        float_path = Path(workdir) / "float.onnx"
+        onnx.save(model, str(float_path))
+        float_parity = check_parity("ONNX", source, _predictor(float_path))
+        graph = quantize_int8(float_path, path, source.train.images[:calibration_images], Int8Settings())
+    predict = _predictor(path)
+    result = OnnxExport(
+        path, report, measure_parity(source, predict), accuracy(predict, source.test),
+        float_parity, source.test_accuracy, graph,
+    )  # fmt: skip
+    if result.accuracy_drop_points > max_accuracy_drop_points:
+        raise ExportError(
+            f"ONNX int8 loses {result.accuracy_drop_points:.2f} accuracy points "
+            f"({source.test_accuracy:.4f} → {result.test_accuracy:.4f}, limit "
+            f"{max_accuracy_drop_points:g}); calibrate on more images with --calibration-images, "
+            "serve the float32 export, or raise --max-accuracy-drop"
+        )
+    return result

@@ -23,6 +23,7 @@ FORMATS = {
     "tflite": "tflite",
 }
 DEFAULT_REPOSITORY = Path("models")
+ONNX_QUANTIZE = "int8"
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,10 @@ class ExportResult:
 
 
 def default_model_name(model: str, fmt: str, quantize: str | None) -> str:
-    """ONNX (what the server runs) gets the model's own name; other formats a suffix."""
+    """ONNX (what the server runs) gets the model's own name, int8 ONNX `<model>_int8` (its own
+    model beside the float one, so a client picks by name); other formats a suffix."""
     if fmt == "onnx":
-        return model
+        return f"{model}_{quantize}" if quantize else model
     return "_".join(part for part in (model, fmt, quantize) if part)
 
 
@@ -51,8 +53,10 @@ def validate_options(fmt: str, quantize: str | None) -> None:
         raise RepositoryError(
             f"unsupported quantization {quantize!r}; choose one of {', '.join(QUANTIZE_CHOICES)}"
         )
-    if quantize is not None and fmt != "tflite":
-        raise RepositoryError(f"--quantize applies to --format tflite only, received --format {fmt}")
+    if quantize is not None and fmt == "savedmodel":
+        raise RepositoryError("--quantize applies to --format onnx (int8) and tflite, not savedmodel")
+    if quantize is not None and fmt == "onnx" and quantize != ONNX_QUANTIZE:
+        raise RepositoryError(f"--format onnx quantizes to int8 only, received --quantize {quantize}")
 
 
 def export_run(
@@ -152,7 +156,7 @@ def _export(fmt, quantize, source, target, provenance, calibration_images, max_d
     if fmt == "onnx":
         from cnnserve.export.onnx_export import export_onnx
 
-        return export_onnx(source, target, provenance).to_dict()
+        return export_onnx(source, target, provenance, quantize, calibration_images, max_drop).to_dict()
     if fmt == "tflite":
         from cnnserve.export.tflite_export import export_tflite
 

@@ -38,7 +38,11 @@ def test_missing_run_and_not_a_run(tmp_path, capsys):
     [
         (["--format", "pdf"], "unsupported format 'pdf'; choose one of savedmodel, onnx, tflite"),
         (["--format", "tflite", "--quantize", "int4"], "unsupported quantization 'int4'"),
-        (["--format", "onnx", "--quantize", "int8"], "--quantize applies to --format tflite only"),
+        (
+            ["--format", "savedmodel", "--quantize", "int8"],
+            "--quantize applies to --format onnx (int8) and tflite",
+        ),
+        (["--format", "onnx", "--quantize", "float16"], "--format onnx quantizes to int8 only"),
         (["--format", "onnx", "--version", "0"], "--version must be a positive integer"),
     ],
 )
