@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import sys
 from pathlib import Path
 
 from cnnserve.errors import CnnserveError
@@ -38,6 +40,17 @@ def positive_ints(text: str, flag: str, unique: bool = True) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise CnnserveError(f"{flag} takes comma-separated positive integers, received {text!r}")
     return tuple(dict.fromkeys(values)) if unique else values
+
+
+def positive_floats(text: str, flag: str) -> tuple[float, ...]:
+    """'500,1000' → (500.0, 1000.0); anything else is a one-line error naming the flag and the value."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise CnnserveError(f"{flag} takes comma-separated positive numbers, received {text!r}") from None
+    if not values or min(values) <= 0 or not all(math.isfinite(v) for v in values):
+        raise CnnserveError(f"{flag} takes comma-separated positive numbers, received {text!r}")
+    return tuple(dict.fromkeys(values))
 
 
 def _outputs(parser: argparse.ArgumentParser, csv_help: str) -> None:
@@ -199,12 +212,16 @@ def _write_outputs(args: argparse.Namespace, records: list, csv_writer, plotter:
 
 
 def _register_server(stages: argparse._SubParsersAction) -> None:
+    from cnnserve.bench.load_options import DEFAULT_CHANNELS, DEFAULT_MAX_IN_FLIGHT
+
     server = stages.add_parser(
         "server",
-        help="closed-loop load against a running server: throughput, latency, server-side split",
+        help="closed- or open-loop load against a running server: throughput, latency, server-side split",
         description=(
-            "Sweeps concurrency against --target only, for a fixed time: (warm-up + duration) per level "
-            "per model. The no-op model (see 'bench noop-model') is measured the same way."
+            "Sweeps closed-loop concurrency (--concurrency) or open-loop request rates (--request-rate, "
+            "latency measured from each request's scheduled send time) against --target only, for a "
+            "fixed time: (warm-up + duration) per level per model. The no-op model (see 'bench "
+            "noop-model') is measured the same way."
         ),
     )
     server.add_argument("--target", default="localhost:8500", help="HOST:PORT (default: localhost:8500)")
@@ -212,7 +229,31 @@ def _register_server(stages: argparse._SubParsersAction) -> None:
     server.add_argument(
         "--protocol", default="cnnserve", help="cnnserve (Classifier/Predict) | v2 (ModelInfer)"
     )
-    server.add_argument("--concurrency", default=DEFAULT_CONCURRENCY, help=f"default: {DEFAULT_CONCURRENCY}")
+    server.add_argument(
+        "--concurrency",
+        help=f"closed loop: callers per level, comma-separated (default: {DEFAULT_CONCURRENCY})",
+    )
+    server.add_argument(
+        "--request-rate",
+        help="open loop instead: requests per second per level, comma-separated (e.g. 500,1000,2000)",
+    )
+    server.add_argument(
+        "--arrivals", default="constant", help="open loop: constant | poisson (default: constant)"
+    )
+    server.add_argument(
+        "--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT,
+        help="open loop: outstanding requests per client process before sends wait; the wait counts in "
+        f"the latency (default: {DEFAULT_MAX_IN_FLIGHT})",
+    )  # fmt: skip
+    server.add_argument(
+        "--streaming", action="store_true", help="send over V2 ModelStreamInfer streams (--protocol v2)"
+    )
+    server.add_argument(
+        "--channels", type=int, default=DEFAULT_CHANNELS,
+        help="gRPC channels, each its own TCP connection, shared by the callers in turn (at most one per "
+        f"closed-loop caller; default: {DEFAULT_CHANNELS}). A server with N workers on one port "
+        "needs several per worker to load every worker",
+    )  # fmt: skip
     server.add_argument("--images-per-request", type=int, default=1, help="default: 1")
     server.add_argument(
         "--duration", type=float, default=10.0, help="measured seconds per level (default: 10)"
@@ -254,12 +295,17 @@ def run_server_command(args: argparse.Namespace) -> int:
     from cnnserve.bench.server_bench import ServerPlan, run_server_bench, served_flops
     from cnnserve.bench.system import collect, usable_cores
 
+    if args.request_rate is not None and args.concurrency is not None:
+        raise CnnserveError("give --concurrency (closed loop) or --request-rate (open loop), not both")
+    rates = positive_floats(args.request_rate, "--request-rate") if args.request_rate is not None else ()
+    concurrency = () if rates else positive_ints(args.concurrency or DEFAULT_CONCURRENCY, "--concurrency")
     plan = ServerPlan(
-        target=args.target, model=args.model, protocol=args.protocol,
-        concurrency=positive_ints(args.concurrency, "--concurrency"),
+        target=args.target, model=args.model, protocol=args.protocol, concurrency=concurrency,
         images_per_request=args.images_per_request, duration_s=args.duration, warmup_s=args.warmup,
         noop_model=args.noop_model or None, client_processes=args.client_processes,
         connect_timeout_s=args.connect_timeout_s, request_timeout_s=args.timeout_s,
+        request_rates=rates, arrivals=args.arrivals, streaming=args.streaming, channels=args.channels,
+        max_in_flight=args.max_in_flight,
     )  # fmt: skip
     if plan.noop_model == plan.model:
         raise CnnserveError(f"--noop-model must differ from --model, both are {plan.model!r}")
@@ -278,11 +324,17 @@ def run_server_command(args: argparse.Namespace) -> int:
         system["matmul_peak"] = asdict(peak)
     console = report.console()
     with report.RichProgress(Console(stderr=True)) as progress:
-        records = asyncio.run(run_server_bench(plan, lambda model: flops, peak_gflops, system, progress))
-    console.print(report.server_table(records))
+        sweep = asyncio.run(run_server_bench(plan, lambda model: flops, peak_gflops, system, progress))
+    records = sweep.records
+    if records:
+        console.print(report.server_table(records))
     for line in [*report.noop_overhead_lines(records), *report.client_load_lines(records)]:
         console.print(line)
-    _write_outputs(args, records, csv_writer=report.write_csv, plotter="server")
+    if records:
+        _write_outputs(args, records, csv_writer=report.write_csv, plotter="server")
+    if sweep.stopped:
+        print(f"cnnserve: stopped early, {len(records)} level(s) measured: {sweep.stopped}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -91,21 +91,24 @@ def plot_local(records: Sequence[LocalRecord], path: Path) -> None:
 
 
 def plot_server(records: Sequence[ServerRecord], path: Path) -> None:
-    """Throughput (images/s) and p50/p99 latency vs concurrency, one line per model."""
+    """Throughput (images/s) and p50/p99 latency vs the load level (concurrency, or the offered
+    request rate of an open loop), one line per model."""
     plt = _pyplot()
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for index, model in enumerate(dict.fromkeys(r.model for r in records)):
-        line = sorted((r for r in records if r.model == model), key=lambda r: r.concurrency)
+        line = sorted((r for r in records if r.model == model), key=lambda r: r.level)
         label = f"{model} ({line[0].protocol}, {line[0].images_per_request} img/req)"
         style = {"linestyle": "--" if line[0].noop else "-", "color": f"C{index}"}  # one colour per model
-        x = [r.concurrency for r in line]
+        x = [r.level for r in line]
         left.plot(x, [r.images_per_s for r in line], marker="o", label=label, **style)
         right.plot(x, [r.p50_ms for r in line], marker="o", label=f"{label} p50", **style)
         right.plot(x, [r.p99_ms for r in line], marker="x", alpha=0.5, label=f"{label} p99", **style)
     for axis, ylabel in ((left, "images/s"), (right, "latency per request (ms)")):
-        _integer_ticks(axis, [r.concurrency for r in records])
-        axis.set_xlabel("concurrency (requests in flight)")
+        _integer_ticks(axis, [r.level for r in records])
+        axis.set_xlabel(
+            "offered requests/s (open loop)" if records[0].open_loop else "concurrency (requests in flight)"
+        )
         axis.set_ylabel(ylabel)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=7)

@@ -1,4 +1,4 @@
-"""The benchmark's only door into `protos/` (issue 4's generated gRPC stubs).
+"""The benchmark's only door into `protos/` (the generated gRPC stubs).
 
 Two request paths to the same server: our `cnnserve.v1.Classifier/Predict` and KServe V2
 `inference.GRPCInferenceService/ModelInfer` (raw_input_contents, the fast path). Requests are
@@ -13,7 +13,8 @@ the client side of this project (tests included) uses Triton's, as any V2 client
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -58,15 +59,53 @@ class StatsSnapshot:
         )  # fmt: skip
 
 
-def channel_options() -> list[tuple[str, int]]:
-    return [
+def channel_options(own_connection: bool = True) -> list[tuple[str, int]]:
+    """Channel arguments; `own_connection` gives the channel its own subchannel pool, hence its
+    own TCP connection: channels of one process to one target otherwise share one connection
+    (gRPC's global subchannel pool), which a server with several workers behind one port
+    (SO_REUSEPORT) would see as a single client on a single worker."""
+    options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
+    return [*options, ("grpc.use_local_subchannel_pool", 1)] if own_connection else options
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=channel_options())
+def open_channel(target: str, own_connection: bool = True) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=channel_options(own_connection))
+
+
+class CodecClock:
+    """The client's own protobuf time: request serialization (perf_analyzer's Client Send) and
+    response parsing (Client Recv), timed inside the serializers gRPC calls on the event loop.
+
+    The socket writes and reads happen on gRPC's C-core threads and are in Network+Server."""
+
+    def __init__(self) -> None:
+        self.send_ns = 0
+        self.sends = 0
+        self.recv_ns = 0
+        self.recvs = 0
+
+    def serializer(self, message) -> bytes:
+        started = time.perf_counter_ns()
+        data = message.SerializeToString()
+        self.send_ns += time.perf_counter_ns() - started
+        self.sends += 1
+        return data
+
+    def deserializer(self, message_type) -> Callable[[bytes], object]:
+        def parse(data: bytes) -> object:
+            started = time.perf_counter_ns()
+            message = message_type.FromString(data)
+            self.recv_ns += time.perf_counter_ns() - started
+            self.recvs += 1
+            return message
+
+        return parse
+
+    def snapshot(self) -> tuple[int, int, int, int]:
+        return self.send_ns, self.sends, self.recv_ns, self.recvs
 
 
 async def model_info(channel: grpc.aio.Channel, model: str, timeout_s: float) -> ModelInfo:
@@ -113,25 +152,50 @@ async def statistics(channel: grpc.aio.Channel, model: str, timeout_s: float) ->
     return StatsSnapshot(*totals)
 
 
-def infer_call(
-    channel: grpc.aio.Channel, protocol: str, model: str, images: np.ndarray, timeout_s: float
-) -> Callable[[], Awaitable[object]]:
-    """A zero-argument coroutine function sending one prebuilt request of `images`."""
+V2_SERVICE = "/inference.GRPCInferenceService/"
+PREDICT_METHOD = "/cnnserve.v1.Classifier/Predict"
+
+
+def infer_request(protocol: str, model: str, images: np.ndarray):
+    """The one request every send of a load level reuses (built once: the client's CPU is the
+    server's on a shared machine)."""
     if protocol == "cnnserve":
-        stub = classifier_pb2_grpc.ClassifierStub(channel)
-        request = classifier_pb2.PredictRequest(
+        return classifier_pb2.PredictRequest(
             model_name=model,
             images=classifier_pb2.Tensor(dtype="uint8", shape=list(images.shape), data=images.tobytes()),
         )
-        return lambda: stub.Predict(request, timeout=timeout_s)
     if protocol == "v2":
-        v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         infer = grpc_service_pb2.ModelInferRequest
-        request = infer(
+        return infer(
             model_name=model,
             inputs=[infer.InferInputTensor(name="images", datatype="UINT8", shape=list(images.shape))],
             outputs=[infer.InferRequestedOutputTensor(name="logits")],
             raw_input_contents=[images.tobytes()],
         )
-        return lambda: v2.ModelInfer(request, timeout=timeout_s)
     raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+
+
+def infer_call(
+    channel: grpc.aio.Channel, protocol: str, request, timeout_s: float, clock: CodecClock
+) -> Callable[[], Awaitable[object]]:
+    """A zero-argument coroutine function sending `request` as one unary call."""
+    if protocol == "cnnserve":
+        method = channel.unary_unary(
+            PREDICT_METHOD, clock.serializer, clock.deserializer(classifier_pb2.PredictResponse)
+        )
+    elif protocol == "v2":
+        parse = clock.deserializer(grpc_service_pb2.ModelInferResponse)
+        method = channel.unary_unary(V2_SERVICE + "ModelInfer", clock.serializer, parse)
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    return lambda: method(request, timeout=timeout_s)
+
+
+def open_stream(channel: grpc.aio.Channel, requests: AsyncIterator, clock: CodecClock):
+    """A V2 ModelStreamInfer call fed by `requests`; iterate it for ModelStreamInferResponse."""
+    method = channel.stream_stream(
+        V2_SERVICE + "ModelStreamInfer",
+        clock.serializer,
+        clock.deserializer(grpc_service_pb2.ModelStreamInferResponse),
+    )
+    return method(requests)

@@ -45,9 +45,9 @@ class ServerRecord:
     protocol: str
     device: str  # from the server's execution provider; "" when it does not say
     target: str
-    concurrency: int
+    concurrency: int | None  # closed loop: callers; None in an open loop (see request_rate)
     images_per_request: int
-    requests: int  # completed inside the window
+    requests: int  # counted requests that succeeded (closed: inside the window; open: scheduled in it)
     errors: int
     window_s: float
     p50_ms: float
@@ -55,7 +55,7 @@ class ServerRecord:
     p95_ms: float
     p99_ms: float
     mean_ms: float
-    requests_per_s: float
+    requests_per_s: float  # answers received inside the window, per second
     images_per_s: float
     server_queue_us: float | None  # per request, from ModelStatistics deltas over the window
     server_compute_input_us: float | None
@@ -69,12 +69,36 @@ class ServerRecord:
     client_processes: int = 1
     client_loop_busy_pct: float | None = None  # the busiest client event-loop thread, % of the window
     client_cpu_pct: float | None = None  # all client processes together, % of one core
+    # Open loop: offered requests per second and their spacing; latency is from the scheduled time.
+    request_rate: float | None = None
+    arrivals: str | None = None  # constant | poisson
+    send_lag_p99_ms: float | None = None  # how late the client sent (99th percentile)
+    max_in_flight: int | None = None  # the most requests outstanding at once
+    streaming: bool = False  # V2 ModelStreamInfer
+    channels: int = 1  # gRPC channels, each its own TCP connection
+    client_send_us: float | None = None  # request serialization per request (protobuf encode)
+    client_recv_us: float | None = None  # response parsing per request (protobuf decode)
     system: dict = field(default_factory=dict)
     kind: str = "server"
 
     @property
     def batch_size(self) -> int:
         return self.images_per_request
+
+    @property
+    def open_loop(self) -> bool:
+        return self.request_rate is not None
+
+    @property
+    def level(self) -> float:
+        """The load level's number: callers in a closed loop, offered req/s in an open one."""
+        return self.request_rate if self.request_rate is not None else float(self.concurrency or 0)
+
+    @property
+    def level_label(self) -> str:
+        if self.request_rate is not None:
+            return f"{self.arrivals or 'constant'} rate {self.request_rate:g}/s"
+        return f"concurrency {self.concurrency}"
 
     def to_dict(self) -> dict:
         return asdict(self)

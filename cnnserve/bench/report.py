@@ -1,5 +1,10 @@
 """Results out: rich tables on the terminal, `--json` (a list of records), `--csv` (perf_analyzer's
-columns first, so Triton tooling reads it; ours after), and a rich progress bar while running."""
+columns first, so Triton tooling reads it; ours after), and a rich progress bar while running.
+
+The CSV's first column is perf_analyzer's: "Concurrency" for a closed-loop sweep, "Request Rate"
+for an open-loop one. Client Send and Client Recv are the client's protobuf encode and decode
+per request (timed in the serializers gRPC calls); socket I/O happens on gRPC's own threads
+and stays in Network+Server Send/Recv, which is the average latency minus every other column."""
 
 from __future__ import annotations
 
@@ -32,6 +37,11 @@ EXTRA_COLUMNS = (
     "No-op",
     "Client Loop Busy %",
     "Client CPU %",
+    "Channels",
+    "Streaming",
+    "Arrivals",
+    "Send Lag p99",
+    "Max In Flight",
 )
 # Above this share of the window, a client event loop is the bottleneck rather than the server.
 CLIENT_SATURATED_PCT = 90.0
@@ -111,20 +121,34 @@ def reference_table(records: Sequence[LocalRecord]) -> Table | None:
 
 
 def server_table(records: Sequence[ServerRecord]) -> Table:
-    table = Table(title="Through the server (closed loop)", title_justify="left")
-    for column in ("model", "protocol", "device", "conc.", "img/req"):
+    open_loop = any(r.open_loop for r in records)
+    title = (
+        "Through the server (open loop: latency from each request's scheduled send time)"
+        if open_loop
+        else "Through the server (closed loop)"
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("model", "protocol", "device", "rate/s" if open_loop else "conc.", "img/req"):
         table.add_column(column)
-    for column in ("req/s", "images/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "queue µs", "infer µs",
-                   "server µs", "batch", "errors"):  # fmt: skip
+    columns = ["req/s", "images/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "queue µs", "infer µs",
+               "server µs", "batch", "errors"]  # fmt: skip
+    if open_loop:
+        columns += ["send lag p99 ms", "in flight"]
+    for column in columns:
         table.add_column(column, justify="right")
     for r in records:
-        table.add_row(
-            r.model + (" (no-op)" if r.noop else ""), r.protocol, r.device or "?", str(r.concurrency),
+        protocol = r.protocol + (" stream" if r.streaming else "")
+        level = f"{r.request_rate:,.0f}" if r.request_rate is not None else str(r.concurrency)
+        cells = [
+            r.model + (" (no-op)" if r.noop else ""), protocol, r.device or "?", level,
             str(r.images_per_request), f"{r.requests_per_s:,.0f}", f"{r.images_per_s:,.0f}",
             f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p95_ms:.3f}", f"{r.p99_ms:.3f}",
             _opt(r.server_queue_us, ".0f"), _opt(r.server_compute_infer_us, ".0f"),
             _opt(r.server_total_us, ".0f"), _opt(r.server_batch_size), str(r.errors),
-        )  # fmt: skip
+        ]  # fmt: skip
+        if open_loop:
+            cells += [_opt(r.send_lag_p99_ms, ".3f"), _opt(r.max_in_flight, "d")]
+        table.add_row(*cells)
     return table
 
 
@@ -132,14 +156,14 @@ def noop_overhead_lines(records: Sequence[ServerRecord]) -> list[str]:
     """The no-op model's cost per request: client round trip, and server time outside the model."""
     lines = []
     for r in records:
-        if r.noop and r.concurrency == min(x.concurrency for x in records if x.noop):
+        if r.noop and r.level == min(x.level for x in records if x.noop):
             inside = (
                 (r.server_total_us or 0.0) - (r.server_compute_infer_us or 0.0)
                 if r.server_total_us is not None
                 else None
             )
             lines.append(
-                f"no-op model {r.model!r} at concurrency {r.concurrency}: {r.p50_ms * 1e3:.0f} µs p50 "
+                f"no-op model {r.model!r} at {r.level_label}: {r.p50_ms * 1e3:.0f} µs p50 "
                 f"per request round trip, {_opt(inside, '.0f')} µs of it inside the server outside the model"
             )
     return lines
@@ -163,7 +187,7 @@ def client_load_lines(records: Sequence[ServerRecord]) -> list[str]:
         if r.client_loop_busy_pct is not None and r.client_loop_busy_pct >= CLIENT_SATURATED_PCT:
             more = f"--client-processes {r.client_processes * 2}"
             lines.append(
-                f"warning: {r.model} at concurrency {r.concurrency}: the client's event loop was busy "
+                f"warning: {r.model} at {r.level_label}: the client's event loop was busy "
                 f"{r.client_loop_busy_pct:.0f}% of the window, so these figures may measure the client; "
                 f"spread it over more processes ({more}) and compare"
             )
@@ -175,9 +199,16 @@ def write_json(records: Sequence[LocalRecord | ServerRecord], path: Path) -> Non
     path.write_text(json.dumps([r.to_dict() for r in records], indent=2) + "\n")
 
 
+def csv_columns(records: Sequence[ServerRecord]) -> tuple[str, ...]:
+    """perf_analyzer's header: its first column names the kind of sweep."""
+    first = "Request Rate" if any(r.open_loop for r in records) else "Concurrency"
+    return (first, *PERF_ANALYZER_COLUMNS[1:], *EXTRA_COLUMNS)
+
+
 def perf_analyzer_row(r: ServerRecord) -> dict[str, object]:
-    """One CSV row. grpc-python cannot split the client's send/receive from the wire, so those
-    are 0 and everything outside the server's own time is in Network+Server Send/Recv."""
+    """One CSV row, in microseconds per request. The components add up to the average latency:
+    Network+Server Send/Recv is what is left after the client's encode/decode and the server's
+    own queue and compute."""
     avg_us = r.mean_ms * 1e3
     server = [
         r.server_queue_us,
@@ -185,21 +216,26 @@ def perf_analyzer_row(r: ServerRecord) -> dict[str, object]:
         r.server_compute_infer_us,
         r.server_compute_output_us,
     ]
-    server_us = sum(v or 0.0 for v in server)
+    send_us, recv_us = r.client_send_us or 0.0, r.client_recv_us or 0.0
+    known_us = sum(v or 0.0 for v in server) + send_us + recv_us
+    level = r.request_rate if r.request_rate is not None else r.concurrency
     values = [
-        r.concurrency, round(r.images_per_s, 1), 0, round(max(0.0, avg_us - server_us)),
-        *(round(v or 0.0) for v in server), 0,
+        level, round(r.images_per_s, 1), round(send_us), round(max(0.0, avg_us - known_us)),
+        *(round(v or 0.0) for v in server), round(recv_us),
         round(r.p50_ms * 1e3), round(r.p90_ms * 1e3), round(r.p95_ms * 1e3), round(r.p99_ms * 1e3),
         round(avg_us), r.model, r.protocol, r.images_per_request, round(r.requests_per_s, 1), r.errors,
         r.device, int(r.noop), _csv_pct(r.client_loop_busy_pct), _csv_pct(r.client_cpu_pct),
+        r.channels, int(r.streaming), r.arrivals or "",
+        "" if r.send_lag_p99_ms is None else round(r.send_lag_p99_ms * 1e3),
+        "" if r.max_in_flight is None else r.max_in_flight,
     ]  # fmt: skip
-    return dict(zip((*PERF_ANALYZER_COLUMNS, *EXTRA_COLUMNS), values, strict=True))
+    return dict(zip(csv_columns([r]), values, strict=True))
 
 
 def write_csv(records: Sequence[ServerRecord], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=(*PERF_ANALYZER_COLUMNS, *EXTRA_COLUMNS))
+        writer = csv.DictWriter(handle, fieldnames=csv_columns(records))
         writer.writeheader()
         for record in records:
             writer.writerow(perf_analyzer_row(record))

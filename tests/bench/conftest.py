@@ -23,6 +23,9 @@ from tests.child_processes import module_command
 START_TIMEOUT_S = 90
 IMAGE_SHAPE = (28, 28, 1)
 PRICED_FLOPS = 6_726_144  # mnist_cnn's
+# `delayed`: a batch that is not full waits this long for company, so one request at a time
+# takes at least this long in the server, however fast the machine.
+DELAYED_QUEUE_MS = 40.0
 
 
 @dataclass
@@ -38,10 +41,12 @@ class RunningServer:
 
 @pytest.fixture(scope="session")
 def noop_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`noop` (the overhead model), and `tiny` and `priced`, no-ops standing in for real models."""
+    """`noop` (the overhead model), and `tiny`, `priced` and `delayed`, no-ops standing in for
+    real models."""
     root = tmp_path_factory.mktemp("bench_models")
     write_noop(root, IMAGE_SHAPE, "noop")
     write_noop(root, IMAGE_SHAPE, "tiny", max_batch_size=8)
+    write_noop(root, IMAGE_SHAPE, "delayed", max_batch_size=8, max_queue_delay_ms=DELAYED_QUEUE_MS)
     # `priced`: a no-op whose config.json carries FLOPs, as `cnnserve export` records them.
     write_noop(root, IMAGE_SHAPE, "priced")
     config = ModelConfig.load(root / "priced")

@@ -51,6 +51,36 @@ def test_server_invalid_concurrency(capsys):
     _one_line_error(capsys, argv, "--concurrency takes comma-separated positive integers")
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--request-rate", "100", "--concurrency", "4"], "not both"),
+        (["--request-rate", "fast"], "--request-rate takes comma-separated positive numbers"),
+        (["--request-rate", "100", "--arrivals", "bursty"], "unknown --arrivals 'bursty'"),
+        (["--streaming", "--protocol", "cnnserve"], "--streaming is V2's ModelStreamInfer"),
+        (["--channels", "0"], "--channels must be >= 1"),
+    ],
+)
+def test_server_invalid_load_options(capsys, extra, expected):
+    _one_line_error(
+        capsys, ["bench", "server", "--target", "127.0.0.1:1", "--model", "tiny", *extra], expected
+    )
+
+
+def test_server_command_open_loop_streaming_csv(server, tmp_path):
+    out = tmp_path / "open.csv"
+    argv = ["bench", "server", "--target", server.target, "--model", "tiny", "--protocol", "v2",
+            "--request-rate", "50,100", "--arrivals", "poisson", "--streaming", "--channels", "2",
+            "--duration", "0.5", "--warmup", "0.2", "--noop-model", "", "--csv", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["Request Rate"] for r in rows] == ["50.0", "100.0"]
+    assert {(r["Streaming"], r["Channels"], r["Arrivals"], r["Errors"]) for r in rows} == {
+        ("1", "2", "poisson", "0")
+    }
+    assert all(int(r["Client Send"]) >= 0 and r["Client Recv"] != "" for r in rows)
+
+
 def test_server_command_writes_csv_json_and_plot(server, tmp_path):
     out = tmp_path / "server"
     argv = ["bench", "server", "--target", server.target, "--model", "tiny", "--protocol", "cnnserve",

@@ -87,7 +87,7 @@ def test_a_round_takes_its_share_of_the_policy():
 
 
 def test_unknown_model_in_repository(noop_repository):
-    with pytest.raises(CnnserveError, match=r"unknown model 'nope'.*available: noop, priced, tiny"):
+    with pytest.raises(CnnserveError, match=r"unknown model 'nope'.*available: delayed, noop, priced, tiny"):
         artifacts.from_repository(noop_repository, "nope", ("onnxruntime",))
 
 

@@ -55,6 +55,39 @@ def test_csv_row_is_in_microseconds_and_components_add_up_to_the_average():
     assert sum(row[p] for p in parts) == pytest.approx(row["Avg latency"], abs=2)
 
 
+def test_csv_fills_client_send_and_recv_from_the_codec_times():
+    row = report.perf_analyzer_row(server_record())
+    assert row["Client Send"] == 12 and row["Client Recv"] == 8
+    # Network+Server is what remains of the 2,200 µs average after every measured part.
+    assert row["Network+Server Send/Recv"] == 2200 - 12 - 8 - 300 - 10 - 900 - 5
+    assert row["Channels"] == 4 and row["Streaming"] == 0
+
+
+def test_open_loop_csv_starts_with_request_rate(tmp_path):
+    path = tmp_path / "open.csv"
+    report.write_csv([server_record(concurrency=None, request_rate=r) for r in (500.0, 1000.0)], path)
+    rows = list(csv.DictReader(path.open()))
+    assert next(iter(rows[0])) == "Request Rate"
+    assert [row["Request Rate"] for row in rows] == ["500.0", "1000.0"]
+    assert (
+        rows[0]["Arrivals"] == "poisson"
+        and rows[0]["Send Lag p99"] == "250"
+        and rows[0]["Max In Flight"] == "7"
+    )
+
+
+def test_open_loop_table_and_plot(tmp_path):
+    from rich.console import Console
+
+    records = [server_record(concurrency=None, request_rate=r) for r in (500.0, 1000.0)]
+    console = Console(width=240, record=True)
+    console.print(report.server_table(records))
+    text = console.export_text()
+    assert "scheduled send time" in text and "send lag p99 ms" in text and "1,000" in text
+    plots.plot_server(records, tmp_path / "open.png")
+    _assert_png(tmp_path / "open.png")
+
+
 def test_local_csv_has_one_row_per_record(tmp_path):
     path = tmp_path / "local.csv"
     report.write_local_csv([local_record(batch_size=1), local_record(batch_size=64)], path)

@@ -19,7 +19,7 @@ def _plan(target: str, **overrides) -> ServerPlan:
 
 @pytest.mark.parametrize("protocol", ["v2", "cnnserve"])
 def test_sweep_measures_model_and_noop_with_server_split(server, protocol):
-    records = asyncio.run(run_server_bench(_plan(server.target, protocol=protocol)))
+    records = asyncio.run(run_server_bench(_plan(server.target, protocol=protocol))).records
     assert [(r.model, r.concurrency, r.noop) for r in records] == [
         ("tiny", 1, False), ("tiny", 3, False), ("noop", 1, True), ("noop", 3, True),
     ]  # fmt: skip
@@ -39,7 +39,7 @@ def test_sweep_measures_model_and_noop_with_server_split(server, protocol):
 
 def test_several_client_processes(server):
     plan = _plan(server.target, concurrency=(4,), noop_model=None, client_processes=2, images_per_request=3)
-    (record,) = asyncio.run(run_server_bench(plan))
+    (record,) = asyncio.run(run_server_bench(plan)).records
     assert record.requests > 0 and record.errors == 0 and record.client_processes == 2
     assert record.images_per_s == pytest.approx(3 * record.requests_per_s)
     assert 0 < record.client_loop_busy_pct <= 105  # the busier of the two processes' loops
@@ -58,7 +58,7 @@ def test_flops_come_from_the_server_when_the_export_recorded_them(server):
     (record,) = asyncio.run(
         run_server_bench(_plan(server.target, model="priced", concurrency=(1,), noop_model=None),
                          flops_for=lambda model: PRICED_FLOPS)
-    )  # fmt: skip
+    ).records  # fmt: skip
     assert record.gflops == pytest.approx(record.images_per_s * PRICED_FLOPS / 1e9)
 
 
