@@ -19,6 +19,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_serve(commands)
     _register_classify(commands)
     _register_health(commands)
+    _register_repository(commands)
 
 
 def _per_model(kind: type) -> object:
@@ -295,3 +296,59 @@ def run_health(args: argparse.Namespace) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(f"{args.target}: {status}")
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _register_repository(commands: argparse._SubParsersAction) -> None:
+    repository = commands.add_parser(
+        "repository",
+        help="list, load or unload models on a running server (KServe V2 repository extension)",
+        description="RepositoryIndex, RepositoryModelLoad and RepositoryModelUnload, as tritonclient "
+        "sends them. load/unload need a server started with --model-control explicit.",
+    )
+    actions = repository.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="every model in the repository, with each version's state")
+    listing.add_argument("--ready", action="store_true", help="only READY versions")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    load = actions.add_parser("load", help="load a model, or reload it without a gap if loaded")
+    unload = actions.add_parser("unload", help="unload a model once its accepted requests are answered")
+    for action in (load, unload):
+        action.add_argument("model", help="model name")
+    for action in (listing, load, unload):
+        action.add_argument(
+            "--target", default="localhost:8500", help="server host:port (default: localhost:8500)"
+        )
+        action.add_argument("--timeout-s", type=float, default=300, help="call deadline (default: 300)")
+        action.add_argument("--tls-ca", type=Path, help="CA certificate to trust; enables TLS")
+        action.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
+        action.add_argument("--tls-key", type=Path, help="client private key for mutual TLS")
+    repository.set_defaults(handler=run_repository)
+
+
+def run_repository(args: argparse.Namespace) -> int:
+    import grpc
+
+    from cnnserve.serving.client import RepositoryClient, open_channel
+
+    with open_channel(args.target, _tls(args)) as channel:
+        client = RepositoryClient(channel, timeout_s=args.timeout_s)
+        try:
+            if args.action == "load":
+                client.load(args.model)
+                print(f"{args.target}: loaded {args.model}")
+                return 0
+            if args.action == "unload":
+                client.unload(args.model)
+                print(f"{args.target}: unloaded {args.model}")
+                return 0
+            entries = client.index(ready_only=args.ready)
+        except grpc.RpcError as error:
+            raise CnnserveError(f"{args.target}: {error.code().name}: {error.details()}") from None
+    if args.json:
+        print(json.dumps([entry.__dict__ for entry in entries], indent=2))
+        return 0
+    rows = [(e.name, e.version or "-", e.state or "(not loaded)", e.reason) for e in entries]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(("model", "version", "state"))]
+    print(f"{'model':<{widths[0]}}  {'version':<{widths[1]}}  {'state':<{widths[2]}}  reason")
+    for name, version, state, reason in rows:
+        print(f"{name:<{widths[0]}}  {version:<{widths[1]}}  {state:<{widths[2]}}  {reason}".rstrip())
+    return 0

@@ -96,6 +96,43 @@ class ClassifierClient:
         return self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout_s)
 
 
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+class RepositoryClient:
+    """KServe V2's repository extension (`cnnserve repository`). Importing our V2 messages is
+    fine here: this client never runs in a process that has imported tritonclient."""
+
+    def __init__(self, channel: grpc.Channel, timeout_s: float | None = 300.0) -> None:
+        from cnnserve.protos import grpc_service_pb2 as v2
+        from cnnserve.protos import grpc_service_pb2_grpc as v2_grpc
+
+        self._v2 = v2
+        self._stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        self._timeout_s = timeout_s
+
+    def index(self, ready_only: bool = False) -> list[IndexEntry]:
+        response = self._stub.RepositoryIndex(
+            self._v2.RepositoryIndexRequest(ready=ready_only), timeout=self._timeout_s
+        )
+        return [IndexEntry(m.name, m.version, m.state, m.reason) for m in response.models]
+
+    def load(self, model: str) -> None:
+        self._stub.RepositoryModelLoad(
+            self._v2.RepositoryModelLoadRequest(model_name=model), timeout=self._timeout_s
+        )
+
+    def unload(self, model: str) -> None:
+        self._stub.RepositoryModelUnload(
+            self._v2.RepositoryModelUnloadRequest(model_name=model), timeout=self._timeout_s
+        )
+
+
 def load_images(paths: list[Path], image_shape: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
     """A uint8 [N, H, W, C] batch from image files and `.npy` arrays, and a name per image."""
     batches, names = [], []

@@ -16,6 +16,7 @@ and never takes down what is serving: the newest READY version stays until a wan
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 
@@ -359,8 +360,21 @@ async def _close(served: ServedVersion) -> None:
     batcher = served.batcher
     if batcher is not None:
         await batcher.close()
+    released = served.session is not None
     served.batcher = None
     served.session = None
+    if released:
+        await asyncio.to_thread(_return_free_memory)
+
+
+def _return_free_memory() -> None:
+    """glibc keeps freed blocks of a closed session (its mmap threshold rises after large frees),
+    so repeated reloads would ratchet the RSS up; `malloc_trim` hands them back to the system."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def _check_matches_config(session: ModelSession, served: ServedVersion) -> None:

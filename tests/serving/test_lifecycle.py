@@ -8,6 +8,8 @@ tritonclient's own `load_model` / `unload_model` / `get_model_repository_index`.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -220,3 +222,32 @@ def test_unload_under_load_answers_every_accepted_request(explicit_repository: P
     assert sum(loops.ok_per_loop) == answered  # nothing was served after the unload returned
     assert all("'a'" in detail for detail in loops.details), loops.details
     assert "Traceback" not in server.log()
+
+
+def repository_cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """`cnnserve repository` in its own process: it imports our V2 messages, this one tritonclient's."""
+    command = [sys.executable, "-m", "cnnserve", "repository", *args, "--target", server.target]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_repository_cli_lists_loads_and_unloads(explicit_repository: Path, start_server) -> None:
+    server = start_server("--model-control", "explicit", "--models", "b", models_dir=explicit_repository)
+    listed = repository_cli(server, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(e["name"], e["version"], e["state"]) for e in json.loads(listed.stdout)] == [
+        ("a", "", ""),
+        ("b", "1", "READY"),
+    ]
+    loaded = repository_cli(server, "load", "a")
+    assert loaded.returncode == 0 and "loaded a" in loaded.stdout, loaded.stderr
+    table = repository_cli(server, "list").stdout.splitlines()
+    assert table[0].split() == ["model", "version", "state", "reason"]
+    assert table[1].split() == ["a", "1", "READY"] and table[2].split() == ["b", "1", "READY"]
+    assert repository_cli(server, "unload", "a").returncode == 0
+    assert triton.InferenceServerClient(server.target).is_model_ready("b")
+    missing = repository_cli(server, "unload", "a")
+    assert missing.returncode == 2
+    assert (
+        missing.stderr.strip()
+        == f"cnnserve repository: error: {server.target}: NOT_FOUND: model 'a' is not loaded"
+    )
