@@ -63,3 +63,9 @@ clean:
 .PHONY: protos
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py
+
+# On a machine with a CUDA GPU: train two zoo models briefly, export, bench local and bench server on
+# CUDA, write runs/gpu_check/gpu_check.{json,md}. Exits 2 with "no CUDA GPU: ..." anywhere else.
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	$(BIN)/python -m cnnserve.bench.gpu_check --out runs/gpu_check

@@ -13,13 +13,14 @@ import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from cnnserve.errors import CnnserveError
+from cnnserve.serving.cuda_options import CudaOptions
 from cnnserve.serving.nchwc_padding import PaddedConv, cpu_session_model
 
 _LOGGER = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ class SessionSettings:
     graph_optimization: str = "all"
     # Spinning threads burn the cores the gRPC and batching threads need between batches.
     allow_spinning: bool = False
+    cuda: CudaOptions = field(default_factory=CudaOptions)
+    # None: on CUDA only. IO binding lets ONNX Runtime copy the batch to the GPU and the outputs
+    # back in one go, without an extra host staging copy per output; on CPU it buys nothing,
+    # but it runs there too (so the path the GPU takes is tested on every machine).
+    io_binding: bool | None = None
 
 
 def session_options(settings: SessionSettings) -> ort.SessionOptions:
@@ -66,9 +72,9 @@ def session_options(settings: SessionSettings) -> ort.SessionOptions:
     return options
 
 
-def _providers(provider: str) -> list:
+def _providers(provider: str, cuda: CudaOptions | None = None) -> list:
     if provider == CUDA:
-        return [(CUDA, {"device_id": 0, "do_copy_in_default_stream": "1"}), CPU]
+        return [(CUDA, (cuda or CudaOptions()).provider_options()), CPU]
     return [CPU]
 
 
@@ -100,12 +106,12 @@ def _cuda_failure_reason(log_lines: Sequence[str]) -> str:
     return "ONNX Runtime could not create the CUDA execution provider"
 
 
-def _probe_cuda(model: Path) -> tuple[bool | None, list[str]]:
+def _probe_cuda(model: Path, cuda: CudaOptions | None = None) -> tuple[bool | None, list[str]]:
     """Open `model` asking for CUDA: True/False = CUDA did/did not stick, None = model unloadable."""
     with _captured_stderr() as log_lines:
         try:
             session = ort.InferenceSession(
-                str(model), session_options(SessionSettings(CUDA)), _providers(CUDA)
+                str(model), session_options(SessionSettings(CUDA)), _providers(CUDA, cuda)
             )
         except Exception:  # ORT raises its own Fail/InvalidProtobuf/... types: a broken model
             session = None
@@ -116,8 +122,11 @@ def _probe_cuda(model: Path) -> tuple[bool | None, list[str]]:
     return session.get_providers()[0] == CUDA, log_lines
 
 
-def resolve_device(device: str, probe_models: Sequence[Path]) -> DeviceChoice:
-    """Pick the provider for `--device` by opening a model with CUDA and asking the session."""
+def resolve_device(
+    device: str, probe_models: Sequence[Path], cuda: CudaOptions | None = None
+) -> DeviceChoice:
+    """Pick the provider for `--device` by opening a model with CUDA (on `cuda`'s device, with
+    its options) and asking the session."""
     if device == "cpu":
         return DeviceChoice(CPU, "--device cpu")
     if CUDA not in ort.get_available_providers():
@@ -125,7 +134,7 @@ def resolve_device(device: str, probe_models: Sequence[Path]) -> DeviceChoice:
     else:
         reason = "no model could be opened to try CUDA"
         for model in probe_models:
-            on_cuda, log_lines = _probe_cuda(model)
+            on_cuda, log_lines = _probe_cuda(model, cuda)
             if on_cuda is None:
                 continue  # that model is broken; its own load will report it
             if on_cuda:
@@ -152,7 +161,7 @@ class ModelSession:
             source, self.padded_convs = cpu_session_model(path, settings.graph_optimization)
         try:
             self._session = ort.InferenceSession(
-                source, session_options(settings), _providers(settings.provider)
+                source, session_options(settings), _providers(settings.provider, settings.cuda)
             )
         except Exception as error:
             raise CnnserveError(f"ONNX Runtime cannot load {path}: {error}") from None
@@ -167,12 +176,10 @@ class ModelSession:
         self.input_dtype = _ORT_TO_NUMPY.get(inputs[0].type, inputs[0].type)
         self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inputs[0].shape)
         self.output_names = tuple(output.name for output in self._session.get_outputs())
-        # IO binding lets ONNX Runtime copy the batch to the GPU and the outputs back in one
-        # go, without an extra host staging copy per output; on CPU it buys nothing.
-        self._use_io_binding = used == CUDA
+        self.io_binding = used == CUDA if settings.io_binding is None else settings.io_binding
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        if self._use_io_binding:
+        if self.io_binding:
             binding = self._session.io_binding()
             binding.bind_cpu_input(self.input_name, np.ascontiguousarray(images))
             for name in self.output_names:

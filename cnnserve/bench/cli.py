@@ -107,6 +107,16 @@ def _register_local(stages: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ONNX Runtime: idle worker threads sleep instead of spinning",
     )
+    local.add_argument(
+        "--io-binding", action="store_true",
+        help="ONNX Runtime: feed and fetch through an IO binding, as the server does on CUDA",
+    )  # fmt: skip
+    local.add_argument("--cuda-device-id", type=int, default=0, help="ONNX Runtime CUDA device (default: 0)")
+    local.add_argument(
+        "--cudnn-conv-algo-search", default="exhaustive",
+        help="ONNX Runtime CUDA: exhaustive | heuristic | default (default: exhaustive)",
+    )  # fmt: skip
+    local.add_argument("--gpu-mem-limit-mb", type=float, help="ONNX Runtime CUDA memory arena limit")
     local.add_argument("--warmup-runs", type=int, default=5, help="untimed runs first (default: 5)")
     local.add_argument("--min-runs", type=int, default=20, help="timed runs at least (default: 20)")
     local.add_argument("--min-time-s", type=float, default=2.0, help="timed seconds at least (default: 2)")
@@ -140,7 +150,9 @@ def run_local_command(args: argparse.Namespace) -> int:
     from cnnserve.bench.options import RuntimeOptions
     from cnnserve.bench.tf_backends import configure_threads
     from cnnserve.bench.timing import RepeatPolicy
+    from cnnserve.serving.cuda_options import CudaOptions
 
+    cuda = CudaOptions.from_flags(args.cuda_device_id, args.cudnn_conv_algo_search, args.gpu_mem_limit_mb)
     options = RuntimeOptions(
         device=args.device,
         intra_op_threads=args.intra_op_threads,
@@ -148,6 +160,8 @@ def run_local_command(args: argparse.Namespace) -> int:
         graph_optimization=args.graph_optimization,
         execution_mode=args.execution_mode,
         allow_spinning=not args.no_spinning,
+        cuda=cuda,
+        io_binding=args.io_binding,
     )
     policy = RepeatPolicy(args.warmup_runs, args.min_runs, args.min_time_s, max_time_s=args.max_time_s)
     batch_sizes = positive_ints(args.batch_sizes, "--batch-sizes")

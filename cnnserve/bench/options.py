@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cnnserve.bench.system import usable_cores
 from cnnserve.errors import CnnserveError
+from cnnserve.serving.cuda_options import CudaOptions
 
 DEVICES = ("auto", "cpu", "cuda")
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
@@ -24,6 +25,9 @@ class RuntimeOptions:
     # ONNX Runtime's worker threads spin between ops; on a machine shared with other busy
     # processes (or a server sharing cores with its client) spinning steals their cores.
     allow_spinning: bool = True
+    cuda: CudaOptions = field(default_factory=CudaOptions)  # ONNX Runtime's CUDA provider options
+    # ONNX Runtime only: feed and fetch through an IO binding, as the server does on CUDA.
+    io_binding: bool = False
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

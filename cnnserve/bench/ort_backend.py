@@ -49,7 +49,7 @@ class OrtBackend:
 
         self.options = options
         wants_cuda = options.device in ("auto", "cuda") and CUDA in ort.get_available_providers()
-        providers = [CUDA, CPU] if wants_cuda else [CPU]
+        providers = [(CUDA, options.cuda.provider_options()), CPU] if wants_cuda else [CPU]
         # The server pads filters to ONNX Runtime's channel blocks on CPU; measure what it runs.
         source: str | bytes = str(path)
         self.padded_convs: list[PaddedConv] = []
@@ -81,6 +81,14 @@ class OrtBackend:
         return None  # ONNX Runtime sizes its buffers per call
 
     def run(self, images: np.ndarray) -> np.ndarray:
+        if self.options.io_binding:
+            # As the server runs CUDA sessions: the batch bound from host memory, copied to the
+            # device by ONNX Runtime, the logits bound back to host memory; one call.
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.input_name, np.ascontiguousarray(images))
+            binding.bind_output("logits", "cpu")
+            self.session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()[0]
         return self.session.run(["logits"], {self.input_name: images})[0]
 
     def settings(self) -> dict[str, object]:
@@ -91,5 +99,7 @@ class OrtBackend:
             "execution_mode": self.options.execution_mode,
             "allow_spinning": self.options.allow_spinning,
             "providers": self.session.get_providers(),
+            "io_binding": self.options.io_binding,
+            **({"cuda": self.options.cuda.provider_options()} if self.device == "cuda" else {}),
             "nchwc_padded": [f"{c.name}: {c.filters}→{c.padded_to}" for c in self.padded_convs],
         }
