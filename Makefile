@@ -52,6 +52,18 @@ demo: setup
 test: setup
 	$(BIN)/pytest -q
 
+# The CPU benchmark set behind BENCHMARKS.md (models, in-process, through the server) into
+# $(BENCH_OUT)/*.json, and $(BENCH_OUT)/tables.md rendered from them; bench-peers puts Seldon
+# MLServer and KServe beside cnnserve (their venvs outside the repository, bench/peers/setup.sh).
+BENCH_OUT ?= bench_results
+.PHONY: bench bench-peers
+bench: setup
+	BIN=$(BIN) scripts/bench_cpu.sh $(BENCH_OUT)
+
+bench-peers: setup
+	BIN=$(BIN) scripts/bench_peers.sh $(BENCH_OUT)
+	$(BIN)/python scripts/render_benchmarks.py $(BENCH_OUT) > $(BENCH_OUT)/tables.md
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -1,0 +1,376 @@
+"""cnnserve beside Seldon MLServer and KServe's ModelServer, one run, one load generator.
+
+Serves the same ONNX file (the one `cnnserve export` wrote) from cnnserve, MLServer and KServe in
+turn, each on free loopback ports, and measures each with the same load generator as
+`cnnserve bench server --protocol v2` (single images, closed loop, concurrency 1 and 32 by
+default), then ONNX Runtime in-process on that file at batch 64. Writes one JSON and prints the
+table (markdown). The peers run from the virtualenvs bench/peers/setup.sh creates.
+
+    .venv/bin/python bench/peers/compare.py --repository bench_results/models --model mnist_cnn \\
+        --json bench_results/peers.json
+    .venv/bin/python bench/peers/compare.py --table bench_results/peers.json   # the table again
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peer_configs  # this folder's module, beside the script
+
+SERVERS = ("cnnserve", "mlserver", "kserve")
+PEERS_DIR = Path(os.environ.get("CNNSERVE_PEERS_DIR", Path.home() / ".cache" / "cnnserve-peers"))
+START_TIMEOUT_S = 180.0
+IN_PROCESS_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Settings:
+    repository: Path
+    model: str
+    servers: tuple[str, ...]
+    concurrency: tuple[int, ...]
+    duration_s: float
+    warmup_s: float
+    peers_dir: Path
+    workdir: Path
+    channels: int = 8  # as `cnnserve bench server` (at most one per caller)
+    in_process_s: float = 3.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def model_file(repository: Path, model: str) -> peer_configs.ModelFile:
+    """The newest ONNX version of `model` in a cnnserve repository, with its shapes from config.json."""
+    from cnnserve.export.model_config import ModelConfig
+
+    config = ModelConfig.load(repository / model)
+    versions = sorted((int(p.name) for p in (repository / model).iterdir() if p.name.isdigit()), reverse=True)
+    for version in versions:
+        path = repository / model / str(version) / "model.onnx"
+        if path.is_file():
+            shape = tuple(int(d) for d in config.inputs[0].shape[1:])
+            return peer_configs.ModelFile(model, path.resolve(), shape, len(config.class_labels))  # type: ignore[arg-type]
+    raise SystemExit(f"compare.py: no model.onnx under {repository / model}; run `cnnserve export` first")
+
+
+class Server:
+    """One server process in its own session, so stopping it stops its workers too."""
+
+    def __init__(self, name: str, command: list[str], log: Path, cwd: Path | None = None) -> None:
+        self.name, self.command, self.log, self.cwd = name, command, log, cwd
+        self.process: subprocess.Popen | None = None
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        with self.log.open("wb") as handle:
+            self.process = subprocess.Popen(
+                self.command, stdout=handle, stderr=subprocess.STDOUT, cwd=self.cwd,
+                env={**os.environ, **(env or {})}, start_new_session=True,
+            )  # fmt: skip
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def _tail(log: Path, chars: int = 3000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
+
+
+def wait_ready(server: Server, target: str, model: str, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Until V2 ServerReady and ModelReady(model) both say true, over gRPC."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            if not server.alive():
+                raise SystemExit(f"compare.py: {server.name} exited; its log:\n{_tail(server.log)}")
+            try:
+                if (
+                    stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready
+                    and stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=2).ready
+                ):
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.5)
+    raise SystemExit(f"compare.py: {server.name} not ready after {timeout_s:g} s; log: {server.log}")
+
+
+def _peer_python(settings: Settings, peer: str) -> Path:
+    python = settings.peers_dir / peer / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"compare.py: no {peer} venv in {settings.peers_dir}; run bench/peers/setup.sh")
+    return python
+
+
+def check_answer(target: str, model: peer_configs.ModelFile) -> None:
+    """One real request before any load: the server must answer logits of the right shape, so a
+    peer that is up but misconfigured cannot be measured as fast."""
+    import grpc
+    import numpy as np
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    image = np.zeros((1, *model.image_shape), np.uint8)
+    infer = pb.ModelInferRequest
+    request = infer(
+        model_name=model.name,
+        inputs=[infer.InferInputTensor(name="images", datatype="UINT8", shape=list(image.shape))],
+        outputs=[infer.InferRequestedOutputTensor(name="logits")],
+        raw_input_contents=[image.tobytes()],
+    )
+    with grpc.insecure_channel(target) as channel:
+        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    shapes = {o.name: list(o.shape) for o in response.outputs}
+    if shapes.get("logits") != [1, model.classes]:
+        expected = [1, model.classes]
+        raise SystemExit(f"compare.py: {target} answered outputs {shapes}, expected logits {expected}")
+
+
+def launch(name: str, settings: Settings, model: peer_configs.ModelFile) -> tuple[Server, str]:
+    """Starts `name` on free loopback ports; returns it and its gRPC target."""
+    logs = settings.workdir
+    if name == "cnnserve":
+        ready = logs / "cnnserve.ready.json"
+        ready.unlink(missing_ok=True)
+        command = [
+            sys.executable, "-m", "cnnserve", "serve", "--repository", str(settings.repository),
+            "--models", model.name, "--host", "127.0.0.1", "--port", "0", "--metrics-port", "off",
+            "--ready-file", str(ready),
+        ]  # fmt: skip
+        server = Server(name, command, logs / "cnnserve.log")
+        server.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not ready.exists():
+            if not server.alive() or time.monotonic() > deadline:
+                raise SystemExit(f"compare.py: cnnserve did not start; log:\n{_tail(server.log)}")
+            time.sleep(0.2)
+        return server, f"127.0.0.1:{json.loads(ready.read_text())['grpc_port']}"
+    grpc_port = free_port()
+    if name == "mlserver":
+        folder = peer_configs.write_mlserver_folder(
+            logs / "mlserver", model, grpc_port, free_port(), free_port()
+        )
+        mlserver = _peer_python(settings, "mlserver").parent / "mlserver"
+        server = Server(name, [str(mlserver), "start", str(folder)], logs / "mlserver.log", cwd=folder)
+    elif name == "kserve":
+        script = Path(__file__).resolve().parent / "kserve_onnx.py"
+        argv = peer_configs.kserve_argv(model, grpc_port, free_port())
+        command = [str(_peer_python(settings, "kserve")), str(script), *argv]
+        server = Server(name, command, logs / "kserve.log")
+    else:
+        raise SystemExit(f"compare.py: unknown server {name!r}; choose from {', '.join(SERVERS)}")
+    server.start()
+    target = f"127.0.0.1:{grpc_port}"
+    wait_ready(server, target, model.name)
+    return server, target
+
+
+def measure_server(target: str, settings: Settings) -> list[dict]:
+    from cnnserve.bench.server_bench import ServerPlan, run_server_bench
+
+    plan = ServerPlan(
+        target=target, model=settings.model, protocol="v2", concurrency=settings.concurrency,
+        duration_s=settings.duration_s, warmup_s=settings.warmup_s, noop_model=None,
+        channels=settings.channels,
+    )  # fmt: skip
+    sweep = asyncio.run(run_server_bench(plan))
+    if sweep.stopped:
+        raise SystemExit(f"compare.py: {target}: {sweep.stopped}")
+    return [record.to_dict() for record in sweep.records]
+
+
+def measure_in_process(path: Path, batch_size: int = IN_PROCESS_BATCH, min_time_s: float = 3.0) -> dict:
+    """ONNX Runtime in this process on the same file, as `cnnserve bench local` runs it."""
+    import numpy as np
+
+    from cnnserve.bench.options import RuntimeOptions
+    from cnnserve.bench.ort_backend import OrtBackend
+    from cnnserve.bench.stats import summarize_ns
+    from cnnserve.bench.timing import RepeatPolicy, measure
+
+    backend = OrtBackend(path, RuntimeOptions(device="cpu"))
+    shape = backend.session.get_inputs()[0].shape[1:]
+    images = np.random.default_rng(0).integers(0, 256, (batch_size, *shape), dtype=np.uint8)
+    summary = summarize_ns(measure(lambda: backend.run(images), RepeatPolicy(min_time_s=min_time_s)))
+    return {
+        "batch_size": batch_size,
+        "p50_ms": summary.p50_ms,
+        "images_per_s": summary.per_second(batch_size),
+        "settings": backend.settings(),
+    }
+
+
+def peer_versions(settings: Settings, name: str) -> dict[str, str]:
+    if name == "cnnserve":
+        from cnnserve.bench.system import library_versions
+
+        return library_versions()
+    freeze = settings.peers_dir / name / "freeze.txt"
+    wanted = {"mlserver", "kserve", "onnxruntime", "grpcio", "numpy", "protobuf"}
+    lines = freeze.read_text().splitlines() if freeze.exists() else []
+    return {n: v for n, _, v in (line.partition("==") for line in lines) if n.lower() in wanted}
+
+
+def run(settings: Settings) -> dict:
+    from cnnserve.bench.system import collect
+
+    model = model_file(settings.repository, settings.model)
+    result: dict = {
+        "kind": "peers",
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": model.name,
+        "onnx": {"path": str(model.path), "sha256": hashlib.sha256(model.path.read_bytes()).hexdigest()},
+        "load": {
+            "protocol": "v2",
+            "channels": settings.channels,
+            "concurrency": list(settings.concurrency),
+            "duration_s": settings.duration_s,
+            "warmup_s": settings.warmup_s,
+            "images_per_request": 1,
+        },
+        "system": asdict(collect()),
+        "servers": {},
+    }
+    configs = {
+        "mlserver": {"model_settings": peer_configs.mlserver_model_settings(model)},
+        "kserve": {"argv": peer_configs.kserve_argv(model, 0, 0)},
+    }
+    for name in settings.servers:
+        print(f"compare.py: starting {name}", file=sys.stderr)
+        server, target = launch(name, settings, model)
+        try:
+            check_answer(target, model)
+            records = measure_server(target, settings)
+        finally:
+            server.stop()
+        result["servers"][name] = {"versions": peer_versions(settings, name), **configs.get(name, {}),
+                                   "records": records}  # fmt: skip
+    print("compare.py: in-process ONNX Runtime", file=sys.stderr)
+    result["in_process"] = measure_in_process(model.path, min_time_s=settings.in_process_s)
+    return result
+
+
+def _point(records: Sequence[dict], concurrency: int) -> dict | None:
+    return next((r for r in records if r["concurrency"] == concurrency), None)
+
+
+def table(result: dict, low: int = 1, high: int = 32) -> str:
+    """The comparison as markdown: c=low p50 and c=high req/s per server, and cnnserve's figure
+    over each peer's (p50: below 1 means cnnserve answers faster; req/s: above 1, it serves more)."""
+    servers = result["servers"]
+    ours = servers.get("cnnserve", {}).get("records", [])
+    ours_low, ours_high = _point(ours, low), _point(ours, high)
+    header = f"| server | c={low} p50 | c={high} req/s | cnnserve's c={low} p50 ÷ this "
+    lines = [header + f"| cnnserve's c={high} req/s ÷ this |", "| --- | --- | --- | --- | --- |"]
+    for name, entry in servers.items():
+        at_low, at_high = _point(entry["records"], low), _point(entry["records"], high)
+        peer = name != "cnnserve"
+        p50 = f"{at_low['p50_ms']:.2f} ms" if at_low else "–"
+        rps = f"{at_high['requests_per_s']:,.0f}" if at_high else "–"
+        p50_ratio = _ratio(ours_low, at_low, "p50_ms") if peer else ""
+        rps_ratio = _ratio(ours_high, at_high, "requests_per_s") if peer else ""
+        lines.append(f"| {_label(name, entry)} | {p50} | {rps} | {p50_ratio} | {rps_ratio} |")
+    in_process = result.get("in_process")
+    if in_process:
+        share = ""
+        if ours_high:
+            pct = 100 * ours_high["images_per_s"] / in_process["images_per_s"]
+            share = f" (cnnserve at c={high}: {pct:.1f}%)"
+        lines.append(
+            f"| in-process ONNX Runtime, same file, batch {in_process['batch_size']} | | "
+            f"{in_process['images_per_s']:,.0f} images/s{share} | | |"
+        )
+    return "\n".join(lines)
+
+
+def _ratio(ours: dict | None, theirs: dict | None, field: str) -> str:
+    if not ours or not theirs or not theirs[field]:
+        return "–"
+    return f"{ours[field] / theirs[field]:.2f}×"
+
+
+def _label(name: str, entry: dict) -> str:
+    versions = entry.get("versions", {})
+    ort = versions.get("onnxruntime", "?")
+    if name == "mlserver":
+        settings = entry.get("model_settings", {})
+        wait_ms = 1e3 * settings.get("max_batch_time", 0)
+        batching = f"adaptive batching {settings.get('max_batch_size')} / {wait_ms:g} ms"
+        return f"Seldon MLServer {versions.get('mlserver', '?')} (ORT {ort}, {batching})"
+    if name == "kserve":
+        return f"KServe {versions.get('kserve', '?')} ModelServer (ORT {ort}, no batching)"
+    return f"cnnserve {versions.get('cnnserve', '?')} (ORT {versions.get('onnxruntime-gpu', '?')})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, default=Path("bench_results/models"))
+    parser.add_argument("--model", default="mnist_cnn")
+    parser.add_argument("--servers", default=",".join(SERVERS), help=f"default: {','.join(SERVERS)}")
+    parser.add_argument("--concurrency", default="1,32")
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--channels", type=int, default=8, help="as `cnnserve bench server` (default: 8)")
+    parser.add_argument("--peers-dir", type=Path, default=PEERS_DIR, help="default: $CNNSERVE_PEERS_DIR")
+    parser.add_argument("--json", type=Path, help="write the run here")
+    parser.add_argument("--table", type=Path, metavar="JSON", help="only print the table of a recorded run")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return 0
+    servers = tuple(s for s in args.servers.split(",") if s)
+    unknown = [s for s in servers if s not in SERVERS]
+    if unknown:
+        print(f"compare.py: unknown --servers {unknown}; choose from {', '.join(SERVERS)}", file=sys.stderr)
+        return 2
+    try:
+        concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    except ValueError:
+        print(f"compare.py: --concurrency takes integers, received {args.concurrency!r}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="cnnserve-peers-") as workdir:
+        settings = Settings(args.repository, args.model, servers, concurrency, args.duration, args.warmup,
+                            args.peers_dir, Path(workdir), args.channels)  # fmt: skip
+        result = run(settings)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    low, high = min(concurrency), max(concurrency)
+    print(table(result, low, high))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""bench/peers/: the configs the peers are started with, checked against the peers' own schemas
+(extracted from the installed MLServer 1.7.1 and KServe 0.21.0 by bench/peers/extract_schemas.py,
+so neither peer is installed here), and the driver's measuring and table-making on cnnserve and
+on a recorded run. The real comparison is `make bench-peers`.
+"""
+
+from __future__ import annotations
+
+import json
+import py_compile
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+PEERS = Path(__file__).resolve().parents[2] / "bench" / "peers"
+sys.path.insert(0, str(PEERS))
+import compare  # noqa: E402
+import peer_configs  # noqa: E402
+
+RECORDED = Path(__file__).parent / "data" / "peers_run.json"
+MLSERVER_SCHEMA = json.loads((PEERS / "schemas" / "mlserver-1.7.1.json").read_text())
+KSERVE_FLAGS = set(json.loads((PEERS / "schemas" / "kserve-0.21.0.json").read_text())["model_server_flags"])
+
+
+@pytest.fixture
+def model(noop_repository) -> peer_configs.ModelFile:
+    return compare.model_file(noop_repository, "noop")
+
+
+def _check(document: dict, schema: dict) -> None:
+    jsonschema.validate(document, schema)
+    unknown = set(document) - set(schema["properties"])
+    assert not unknown, f"fields MLServer does not have: {unknown}"  # MLServer would ignore them silently
+
+
+def test_model_file_is_the_exported_onnx_with_its_shapes(model, noop_repository):
+    assert model.path == (noop_repository / "noop" / "1" / "model.onnx").resolve()
+    assert model.image_shape == (28, 28, 1) and model.classes == 10
+
+
+def test_mlserver_folder_is_valid_for_mlserver_1_7_1(model, tmp_path):
+    folder = peer_configs.write_mlserver_folder(tmp_path / "mls", model, 9001, 9002, 9003)
+    settings = json.loads((folder / "settings.json").read_text())
+    model_settings = json.loads((folder / "noop" / "model-settings.json").read_text())
+    _check(settings, MLSERVER_SCHEMA["settings"])
+    _check(model_settings, MLSERVER_SCHEMA["model_settings"])
+    assert (settings["grpc_port"], settings["http_port"], settings["metrics_port"]) == (9001, 9002, 9003)
+    assert settings["host"] == "127.0.0.1"
+    # Adaptive batching as MLServer documents it, on the very file cnnserve exported.
+    assert (model_settings["max_batch_size"], model_settings["max_batch_time"]) == (32, 0.002)
+    assert model_settings["parameters"]["uri"] == str(model.path)
+    assert model_settings["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, 28, 28, 1]}]
+    # `implementation` names a class in a module MLServer can import from the served folder.
+    module, _, cls = model_settings["implementation"].rpartition(".")
+    runtime = folder / f"{module}.py"
+    assert runtime.is_file() and f"class {cls}(MLModel)" in runtime.read_text()
+
+
+def test_kserve_argv_uses_only_model_server_flags(model):
+    argv = compare.peer_configs.kserve_argv(model, 9101, 9102)
+    flags = [a for a in argv if a.startswith("--")]
+    assert set(flags) - {"--model_path"} <= KSERVE_FLAGS  # --model_path is kserve_onnx.py's own
+    values = dict(zip(argv[::2], argv[1::2], strict=True))
+    assert values["--grpc_port"] == "9101" and values["--http_port"] == "9102"
+    assert values["--model_name"] == "noop" and values["--model_path"] == str(model.path)
+
+
+def test_peer_runtimes_compile():
+    for name in ("mlserver_onnx.py", "kserve_onnx.py", "extract_schemas.py"):
+        py_compile.compile(str(PEERS / name), doraise=True)
+
+
+def test_the_table_of_a_recorded_run():
+    result = json.loads(RECORDED.read_text())
+    text = compare.table(result, 1, 32)
+    lines = text.splitlines()
+    assert lines[0].startswith("| server | c=1 p50 | c=32 req/s |") and len(lines) == 2 + 3 + 1
+    ours = {r["concurrency"]: r for r in result["servers"]["cnnserve"]["records"]}
+    for name, label in (("mlserver", "Seldon MLServer 1.7.1"), ("kserve", "KServe 0.21.0 ModelServer")):
+        theirs = {r["concurrency"]: r for r in result["servers"][name]["records"]}
+        (row,) = [line for line in lines if label in line]
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == f"{theirs[1]['p50_ms']:.2f} ms"
+        assert cells[2] == f"{theirs[32]['requests_per_s']:,.0f}"
+        assert cells[3] == f"{ours[1]['p50_ms'] / theirs[1]['p50_ms']:.2f}×"
+        assert cells[4] == f"{ours[32]['requests_per_s'] / theirs[32]['requests_per_s']:.2f}×"
+    share = 100 * ours[32]["images_per_s"] / result["in_process"]["images_per_s"]
+    assert f"(cnnserve at c=32: {share:.1f}%)" in lines[-1]
+
+
+def test_table_command_prints_a_recorded_run(capsys):
+    assert compare.main(["--table", str(RECORDED)]) == 0
+    assert "Seldon MLServer" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_driver_measures_cnnserve_end_to_end(noop_repository, tmp_path):
+    """The driver's own path (start, answer check, the load generator, stop, in-process ORT) on
+    cnnserve alone: the peers need their virtualenvs, which only `make bench-peers` builds."""
+    settings = compare.Settings(noop_repository, "noop", ("cnnserve",), (1, 2), 0.3, 0.2, tmp_path / "peers",
+                                tmp_path, channels=2, in_process_s=0.2)  # fmt: skip
+    result = compare.run(settings)
+    records = result["servers"]["cnnserve"]["records"]
+    assert [(r["concurrency"], r["errors"]) for r in records] == [(1, 0), (2, 0)]
+    assert all(r["requests"] > 0 and r["protocol"] == "v2" for r in records)
+    assert records[1]["channels"] == 2
+    assert result["in_process"]["batch_size"] == 64 and result["in_process"]["images_per_s"] > 0
+    assert result["onnx"]["path"] == str((noop_repository / "noop" / "1" / "model.onnx").resolve())
+
+
+def test_missing_peer_venv_is_one_line(model, tmp_path):
+    settings = compare.Settings(model.path.parents[2], "noop", ("kserve",), (1,), 0.3, 0.2, tmp_path / "none",
+                                tmp_path)  # fmt: skip
+    with pytest.raises(SystemExit, match=r"no kserve venv in .*; run bench/peers/setup.sh"):
+        compare.launch("kserve", settings, model)
