@@ -145,3 +145,25 @@ def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
+
+
+class _ChiefBackupReader(keras.callbacks.BackupAndRestore):
+    """A non-chief worker's BackupAndRestore: restores from the chief's backup, never writes.
+
+    At an epoch boundary every worker holds the same weights, so one backup serves all; a
+    worker that wrote its own could be an epoch ahead of or behind the chief's after a crash
+    between the two writes, and the restarted workers would then disagree on where to resume.
+    """
+
+    def _save_model(self) -> None:
+        return
+
+    def on_train_end(self, logs=None) -> None:
+        return  # the chief deletes the backup once training has finished
+
+
+def backup_callback(cluster: Cluster, backup_dir: str) -> keras.callbacks.BackupAndRestore:
+    """Keras's BackupAndRestore at `backup_dir` (RUN/backup), written by the chief alone."""
+    if cluster.is_chief:
+        return keras.callbacks.BackupAndRestore(backup_dir)
+    return _ChiefBackupReader(backup_dir)

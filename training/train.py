@@ -15,13 +15,21 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from cnnserve import __version__
 from cnnserve.errors import CnnserveError
 from cnnserve.training import report
 from cnnserve.training.checkpoints import TrainingRecord, TrainState, latest_checkpoint, restore_checkpoint
 from cnnserve.training.data import Dataset, load_dataset
-from cnnserve.training.distribute import MODES, Cluster, distributed_model, make_cluster, shard_by_data
+from cnnserve.training.distribute import (
+    MODES,
+    Cluster,
+    backup_callback,
+    distributed_model,
+    make_cluster,
+    shard_by_data,
+)
 from cnnserve.training.fold_run import fold_run
 from cnnserve.training.layers import MeanImageSubtraction
 from cnnserve.training.loop import StepLimit, plan_segments, run_segments
@@ -36,7 +44,16 @@ from cnnserve.training.validation import ServedValidation, ServingCopy, statisti
 EVAL_BATCH_SIZE = 256
 TRAIN_ACCURACY_SAMPLE = 10_000
 TRAIN_CONFIG_FILE = "train_config.json"
+# What a collective raises on the survivors when a worker dies or restarts.
+LOST_PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.InternalError,
+)
 BACKUP_DIR = "backup"
+BACKUP_STATE_FILE = "cnnserve_state.json"
 
 
 @dataclass(frozen=True)
@@ -224,7 +241,7 @@ def _starting_state(config: TrainConfig, cluster: Cluster, resume: bool, backup:
             raise CnnserveError(f"{out} has no checkpoint to resume from; start it again with --overwrite")
         return found[1]
     if cluster.mode == "multiworker" and _keras_backup_epoch(backup) > 0:
-        state_path = backup / "cnnserve_state.json"
+        state_path = backup / BACKUP_STATE_FILE
         state = TrainState(**json.loads(state_path.read_text())) if state_path.is_file() else TrainState()
         return state  # a restarted worker: BackupAndRestore brings the weights back
     if cluster.is_chief:
@@ -249,7 +266,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     dataset = _load(config, spec)
     schedule = resolve_schedule(spec, config, len(dataset.train))
     out = config.out
-    backup = out / BACKUP_DIR / f"worker-{cluster.worker_index}"
+    backup = out / BACKUP_DIR
     state = _starting_state(config, cluster, resume, backup)
 
     keras.utils.set_random_seed(config.seed)
@@ -285,10 +302,13 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         start_epoch = _keras_backup_epoch(backup)
         state = _truncated(state, start_epoch, schedule)
         segments = plan_segments(schedule.steps_per_epoch, schedule.epochs, schedule.total_steps, state.step)
-        # Keras restores the weights; this record's state rides along in the same folder.
-        record = TrainingRecord(state, None, state_path=backup / "cnnserve_state.json",
+        if start_epoch:
+            logger.console.print(f"resuming at epoch {start_epoch + 1} from the backup in {backup}")
+        # Keras restores the weights; the chief's record rides along in the same folder.
+        state_path = backup / BACKUP_STATE_FILE if cluster.is_chief else None
+        record = TrainingRecord(state, None, state_path=state_path,
                                 validation_seconds=validation.seconds if validation else None)  # fmt: skip
-        callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
+        callbacks.append(backup_callback(cluster, str(backup)))
     else:
         if resume:
             path = latest_checkpoint(out)[0]  # type: ignore[index]
@@ -310,7 +330,16 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         data, _ = training_pipeline(dataset.train, schedule.batch_size, config.seed, start_step)
         return shard_by_data(data) if cluster.mode == "multiworker" else data
 
-    run_segments(model, segments, stream, callbacks)
+    try:
+        run_segments(model, segments, stream, callbacks)
+    except LOST_PEER_ERRORS as error:
+        if cluster.mode != "multiworker":
+            raise
+        reason = str(error).strip().splitlines()[0]
+        raise CnnserveError(
+            f"worker {cluster.worker_index}: training stopped because a worker was lost ({reason}); "
+            f"restart every worker with the same command and they resume from {backup}"
+        ) from None
     if not cluster.is_chief:
         return out
     _finish(config, spec, dataset, schedule, serving, statistics, record, logger, model)

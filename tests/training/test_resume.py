@@ -14,23 +14,13 @@ import pytest
 
 from cnnserve.cli import main
 from cnnserve.training.checkpoints import latest_checkpoint
-from cnnserve.training.data import FASHION_MNIST_SYSTEM_DIR, Split
+from cnnserve.training.data import Split
 from cnnserve.training.loop import Segment, plan_segments
 from cnnserve.training.pipeline import training_pipeline
-from cnnserve.training.train import TrainConfig, train
 from tests.child_processes import module_command
+from tests.training.small_run import SMALL_RUN, STEPS_PER_EPOCH, TOTAL_STEPS, needs_fashion_mnist
 
-# mnist_cnn on 4,000 real Fashion-MNIST images: 63 steps an epoch, 3 epochs, 189 steps.
-SMALL_RUN = ["--model", "mnist_cnn", "--train-size", "4000", "--val-size", "1000", "--epochs", "3",
-             "--lr", "1e-3", "--no-progress"]  # fmt: skip
-STEPS_PER_EPOCH = 63
-TOTAL_STEPS = 189
 KILL_AFTER_STEP = 100  # in the middle of epoch 2 (steps 64–126)
-
-needs_fashion_mnist = pytest.mark.skipif(
-    not (FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").exists(),
-    reason="make setup installs dataset-fashion-mnist",
-)
 
 
 def test_segments_finish_the_interrupted_epoch_first():
@@ -77,20 +67,16 @@ def _kill_mid_epoch(out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> tuple[Path, Path]:
+def runs(tmp_path_factory, small_reference_run: Path) -> tuple[Path, Path]:
     """The same small run uninterrupted (in-process) and killed mid-epoch then resumed."""
-    root = tmp_path_factory.mktemp("resume")
-    config = TrainConfig("mnist_cnn", root / "reference", train_size=4000, val_size=1000, epochs=3,
-                         learning_rate=1e-3, fold=False, show_progress=False)  # fmt: skip
-    reference = train(config)
-    killed = root / "killed"
+    killed = tmp_path_factory.mktemp("resume") / "killed"
     _kill_mid_epoch(killed)
     _, state = latest_checkpoint(killed)
     assert KILL_AFTER_STEP <= state.step < 2 * STEPS_PER_EPOCH, "killed outside epoch 2"
     assert state.step % STEPS_PER_EPOCH != 0 and state.epochs_done == 1
     assert not (killed / "metrics.json").exists()
     assert main(["train", "--resume", str(killed), "--no-progress"]) == 0
-    return reference, killed
+    return small_reference_run, killed
 
 
 @needs_fashion_mnist
