@@ -2,6 +2,7 @@
 
 Repository layout (what `cnnserve export` writes; the newest version is measured):
     onnxruntime          <repo>/<model>/<v>/model.onnx
+    onnxruntime_int8     <repo>/<model>_int8/<v>/model.onnx
     tensorflow_folded    <repo>/<model>_savedmodel/<v>/model.savedmodel/
     tflite_float32       <repo>/<model>_tflite/<v>/model.tflite
     tflite_int8          <repo>/<model>_tflite_int8/<v>/model.tflite
@@ -22,6 +23,7 @@ _LOGGER = logging.getLogger(__name__)
 # variant → (export format, quantize)
 EXPORT_FORMATS: dict[str, tuple[str, str | None]] = {
     "onnxruntime": ("onnx", None),
+    "onnxruntime_int8": ("onnx", "int8"),
     "tensorflow_folded": ("savedmodel", None),
     "tflite_float32": ("tflite", None),
     "tflite_int8": ("tflite", "int8"),
@@ -113,9 +115,11 @@ def synthetic(model: str, variants: tuple[str, ...], workdir: Path) -> ModelArti
     exported = export_adapter.export_synthetic(
         model, keras_model, workdir,
         tflite="tflite_float32" in variants, tflite_int8="tflite_int8" in variants,
+        onnx_int8="onnxruntime_int8" in variants,
     )  # fmt: skip
     candidates = {
         "onnxruntime": exported.onnx,
+        "onnxruntime_int8": exported.onnx_int8,
         "tensorflow_folded": exported.savedmodel,
         "tflite_float32": exported.tflite,
         "tflite_int8": exported.tflite_int8,

@@ -2,7 +2,9 @@
 
 A backend *family* on the command line expands to the *variants* it covers, so a user who asks
 for `tensorflow` sees folding's effect (folded SavedModel beside the unfolded training model)
-and one who asks for `tflite` gets int8 too when the repository has it.
+and one who asks for `tflite` gets int8 too when the repository has it. int8 ONNX is asked for
+by name (`--backends onnxruntime,onnxruntime_int8`): it needs its own export, which plain
+`onnxruntime` users should not be told is missing.
 Every backend reports the device that really ran, never the one that was requested.
 """
 
@@ -18,6 +20,7 @@ from cnnserve.errors import CnnserveError
 
 FAMILIES: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("onnxruntime",),
+    "onnxruntime_int8": ("onnxruntime_int8",),
     "tensorflow": ("tensorflow_folded", "tensorflow_unfolded"),
     "tflite": ("tflite_float32", "tflite_int8"),
 }
@@ -67,10 +70,10 @@ def expand_backends(text: str) -> tuple[str, ...]:
 
 def open_backend(variant: str, path: Path, options: RuntimeOptions) -> Backend:
     """Loads `path` (the variant's artefact) into its runtime; heavy imports happen here."""
-    if variant == "onnxruntime":
+    if variant in ("onnxruntime", "onnxruntime_int8"):
         from cnnserve.bench.ort_backend import OrtBackend
 
-        return OrtBackend(path, options)
+        return OrtBackend(path, options, variant)
     if variant == "tensorflow_folded":
         from cnnserve.bench.tf_backends import SavedModelBackend
 

@@ -27,6 +27,7 @@ class ExportedFiles:
     onnx: Path
     tflite: Path | None
     tflite_int8: Path | None
+    onnx_int8: Path | None = None
 
 
 def repository_name(model: str, fmt: str, quantize: str | None = None) -> str:
@@ -68,7 +69,12 @@ def _synthetic_source(model_name: str, input_shape: tuple[int, int, int], savedm
 
 
 def export_synthetic(
-    model_name: str, keras_model, workdir: Path, tflite: bool = True, tflite_int8: bool = True
+    model_name: str,
+    keras_model,
+    workdir: Path,
+    tflite: bool = True,
+    tflite_int8: bool = True,
+    onnx_int8: bool = False,
 ) -> ExportedFiles:
     """Folds `keras_model` and writes model.savedmodel, model.onnx and model*.tflite under workdir.
 
@@ -100,7 +106,13 @@ def export_synthetic(
     if tflite_int8:
         int8_path = workdir / "model_int8.tflite"
         int8_path.write_bytes(convert_tflite(source, "int8", SYNTHETIC_CALIBRATION_IMAGES))
-    return ExportedFiles(savedmodel, onnx_path, tflite_path, int8_path)
+    onnx_int8_path = None
+    if onnx_int8:
+        from cnnserve.export.onnx_quantize import quantize_int8
+
+        onnx_int8_path = workdir / "model_int8.onnx"
+        quantize_int8(onnx_path, onnx_int8_path, source.train.images)
+    return ExportedFiles(savedmodel, onnx_path, tflite_path, int8_path, onnx_int8_path)
 
 
 def check_relative(onnx_path: Path, source, tolerance: float = RELATIVE_TOLERANCE) -> None:

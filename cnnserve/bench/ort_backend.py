@@ -44,9 +44,10 @@ def session_options(options: RuntimeOptions):
 class OrtBackend:
     variant = "onnxruntime"
 
-    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+    def __init__(self, path: Path, options: RuntimeOptions, variant: str = "onnxruntime") -> None:
         import onnxruntime as ort
 
+        self.variant = variant  # "onnxruntime_int8" for the QDQ export: the same runtime
         self.options = options
         wants_cuda = options.device in ("auto", "cuda") and CUDA in ort.get_available_providers()
         providers = [(CUDA, options.cuda.provider_options()), CPU] if wants_cuda else [CPU]

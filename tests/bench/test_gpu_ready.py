@@ -187,3 +187,26 @@ def test_gpu_check_refuses_figures_from_the_wrong_device():
         gpu_check.CheckFailed, match=r"ran on the wrong device \(asked for cuda\): bench local"
     ):
         gpu_check.check_devices("cuda", local, server)
+
+
+def test_bench_local_measures_int8_onnx_beside_float(tmp_path):
+    """`--backends onnxruntime,onnxruntime_int8 --synthetic`: the QDQ export of the same random
+    weights, measured in the same rounds; the float model gets the CPU filter padding, int8 not."""
+    from cnnserve.bench.backends import expand_backends
+    from cnnserve.bench.local import LocalPlan, run_local
+    from cnnserve.bench.timing import RepeatPolicy
+
+    variants = expand_backends("onnxruntime,onnxruntime_int8")
+    assert variants == ("onnxruntime", "onnxruntime_int8")
+    options = RuntimeOptions(device="cpu", intra_op_threads=1)
+    policy = RepeatPolicy(warmup_runs=1, min_runs=3, min_time_s=0.0)
+    plan = LocalPlan(("mnist_cnn",), variants, (1, 8), None, options, policy, peak_size=64, peak_repeats=2)
+    result = run_local(plan)
+    assert [(r.backend, r.batch_size) for r in result.records] == [
+        ("onnxruntime", 1), ("onnxruntime", 8), ("onnxruntime_int8", 1), ("onnxruntime_int8", 8)
+    ]  # fmt: skip
+    assert not result.skipped
+    by_backend = {r.backend: r for r in result.records}
+    assert by_backend["onnxruntime_int8"].engine == "CPUExecutionProvider"
+    assert by_backend["onnxruntime_int8"].flops_per_image == by_backend["onnxruntime"].flops_per_image > 0
+    assert by_backend["onnxruntime_int8"].settings["nchwc_padded"] == []
