@@ -205,6 +205,10 @@ class Batcher:
             self._lock.notify()
         if self._stopped is not None:
             await self._stopped
+        if self._worker is not None:
+            # The thread ends a moment after it resolves `_stopped`; until then it holds the
+            # model's `run` (and so its session), which a caller may be about to free.
+            await asyncio.to_thread(self._worker.join)
 
     async def submit(self, images: np.ndarray, deadline_ns: int | None = None) -> BatchedResult:
         """Queue `images` (N, ...) and wait for their outputs; N may exceed max_batch_size."""

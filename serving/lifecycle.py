@@ -16,7 +16,6 @@ and never takes down what is serving: the newest READY version stays until a wan
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import threading
 
@@ -29,6 +28,7 @@ from cnnserve.serving.batcher import Batcher
 from cnnserve.serving.config import ServerOptions
 from cnnserve.serving.errors import ModelControlDisabled, ModelLoadFailed, ModelNotFound
 from cnnserve.serving.log_limit import RateLimitedLog, shown
+from cnnserve.serving.memory import return_free_memory
 from cnnserve.serving.registry import (
     READY,
     UNLOADING,
@@ -305,6 +305,8 @@ class ModelManager:
         )
         if replacing is not None:
             await _close(replacing)
+        else:  # what opening the session allocated only for a while (model copies, graph rewrites)
+            await asyncio.to_thread(return_free_memory)
 
     async def _retire(self, model: ServedModel, served: ServedVersion) -> None:
         """UNLOADING: no new requests; answer the queued ones; free the session and batcher."""
@@ -357,24 +359,13 @@ class ModelManager:
 
 async def _close(served: ServedVersion) -> None:
     """Answer what the version's batcher holds, then drop the session so its memory is freed."""
-    batcher = served.batcher
-    if batcher is not None:
-        await batcher.close()
+    if served.batcher is not None:
+        await served.batcher.close()
     released = served.session is not None
-    served.batcher = None
+    served.batcher = None  # the last references to the batcher, hence to the session's `run`
     served.session = None
     if released:
-        await asyncio.to_thread(_return_free_memory)
-
-
-def _return_free_memory() -> None:
-    """glibc keeps freed blocks of a closed session (its mmap threshold rises after large frees),
-    so repeated reloads would ratchet the RSS up; `malloc_trim` hands them back to the system."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
+        await asyncio.to_thread(return_free_memory)
 
 
 def _check_matches_config(session: ModelSession, served: ServedVersion) -> None:

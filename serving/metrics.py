@@ -1,7 +1,8 @@
-"""Prometheus `/metrics` with Triton's metric names and meanings, read from `ModelStats`.
+"""Prometheus `/metrics` with Triton's metric names and meanings, rendered from a `ServerReport`.
 
-A custom collector renders each model version's statistics at scrape time, so the numbers are
-the same ones ModelStatistics returns. prometheus_client appends `_total` to counter names
+A custom collector renders each model version's statistics at scrape time from the same
+report ModelStatistics is built from, so the two never disagree; with `--workers` the report
+is every worker's merged (`server_report.py`). prometheus_client appends `_total` to counter names
 (Prometheus convention), so Triton's `nv_inference_count` is `nv_inference_count_total` here.
 All durations are cumulative microseconds, as in Triton.
 """
@@ -9,26 +10,34 @@ All durations are cumulative microseconds, as in Triton.
 from __future__ import annotations
 
 import logging
+import socketserver
 import threading
-from collections.abc import Iterator
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable, Iterable, Iterator
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cnnserve.serving.registry import READY, ModelRegistry
+from cnnserve.errors import CnnserveError
+from cnnserve.serving.registry import READY
+from cnnserve.serving.server_report import REPORT_PATH, ServerReport
 from cnnserve.serving.stats import FAILURE_REASONS, LATENCY_BUCKETS_US, batch_size_buckets
 
 _LOGGER = logging.getLogger(__name__)
 LABELS = ["model", "version"]
 
 
+ReportSource = Callable[[], ServerReport]
+
+
 class ServingCollector(Collector):
-    def __init__(self, registry: ModelRegistry) -> None:
-        self._registry = registry
+    def __init__(self, report: ReportSource) -> None:
+        self._report = report
 
     def collect(self) -> Iterator[Metric]:
+        report = self._report()
+
         def counter(name: str, doc: str, labels: list[str] = LABELS) -> CounterMetricFamily:
             return CounterMetricFamily(name, doc, labels=labels)
 
@@ -62,14 +71,14 @@ class ServingCollector(Collector):
             "cnnserve_model_load_failures",
             "Failed loads of a model version (version empty: the model's folder or config.json)",
         )
-        for (name, version), failures in sorted(self._registry.load_failures.items()):
+        for name, version, failures in report.load_failures:
             load_failures.add_metric([name, version], failures)
-        for served in self._registry.versions():
+        for served in report.versions:
             labels = [served.name, served.version]
             info.add_metric([*labels, served.provider, served.state], 1)
             if served.state != READY:
                 continue
-            stats = served.stats.snapshot()
+            stats = served.stats
             success.add_metric(labels, stats.success.count)
             for reason in FAILURE_REASONS:
                 failure.add_metric([*labels, reason], stats.fail[reason].count)
@@ -80,10 +89,9 @@ class ServingCollector(Collector):
             input_us.add_metric(labels, stats.compute_input.ns / 1000)
             infer_us.add_metric(labels, stats.compute_infer.ns / 1000)
             output_us.add_metric(labels, stats.compute_output.ns / 1000)
-            batcher = served.batcher
-            pending.add_metric(labels, batcher.queued_requests if batcher else 0)
-            pending_images.add_metric(labels, batcher.queued_images if batcher else 0)
-            sizes = batch_size_buckets(served.batching.max_batch_size)
+            pending.add_metric(labels, served.queued_requests)
+            pending_images.add_metric(labels, served.queued_images)
+            sizes = batch_size_buckets(served.max_batch_size)
             cumulative, size_sum, buckets = 0, 0, []
             for bound in sizes:
                 cumulative = sum(s.count for size, s in stats.batch_stats.items() if size <= bound)
@@ -101,24 +109,45 @@ class ServingCollector(Collector):
         yield from (pending, pending_images, info, batch_size, batch_latency, load_failures)
 
 
-class MetricsServer:
-    """The `/metrics` HTTP endpoint on its own thread (prometheus_client's WSGI server)."""
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
 
-    def __init__(self, registry: ModelRegistry) -> None:
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class MetricsServer:
+    """`/metrics` (and the JSON report behind it, for a supervisor) on its own HTTP thread."""
+
+    def __init__(self, report: ReportSource) -> None:
+        self._report = report
         self._prometheus = CollectorRegistry(auto_describe=False)
-        self._prometheus.register(ServingCollector(registry))
+        self._prometheus.register(ServingCollector(report))
+        self._metrics_app = make_wsgi_app(self._prometheus)
         self._httpd: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
+    def _app(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == REPORT_PATH:
+            body = self._report().to_json().encode()
+            start_response(
+                "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+            )
+            return [body]
+        return self._metrics_app(environ, start_response)
+
     def start(self, host: str, port: int) -> int:
         try:
-            self._httpd, self._thread = start_http_server(port, addr=host, registry=self._prometheus)
+            self._httpd = make_server(
+                host, port, self._app, _ThreadingWSGIServer, handler_class=_QuietHandler
+            )
         except OSError as error:
-            from cnnserve.errors import CnnserveError
-
             raise CnnserveError(f"cannot serve metrics on {host}:{port}: {error}") from None
-        bound = int(self._httpd.server_port)
-        return bound
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
+        return int(self._httpd.server_port)
 
     def stop(self) -> None:
         if self._httpd is not None:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -31,8 +32,10 @@ from cnnserve.serving.classifier_service import ClassifierService
 from cnnserve.serving.config import ServerOptions
 from cnnserve.serving.dataplane import DataPlane
 from cnnserve.serving.lifecycle import LoadingCancelled, ModelManager
+from cnnserve.serving.memory import fix_mmap_threshold
 from cnnserve.serving.metrics import MetricsServer
 from cnnserve.serving.registry import ModelRegistry
+from cnnserve.serving.server_report import ServerReport
 from cnnserve.serving.shutdown import ShutdownSignal, drain_and_stop
 from cnnserve.serving.v2_service import V2Service
 
@@ -57,6 +60,7 @@ def create_server(
     manager: ModelManager,
     health: health_aio.HealthServicer,
     guard: CallGuard,
+    reports: Callable[[], Awaitable[ServerReport]],
 ) -> tuple[grpc.aio.Server, int]:
     """A configured, not yet started server and the port it bound (useful with port 0).
 
@@ -67,7 +71,9 @@ def create_server(
     server = grpc.aio.server(options=grpc_options(options))
     guarded = GuardedServer(server, guard)
     classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierService(dataplane, manager), guarded)
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(V2Service(dataplane, manager), guarded)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        V2Service(dataplane, manager, reports), guarded
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health, guarded)
     reflected = (
         *SERVICE_NAMES,
@@ -141,6 +147,7 @@ async def serve(options: ServerOptions) -> int:
     """Run until SIGTERM/SIGINT; return the process exit code."""
     signals = ShutdownSignal()
     signals.install()
+    fix_mmap_threshold()  # model memory goes back to the system when a version is unloaded
 
     registry = ModelRegistry()
     manager = ModelManager(options, registry)
@@ -149,8 +156,12 @@ async def serve(options: ServerOptions) -> int:
     health = health_aio.HealthServicer()
     await _set_health(health, serving=False)
     guard = CallGuard()
-    server, port = create_server(options, dataplane, manager, health, guard)
-    metrics = MetricsServer(registry)
+
+    async def reports() -> ServerReport:
+        return ServerReport.of(registry)
+
+    server, port = create_server(options, dataplane, manager, health, guard, reports)
+    metrics = MetricsServer(lambda: ServerReport.of(registry))
     await server.start()
     scheme = "TLS" if options.tls else "plaintext"
     _LOGGER.info(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from cnnserve.serving.batcher import BatchedResult, BatchRecord
 
@@ -67,6 +67,57 @@ class Snapshot:
     batch_stats: dict[int, BatchSizeStats] = field(default_factory=dict)
     batch_latency_us: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_US) + 1))
     batch_latency_sum_us: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict) -> Snapshot:
+        return cls(
+            last_inference_ms=int(raw["last_inference_ms"]),
+            inference_count=int(raw["inference_count"]),
+            execution_count=int(raw["execution_count"]),
+            success=Duration(**raw["success"]),
+            fail={reason: Duration(**value) for reason, value in raw["fail"].items()},
+            queue=Duration(**raw["queue"]),
+            compute_input=Duration(**raw["compute_input"]),
+            compute_infer=Duration(**raw["compute_infer"]),
+            compute_output=Duration(**raw["compute_output"]),
+            batch_stats={int(size): BatchSizeStats(**value) for size, value in raw["batch_stats"].items()},
+            batch_latency_us=[int(v) for v in raw["batch_latency_us"]],
+            batch_latency_sum_us=float(raw["batch_latency_sum_us"]),
+        )
+
+    @classmethod
+    def merged(cls, snapshots: list[Snapshot]) -> Snapshot:
+        """The sum of several processes' statistics of one model version (counts and durations
+        add up; the last inference is the latest of them)."""
+        total = cls()
+        for part in snapshots:
+            total.last_inference_ms = max(total.last_inference_ms, part.last_inference_ms)
+            total.inference_count += part.inference_count
+            total.execution_count += part.execution_count
+            for mine, theirs in (
+                (total.success, part.success),
+                (total.queue, part.queue),
+                (total.compute_input, part.compute_input),
+                (total.compute_infer, part.compute_infer),
+                (total.compute_output, part.compute_output),
+            ):
+                mine.add(theirs.ns, theirs.count)
+            for reason, duration in part.fail.items():
+                total.fail.setdefault(reason, Duration()).add(duration.ns, duration.count)
+            for size, batch in part.batch_stats.items():
+                into = total.batch_stats.setdefault(size, BatchSizeStats())
+                into.count += batch.count
+                into.input_ns += batch.input_ns
+                into.infer_ns += batch.infer_ns
+                into.output_ns += batch.output_ns
+            total.batch_latency_us = [
+                a + b for a, b in zip(total.batch_latency_us, part.batch_latency_us, strict=True)
+            ]
+            total.batch_latency_sum_us += part.batch_latency_sum_us
+        return total
 
 
 class ModelStats:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -25,16 +25,20 @@ from cnnserve.serving.errors import InvalidInput, ModelNotFound, ServingError, g
 from cnnserve.serving.lifecycle import ModelManager
 from cnnserve.serving.log_limit import shown
 from cnnserve.serving.registry import READY, ServedVersion
+from cnnserve.serving.server_report import ServerReport, VersionReport
 from cnnserve.serving.session import CUDA
 
 EXTENSIONS = ("classification", "model_configuration", "statistics", "model_repository")
 
 
 class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, manager: ModelManager) -> None:
+    def __init__(
+        self, dataplane: DataPlane, manager: ModelManager, reports: Callable[[], Awaitable[ServerReport]]
+    ) -> None:
         self._dataplane = dataplane
         self._registry = dataplane.registry
         self._manager = manager
+        self._reports = reports
 
     @grpc_errors
     async def ServerLive(
@@ -144,16 +148,23 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
+        wanted = None  # every model
         if request.name:
             if request.version:
-                versions = [self._registry.get(request.name, request.version)]
+                served = self._registry.get(request.name, request.version)
+                wanted = {(served.name, served.version)}
             else:
                 if request.name not in self._registry.model_names():
-                    raise ModelNotFound(f"model {request.name!r} not found")
-                versions = self._registry.versions_of(request.name)
-        else:
-            versions = self._registry.versions()
-        return pb.ModelStatisticsResponse(model_stats=[_statistics(s) for s in versions if s.state == READY])
+                    raise ModelNotFound(f"model {shown(request.name)} not found")
+                wanted = {(s.name, s.version) for s in self._registry.versions_of(request.name)}
+        report = await self._reports()  # the whole server's, every worker's merged
+        return pb.ModelStatisticsResponse(
+            model_stats=[
+                _statistics(v)
+                for v in report.versions
+                if v.state == READY and (wanted is None or (v.name, v.version) in wanted)
+            ]
+        )
 
     @grpc_errors
     async def RepositoryIndex(
@@ -286,8 +297,8 @@ def _parameters(model: ServedVersion) -> dict[str, config_pb.ModelParameter]:
     return parameters
 
 
-def _statistics(model: ServedVersion) -> pb.ModelStatistics:
-    stats = model.stats.snapshot()
+def _statistics(model: VersionReport) -> pb.ModelStatistics:
+    stats = model.stats
 
     def duration(count: int, ns: int) -> pb.StatisticDuration:
         return pb.StatisticDuration(count=count, ns=ns)

@@ -1,0 +1,110 @@
+"""What one server process knows about its model versions, in one record that processes can merge.
+
+`/metrics` and V2 `ModelStatistics` are both rendered from a `ServerReport`. With one process it
+is read straight from the registry; with `--workers N` every worker serves its own report as
+JSON on a private loopback port, and the supervisor's `/metrics` and each worker's
+`ModelStatistics` merge all of them, so both describe the whole server, not the worker that a
+connection happened to reach.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from urllib.request import urlopen
+
+from cnnserve.serving.registry import READY, ModelRegistry
+from cnnserve.serving.stats import Snapshot
+
+REPORT_PATH = "/report.json"
+
+
+@dataclass(frozen=True)
+class VersionReport:
+    name: str
+    version: str
+    state: str
+    provider: str
+    max_batch_size: int
+    queued_requests: int
+    queued_images: int
+    stats: Snapshot
+
+
+@dataclass(frozen=True)
+class ServerReport:
+    versions: tuple[VersionReport, ...] = ()
+    load_failures: tuple[tuple[str, str, int], ...] = ()  # (model, version, failed loads)
+
+    @classmethod
+    def of(cls, registry: ModelRegistry) -> ServerReport:
+        versions = []
+        for served in registry.versions():
+            batcher = served.batcher
+            versions.append(
+                VersionReport(
+                    served.name,
+                    served.version,
+                    served.state,
+                    served.provider,
+                    served.batching.max_batch_size,
+                    batcher.queued_requests if batcher else 0,
+                    batcher.queued_images if batcher else 0,
+                    served.stats.snapshot(),
+                )
+            )
+        failures = tuple((name, version, n) for (name, version), n in sorted(registry.load_failures.items()))
+        return cls(tuple(versions), failures)
+
+    @classmethod
+    def merged(cls, reports: list[ServerReport]) -> ServerReport:
+        """Counts and durations add up; a version is READY if any process serves it; load
+        failures are the most any one process saw (every worker loads the same files)."""
+        by_version: dict[tuple[str, str], list[VersionReport]] = {}
+        for report in reports:
+            for version in report.versions:
+                by_version.setdefault((version.name, version.version), []).append(version)
+        versions = []
+        for (name, number), parts in sorted(
+            by_version.items(), key=lambda item: (item[0][0], int(item[0][1]))
+        ):
+            state = READY if any(p.state == READY for p in parts) else parts[0].state
+            versions.append(
+                VersionReport(
+                    name,
+                    number,
+                    state,
+                    next((p.provider for p in parts if p.provider), ""),
+                    max(p.max_batch_size for p in parts),
+                    sum(p.queued_requests for p in parts),
+                    sum(p.queued_images for p in parts),
+                    Snapshot.merged([p.stats for p in parts]),
+                )
+            )
+        failures: dict[tuple[str, str], int] = {}
+        for report in reports:
+            for name, version, count in report.load_failures:
+                failures[(name, version)] = max(failures.get((name, version), 0), count)
+        return cls(tuple(versions), tuple((n, v, c) for (n, v), c in sorted(failures.items())))
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "versions": [{**v.__dict__, "stats": v.stats.to_json()} for v in self.versions],
+                "load_failures": [list(f) for f in self.load_failures],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ServerReport:
+        raw = json.loads(text)
+        versions = tuple(
+            VersionReport(**{**v, "stats": Snapshot.from_json(v["stats"])}) for v in raw["versions"]
+        )
+        return cls(versions, tuple((str(n), str(v), int(c)) for n, v, c in raw["load_failures"]))
+
+
+def fetch(port: int, timeout_s: float = 5.0) -> ServerReport:
+    """One worker's report from its private loopback endpoint."""
+    with urlopen(f"http://127.0.0.1:{port}{REPORT_PATH}", timeout=timeout_s) as response:
+        return ServerReport.from_json(response.read().decode())
