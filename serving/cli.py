@@ -121,6 +121,13 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--poll-interval-s", type=float, default=2.0, help="seconds between repository scans (default: 2)"
     )
+    serve.add_argument(
+        "--workers",
+        default="1",
+        metavar="N|auto",
+        help="server processes on the one port (SO_REUSEPORT), each with its own sessions and batchers; "
+        "auto = one per available core, cgroup limits included (default: 1)",
+    )
     serve.set_defaults(handler=run_serve)
 
 
@@ -164,7 +171,14 @@ def build_options(args: argparse.Namespace) -> object:
         ready_file=args.ready_file,
         model_control=args.model_control,
         poll_interval_s=args.poll_interval_s,
+        workers=_workers(args.workers),
     )
+
+
+def _workers(text: str) -> int:
+    from cnnserve.serving.workers import parse_workers
+
+    return parse_workers(text)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -173,9 +187,14 @@ def run_serve(args: argparse.Namespace) -> int:
     # ONNX Runtime 1.31 sends usage telemetry unless told not to; a server should not phone home
     # (and, as a user without a home directory, it warns at every start that it cannot).
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    options = build_options(args)
+    if options.workers > 1:
+        from cnnserve.serving.workers import Supervisor
+
+        return Supervisor(options).run()
     from cnnserve.serving import server
 
-    return server.run(build_options(args))
+    return server.run(options)
 
 
 def _register_classify(commands: argparse._SubParsersAction) -> None:

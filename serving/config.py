@@ -93,12 +93,15 @@ class ServerOptions:
     # poll: what `cnnserve export` commits into the repository goes live without a restart.
     model_control: str = "poll"
     poll_interval_s: float = 2.0
+    workers: int = 1  # > 1: a supervisor and this many server processes on one port
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
             raise CnnserveError(
                 f"--model-control must be one of {', '.join(MODEL_CONTROL_MODES)}, got {self.model_control!r}"
             )
+        if not 1 <= self.workers <= 256:
+            raise CnnserveError(f"--workers must be between 1 and 256, received {self.workers}")
         if not 0.1 <= self.poll_interval_s <= 3600:
             raise CnnserveError(
                 f"--poll-interval-s must be between 0.1 and 3600, received {self.poll_interval_s:g}"

@@ -18,6 +18,7 @@ import os
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -36,8 +37,12 @@ from cnnserve.serving.memory import fix_mmap_threshold
 from cnnserve.serving.metrics import MetricsServer
 from cnnserve.serving.registry import ModelRegistry
 from cnnserve.serving.server_report import ServerReport
+from cnnserve.serving.server_report import fetch as fetch_report
 from cnnserve.serving.shutdown import ShutdownSignal, drain_and_stop
 from cnnserve.serving.v2_service import V2Service
+
+if TYPE_CHECKING:
+    from cnnserve.serving.workers import WorkerSlot
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -46,11 +51,12 @@ V2_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"
 SERVICE_NAMES = (CLASSIFIER_SERVICE, V2_SERVICE)
 
 
-def grpc_options(options: ServerOptions) -> list[tuple[str, int]]:
+def grpc_options(options: ServerOptions, share_port: bool = False) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", options.max_message_bytes),
         ("grpc.max_send_message_length", options.max_message_bytes),
-        ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
+        # Alone, a second server on a busy port must fail, not share it; workers share theirs.
+        ("grpc.so_reuseport", 1 if share_port else 0),
     ]
 
 
@@ -61,6 +67,7 @@ def create_server(
     health: health_aio.HealthServicer,
     guard: CallGuard,
     reports: Callable[[], Awaitable[ServerReport]],
+    share_port: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """A configured, not yet started server and the port it bound (useful with port 0).
 
@@ -68,7 +75,7 @@ def create_server(
     undecodable-message and drain handling.
     """
     credentials = _tls_credentials(options) if options.tls is not None else None
-    server = grpc.aio.server(options=grpc_options(options))
+    server = grpc.aio.server(options=grpc_options(options, share_port))
     guarded = GuardedServer(server, guard)
     classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierService(dataplane, manager), guarded)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -143,8 +150,10 @@ def _write_ready_file(path: Path, grpc_port: int, metrics_port: int | None) -> N
     temporary.replace(path)
 
 
-async def serve(options: ServerOptions) -> int:
-    """Run until SIGTERM/SIGINT; return the process exit code."""
+async def serve(options: ServerOptions, worker: WorkerSlot | None = None) -> int:
+    """Run until SIGTERM/SIGINT; return the process exit code. As one of `--workers`, `worker`
+    says which: the port is shared, readiness is the whole server's, and the statistics and
+    report cover every worker."""
     signals = ShutdownSignal()
     signals.install()
     fix_mmap_threshold()  # model memory goes back to the system when a version is unloaded
@@ -158,9 +167,15 @@ async def serve(options: ServerOptions) -> int:
     guard = CallGuard()
 
     async def reports() -> ServerReport:
-        return ServerReport.of(registry)
+        own = ServerReport.of(registry)
+        if worker is None:
+            return own
+        siblings = await asyncio.to_thread(_fetch_reports, worker.sibling_report_ports())
+        return ServerReport.merged([own, *siblings])
 
-    server, port = create_server(options, dataplane, manager, health, guard, reports)
+    server, port = create_server(
+        options, dataplane, manager, health, guard, reports, share_port=worker is not None
+    )
     metrics = MetricsServer(lambda: ServerReport.of(registry))
     await server.start()
     scheme = "TLS" if options.tls else "plaintext"
@@ -172,9 +187,15 @@ async def serve(options: ServerOptions) -> int:
         options.model_control,
     )
     try:
-        metrics_port = (
-            metrics.start(options.host, options.metrics_port) if options.metrics_port is not None else None
-        )
+        if worker is not None:  # private: the supervisor and the other workers read it
+            worker.publish_report_port(metrics.start("127.0.0.1", 0))
+            metrics_port = None
+        else:
+            metrics_port = (
+                metrics.start(options.host, options.metrics_port)
+                if options.metrics_port is not None
+                else None
+            )
         ready = await _load(manager, signals)
     except BaseException:
         await server.stop(None)
@@ -188,8 +209,13 @@ async def serve(options: ServerOptions) -> int:
         await manager.close()
         return 0
     manager.start_polling()
-    dataplane.ready = True
-    await _set_health(health, serving=True)
+    readiness = None
+    if worker is None:
+        dataplane.ready = True
+        await _set_health(health, serving=True)
+    else:
+        worker.set_ready(True)
+        readiness = asyncio.create_task(_follow_all_workers(worker, dataplane, health))
     if options.ready_file is not None:
         _write_ready_file(options.ready_file, port, metrics_port)
     device = manager.device.provider if manager.device else "none"
@@ -206,6 +232,9 @@ async def serve(options: ServerOptions) -> int:
 
     await signals.wait()
     _LOGGER.info("shutting down: finishing accepted calls, refusing new ones (grace %.0f s)", options.grace_s)
+    if worker is not None and readiness is not None:
+        worker.set_ready(False)
+        readiness.cancel()
     dataplane.ready = False
     await _set_health(health, serving=False)
     manager.cancel_loading()  # no new versions go live during the drain
@@ -232,5 +261,25 @@ async def _load(manager: ModelManager, signals: ShutdownSignal) -> int | None:
     return loading.result()
 
 
-def run(options: ServerOptions) -> int:
-    return asyncio.run(serve(options))
+async def _follow_all_workers(
+    worker: WorkerSlot, dataplane: DataPlane, health: health_aio.HealthServicer
+) -> None:
+    """Health and ServerReady say whether the whole server is ready: every worker."""
+    while True:
+        ready = worker.all_ready()
+        if ready != dataplane.ready:
+            dataplane.ready = ready
+            await _set_health(health, serving=ready)
+        await asyncio.sleep(0.1)
+
+
+def _fetch_reports(ports: list[int]) -> list[ServerReport]:
+    reports = []
+    for port in ports:
+        with contextlib.suppress(OSError, ValueError):  # a worker restarting right now
+            reports.append(fetch_report(port))
+    return reports
+
+
+def run(options: ServerOptions, worker: WorkerSlot | None = None) -> int:
+    return asyncio.run(serve(options, worker))

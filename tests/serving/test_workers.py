@@ -1,0 +1,149 @@
+"""`cnnserve serve --workers 2`: one port, two server processes, one supervisor, one set of statistics.
+
+Load comes from 32 closed-loop clients, each on its own TCP connection (a local subchannel
+pool), so SO_REUSEPORT spreads the connections over both workers as it would for real clients.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from urllib.request import urlopen
+
+import grpc
+import pytest
+import tritonclient.grpc as triton
+from conftest import ServerProcess
+from grpc_health.v1 import health_pb2
+from load_loops import OWN_CONNECTION, ClosedLoops, raw_unary
+from onnx_models import cnn_model, images, write_model
+from prometheus_client.parser import text_string_to_metric_families
+from test_shutdown_under_load import SERVED, signal_until_exit, wait_for_load
+
+from cnnserve.protos import classifier_pb2 as pb
+from cnnserve.serving.converters import encode_tensor
+from cnnserve.serving.workers import available_cores, cgroup_cpu_quota
+
+LOOPS = 32
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture
+def one_model(tmp_path: Path) -> Path:
+    repository = tmp_path / "models"
+    write_model(repository, "cnn", cnn_model(seed=1), max_batch_size=8)
+    return repository
+
+
+def predict(model: str = "cnn") -> bytes:
+    return pb.PredictRequest(model_name=model, images=encode_tensor(images(1, seed=3))).SerializeToString()
+
+
+def workers_of(server: ServerProcess) -> list[int]:
+    assert server.process is not None
+    pid = server.process.pid
+    children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    # multiprocessing also starts a resource tracker; the workers are the spawned interpreters
+    return sorted(c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes())
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def inference_count(server: ServerProcess) -> float:
+    with urlopen(server.metrics_url, timeout=10) as response:
+        families = text_string_to_metric_families(response.read().decode())
+    return sum(s.value for f in families for s in f.samples if s.name == "nv_inference_count_total")
+
+
+def test_two_workers_share_the_load_and_report_one_server(one_model: Path, start_server) -> None:
+    server = start_server("--workers", "2", models_dir=one_model)
+    workers = workers_of(server)
+    assert len(workers) == 2
+    ticks_before = [cpu_ticks(pid) for pid in workers]
+    loops = ClosedLoops(server.target, raw_unary("/cnnserve.v1.Classifier/Predict", predict()), LOOPS).start()
+    try:
+        wait_for_load(loops, each=20)
+    finally:
+        loops.stop()
+    assert set(loops.codes) == {grpc.StatusCode.OK}
+    ticks = [cpu_ticks(pid) - before for pid, before in zip(workers, ticks_before, strict=True)]
+    assert min(ticks) > 0.2 * max(ticks), ticks  # both processes did a real share of the work
+
+    served = loops.codes[grpc.StatusCode.OK]
+    client = triton.InferenceServerClient(server.target)
+    stats = client.get_inference_statistics("cnn", as_json=True)["model_stats"][0]
+    assert int(stats["inference_count"]) == served  # both workers' counts, not one worker's
+    assert int(stats["inference_stats"]["success"]["count"]) == served
+    assert inference_count(server) == served  # the supervisor's /metrics: the same sum
+    assert client.is_server_ready()
+
+
+def health_statuses_until_ready_again(server: ServerProcess, timeout_s: float = 60) -> list[int]:
+    """Health checks (each on a new connection, so any worker may answer) until the server has
+    been seen NOT_SERVING and then SERVING again."""
+    check = health_pb2.HealthCheckRequest().SerializeToString()
+    statuses: list[int] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with grpc.insecure_channel(server.target, options=OWN_CONNECTION) as channel:
+            try:
+                answer = channel.unary_unary("/grpc.health.v1.Health/Check")(check, timeout=5)
+            except grpc.RpcError:  # reached the dying worker's connection
+                continue
+        statuses.append(health_pb2.HealthCheckResponse.FromString(answer).status)
+        if NOT_SERVING in statuses and statuses[-1] == SERVING:
+            break
+        time.sleep(0.02)
+    return statuses
+
+
+def test_a_dead_worker_is_restarted_while_the_other_keeps_serving(one_model: Path, start_server) -> None:
+    server = start_server("--workers", "2", models_dir=one_model)
+    victim, survivor = workers_of(server)
+    loops = ClosedLoops(server.target, raw_unary("/cnnserve.v1.Classifier/Predict", predict()), LOOPS).start()
+    try:
+        wait_for_load(loops)
+        os.kill(victim, signal.SIGKILL)
+        statuses = health_statuses_until_ready_again(server)
+        served_during = sum(loops.ok_per_loop)
+        time.sleep(0.5)
+        assert sum(loops.ok_per_loop) > served_during  # traffic flows again
+    finally:
+        loops.stop()
+    assert NOT_SERVING in statuses  # not ready while one was down
+    assert statuses[-1] == SERVING  # ready again once restarted
+    assert set(loops.codes) <= SERVED, loops.details.most_common(3)
+    new_workers = workers_of(server)
+    assert survivor in new_workers and victim not in new_workers and len(new_workers) == 2
+    assert "worker 0" in server.log() or "worker 1" in server.log()
+    assert "restarting it" in server.log()
+
+
+def test_sigterm_drains_every_worker_without_a_cancelled_call(one_model: Path, start_server) -> None:
+    server = start_server("--workers", "2", "--grace-s", "60", models_dir=one_model)
+    workers = workers_of(server)
+    loops = ClosedLoops(server.target, raw_unary("/cnnserve.v1.Classifier/Predict", predict()), LOOPS).start()
+    try:
+        wait_for_load(loops)
+        assert signal_until_exit(server, signal.SIGTERM, repeat=True) == 0, server.log()
+    finally:
+        loops.stop()
+    assert set(loops.codes) <= SERVED, (loops.codes, loops.details.most_common(3))
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
+    assert "Traceback" not in server.log()
+
+
+def test_available_cores_respects_a_cgroup_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(tmp_path) == 1.5
+    assert available_cores(tmp_path) == min(2, len(os.sched_getaffinity(0)))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+    assert available_cores(tmp_path) == len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("50000 100000\n")
+    assert available_cores(tmp_path) == 1
