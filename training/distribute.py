@@ -57,6 +57,11 @@ def _tf_config() -> dict:
             "--distribute multiworker needs TF_CONFIG, e.g. "
             '{"cluster": {"worker": ["host0:12345", "host1:12345"]}, "task": {"type": "worker", "index": 0}}'
         )
+    return parse_tf_config(raw)
+
+
+def parse_tf_config(raw: str) -> dict:
+    """TF_CONFIG checked for what this trainer needs: workers only, and this task among them."""
     try:
         config = json.loads(raw)
         workers = config["cluster"]["worker"]
