@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -26,7 +27,7 @@ from cnnserve.errors import CnnserveError
 from cnnserve.export.model_config import MODEL_NAME_PATTERN
 from cnnserve.serving.batcher import Batcher
 from cnnserve.serving.config import ServerOptions
-from cnnserve.serving.errors import ModelControlDisabled, ModelLoadFailed, ModelNotFound
+from cnnserve.serving.errors import InvalidInput, ModelControlDisabled, ModelLoadFailed, ModelNotFound
 from cnnserve.serving.log_limit import RateLimitedLog, shown
 from cnnserve.serving.memory import return_free_memory
 from cnnserve.serving.registry import (
@@ -45,6 +46,7 @@ from cnnserve.serving.repository import (
     scan_model,
     scan_repository,
 )
+from cnnserve.serving.server_report import send_control
 from cnnserve.serving.session import (
     CPU,
     CUDA,
@@ -67,9 +69,12 @@ class LoadingCancelled(Exception):
 class ModelManager:
     """Loads, reloads and unloads model versions in the registry; the server's one writer."""
 
-    def __init__(self, options: ServerOptions, registry: ModelRegistry) -> None:
+    def __init__(
+        self, options: ServerOptions, registry: ModelRegistry, siblings: Callable[[], list[int]] | None = None
+    ) -> None:
         self._options = options
         self._registry = registry
+        self._siblings = siblings  # other workers' control ports, under --workers
         self.device: DeviceChoice | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._applied: dict[str, tuple] = {}  # model → fingerprint of the scan last applied
@@ -139,7 +144,44 @@ class ModelManager:
     # ------------------------------------------------------------------ repository RPCs
 
     async def load(self, name: str) -> None:
-        """RepositoryModelLoad: load the model, or reload it without a gap if it is loaded."""
+        """RepositoryModelLoad: load the model, or reload it without a gap if it is loaded —
+        in this process, then in every other worker."""
+        await self.load_here(name)
+        await self._fan_out("load", name)
+
+    async def unload(self, name: str) -> None:
+        """RepositoryModelUnload, here and then in every other worker."""
+        await self.unload_here(name)
+        await self._fan_out("unload", name)
+
+    async def control(self, action: str, name: str) -> None:
+        """A sibling worker's request: the same action, in this process only."""
+        if action == "load":
+            await self.load_here(name)
+        elif action == "unload":
+            await self.unload_here(name)
+        else:
+            raise InvalidInput(f"control: unknown action {shown(action)}")
+
+    async def _fan_out(self, action: str, name: str) -> None:
+        ports = self._siblings() if self._siblings else []
+        if not ports:
+            return
+        answers = await asyncio.gather(
+            *(asyncio.to_thread(send_control, port, action, name) for port in ports), return_exceptions=True
+        )
+        problems = []
+        for port, answer in zip(ports, answers, strict=True):
+            if isinstance(answer, BaseException):
+                problems.append(f"worker on port {port}: {answer}")
+            elif answer[0] != "OK" and not (action == "unload" and answer[0] == "NOT_FOUND"):
+                problems.append(f"worker on port {port}: {answer[0]}: {answer[1]}")
+        if problems:
+            raise ModelLoadFailed(
+                f"model {name!r}: {action} did not reach every worker: {'; '.join(problems)}"
+            )
+
+    async def load_here(self, name: str) -> None:
         self._check_explicit("load")
         scan = await asyncio.to_thread(self._scan_named, name)
         if self.device is None and scan.versions:
@@ -153,8 +195,8 @@ class ModelManager:
             )
             raise ModelLoadFailed(f"model {name!r} could not be loaded: {reasons or 'no version to load'}")
 
-    async def unload(self, name: str) -> None:
-        """RepositoryModelUnload: returns once every request the model accepted is answered."""
+    async def unload_here(self, name: str) -> None:
+        """Returns once every request the model accepted is answered."""
         self._check_explicit("unload")
         model = self._registry.known(name)
         if model is None or not model.versions:

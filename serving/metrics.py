@@ -9,6 +9,7 @@ All durations are cumulative microseconds, as in Triton.
 
 from __future__ import annotations
 
+import json
 import logging
 import socketserver
 import threading
@@ -21,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from cnnserve.errors import CnnserveError
 from cnnserve.serving.registry import READY
-from cnnserve.serving.server_report import REPORT_PATH, ServerReport
+from cnnserve.serving.server_report import CONTROL_PATH, REPORT_PATH, ServerReport
 from cnnserve.serving.stats import FAILURE_REASONS, LATENCY_BUCKETS_US, batch_size_buckets
 
 _LOGGER = logging.getLogger(__name__)
@@ -109,6 +110,12 @@ class ServingCollector(Collector):
         yield from (pending, pending_images, info, batch_size, batch_latency, load_failures)
 
 
+def _json(start_response: Callable, text: str) -> list[bytes]:
+    body = text.encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
@@ -118,11 +125,19 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-class MetricsServer:
-    """`/metrics` (and the JSON report behind it, for a supervisor) on its own HTTP thread."""
+Control = Callable[[str, str], tuple[str, str]]  # (action, model) → (status code name, message)
 
-    def __init__(self, report: ReportSource) -> None:
+
+class MetricsServer:
+    """`/metrics` (and the JSON report behind it, for a supervisor) on its own HTTP thread.
+
+    A worker's private endpoint also takes `POST /control` ({"action": "load"|"unload",
+    "model": ...}) from its siblings, so a repository request any worker receives reaches all.
+    """
+
+    def __init__(self, report: ReportSource, control: Control | None = None) -> None:
         self._report = report
+        self._control = control
         self._prometheus = CollectorRegistry(auto_describe=False)
         self._prometheus.register(ServingCollector(report))
         self._metrics_app = make_wsgi_app(self._prometheus)
@@ -130,12 +145,14 @@ class MetricsServer:
         self._thread: threading.Thread | None = None
 
     def _app(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == REPORT_PATH:
-            body = self._report().to_json().encode()
-            start_response(
-                "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-            )
-            return [body]
+        path = environ.get("PATH_INFO")
+        if path == REPORT_PATH:
+            return _json(start_response, self._report().to_json())
+        if path == CONTROL_PATH and self._control is not None and environ.get("REQUEST_METHOD") == "POST":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            request = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            code, message = self._control(str(request.get("action")), str(request.get("model")))
+            return _json(start_response, json.dumps({"code": code, "message": message}))
         return self._metrics_app(environ, start_response)
 
     def start(self, host: str, port: int) -> int:

@@ -32,6 +32,7 @@ from cnnserve.serving.call_guard import CallGuard, GuardedServer
 from cnnserve.serving.classifier_service import ClassifierService
 from cnnserve.serving.config import ServerOptions
 from cnnserve.serving.dataplane import DataPlane
+from cnnserve.serving.errors import ServingError
 from cnnserve.serving.lifecycle import LoadingCancelled, ModelManager
 from cnnserve.serving.memory import fix_mmap_threshold
 from cnnserve.serving.metrics import MetricsServer
@@ -159,7 +160,7 @@ async def serve(options: ServerOptions, worker: WorkerSlot | None = None) -> int
     fix_mmap_threshold()  # model memory goes back to the system when a version is unloaded
 
     registry = ModelRegistry()
-    manager = ModelManager(options, registry)
+    manager = ModelManager(options, registry, worker.sibling_report_ports if worker else None)
     manager.check()  # a bad --repository, --models or override fails before listening
     dataplane = DataPlane(registry, options.max_request_images)
     health = health_aio.HealthServicer()
@@ -176,7 +177,9 @@ async def serve(options: ServerOptions, worker: WorkerSlot | None = None) -> int
     server, port = create_server(
         options, dataplane, manager, health, guard, reports, share_port=worker is not None
     )
-    metrics = MetricsServer(lambda: ServerReport.of(registry))
+    metrics = MetricsServer(
+        lambda: ServerReport.of(registry), _control(manager, asyncio.get_running_loop()) if worker else None
+    )
     await server.start()
     scheme = "TLS" if options.tls else "plaintext"
     _LOGGER.info(
@@ -271,6 +274,20 @@ async def _follow_all_workers(
             dataplane.ready = ready
             await _set_health(health, serving=ready)
         await asyncio.sleep(0.1)
+
+
+def _control(manager: ModelManager, loop: asyncio.AbstractEventLoop) -> Callable[[str, str], tuple[str, str]]:
+    """A sibling's load/unload, run on this worker's event loop (called from the HTTP thread)."""
+
+    def control(action: str, model: str) -> tuple[str, str]:
+        future = asyncio.run_coroutine_threadsafe(manager.control(action, model), loop)
+        try:
+            future.result()
+        except ServingError as error:
+            return error.code.name, str(error)
+        return "OK", ""
+
+    return control
 
 
 def _fetch_reports(ports: list[int]) -> list[ServerReport]:

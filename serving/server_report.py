@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from urllib.request import urlopen
+from urllib.request import Request, urlopen
 
 from cnnserve.serving.registry import READY, ModelRegistry
 from cnnserve.serving.stats import Snapshot
 
 REPORT_PATH = "/report.json"
+CONTROL_PATH = "/control"
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,15 @@ class ServerReport:
             VersionReport(**{**v, "stats": Snapshot.from_json(v["stats"])}) for v in raw["versions"]
         )
         return cls(versions, tuple((str(n), str(v), int(c)) for n, v, c in raw["load_failures"]))
+
+
+def send_control(port: int, action: str, model: str, timeout_s: float = 600.0) -> tuple[str, str]:
+    """Ask one sibling worker to load or unload `model` here only; its (status code, message)."""
+    body = json.dumps({"action": action, "model": model}).encode()
+    request = Request(f"http://127.0.0.1:{port}{CONTROL_PATH}", data=body, method="POST")
+    with urlopen(request, timeout=timeout_s) as response:
+        answer = json.loads(response.read().decode())
+    return str(answer["code"]), str(answer["message"])
 
 
 def fetch(port: int, timeout_s: float = 5.0) -> ServerReport:

@@ -147,3 +147,22 @@ def test_available_cores_respects_a_cgroup_quota(tmp_path: Path) -> None:
     assert available_cores(tmp_path) == len(os.sched_getaffinity(0))
     (tmp_path / "cpu.max").write_text("50000 100000\n")
     assert available_cores(tmp_path) == 1
+
+
+def ready_on_every_connection(server: ServerProcess, model: str, connections: int = 16) -> set[bool]:
+    """ModelReady asked over many connections, so every worker answers some of them."""
+    answers = set()
+    for _ in range(connections):
+        client = triton.InferenceServerClient(server.target, channel_args=OWN_CONNECTION)
+        answers.add(client.is_model_ready(model))
+        client.close()
+    return answers
+
+
+def test_explicit_load_and_unload_reach_every_worker(one_model: Path, start_server) -> None:
+    server = start_server("--workers", "2", "--model-control", "explicit", models_dir=one_model)
+    assert ready_on_every_connection(server, "cnn") == {False}
+    triton.InferenceServerClient(server.target).load_model("cnn")
+    assert ready_on_every_connection(server, "cnn") == {True}
+    triton.InferenceServerClient(server.target).unload_model("cnn")
+    assert ready_on_every_connection(server, "cnn") == {False}
