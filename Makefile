@@ -31,7 +31,7 @@ data:
 # The whole product on the real Fashion-MNIST: train (and fold) → export → serve → classify → bench.
 demo: setup
 	$(BIN)/cnnserve models
-	$(BIN)/cnnserve train --model mnist_cnn --dataset fashion_mnist --epochs 2 --out $(DEMO_DIR) --overwrite
+	$(BIN)/cnnserve train --model mnist_cnn --dataset fashion_mnist --epochs 2 --lr 1e-3 --out $(DEMO_DIR) --overwrite
 	$(BIN)/cnnserve export $(DEMO_DIR) --format onnx --repository $(DEMO_REPO) --version 1 --overwrite
 	$(BIN)/cnnserve export $(DEMO_DIR) --format tflite --quantize int8 --repository $(DEMO_REPO) --version 1 --overwrite
 	$(BIN)/python -m cnnserve.training.samples --dataset fashion_mnist --count 6 --out $(DEMO_DIR)/samples

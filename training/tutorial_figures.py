@@ -36,7 +36,16 @@ def comparison(model: str, dataset: str, accuracy: float, epochs: int, steps: in
     if same:
         told = "; ".join(f"{f.accuracy:.1%} {f.split} {f.when}" for f in same)
         return f"{reached}; the tutorial: {told}"
+    line = reached
     if figures:
         other = "; ".join(f"{f.accuracy:.1%} {f.split} on {f.dataset} {f.when}" for f in figures)
-        return f"{reached}; the tutorial gave no {dataset} figure for it, only {other}"
-    return reached
+        line = f"{reached}; its tutorial gave no {dataset} figure, only {other}"
+    neighbours = [
+        f"{name} {f.accuracy:.1%} {f.when}"
+        for name, told in FIGURES.items()
+        for f in told
+        if f.dataset == dataset and name != model
+    ]
+    if neighbours:
+        line += f"; on {dataset} the tutorials report " + ", ".join(neighbours)
+    return line
