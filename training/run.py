@@ -5,6 +5,10 @@ Layout of RUN/:
     model.keras           the trained model (training graph, BatchNorm included)
     metrics.json          test accuracy/loss, per-class accuracy, confusion matrix, timings
     history.png, confusion_matrix.png, errors.png
+    train_config.json     the TrainConfig, read by `cnnserve train --resume RUN`
+    checkpoints/step-N/   the last two checkpoints (weights + optimizer state, state.json)
+    tensorboard/          train/, validation/ and test/ event files
+    backup/               multi-worker only, while training: Keras's BackupAndRestore
 Later stages read a run only through `load_run_info`, so a folder that is not a run gets one
 clear error instead of a stack trace from deep inside Keras.
 """
