@@ -57,6 +57,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--parity-images", type=int, default=1000, help="test images to verify on (default 1000)"
     )
+    export.add_argument(
+        "--version-policy",
+        metavar="latest[:N]|all|specific:V[,V]",
+        help="which versions a server serves, written to config.json (default: the model's current "
+        "policy, or latest:1 for a new model)",
+    )
     export.set_defaults(handler=run_export)
 
 
@@ -78,6 +84,7 @@ def run_fold(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from cnnserve.errors import CnnserveError
+    from cnnserve.export.model_config import VersionPolicy
 
     if args.format not in FORMAT_NAMES:
         raise CnnserveError(f"unsupported format {args.format!r}; choose one of {', '.join(FORMAT_NAMES)}")
@@ -106,6 +113,7 @@ def run_export(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_queue_delay_ms=args.max_queue_delay_ms,
         parity_images=args.parity_images,
+        version_policy=VersionPolicy.parse(args.version_policy) if args.version_policy else None,
     )
     print_export(result)
     return 0

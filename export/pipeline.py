@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cnnserve import __version__
+from cnnserve.errors import CnnserveError
 from cnnserve.export.leftovers import Leftover, clean_repository
-from cnnserve.export.model_config import PLATFORM_FILES, ModelConfig, TensorSpec
+from cnnserve.export.model_config import PLATFORM_FILES, ModelConfig, TensorSpec, VersionPolicy
 from cnnserve.export.repository import RepositoryError, VersionWriter
 from cnnserve.export.run_report import record_export
 from cnnserve.export.source import ExportSource, load_source
@@ -59,6 +60,14 @@ def validate_options(fmt: str, quantize: str | None) -> None:
         raise RepositoryError(f"--format onnx quantizes to int8 only, received --quantize {quantize}")
 
 
+def _current_policy(model_dir: Path) -> VersionPolicy:
+    """A re-export keeps the policy the model's config.json has (a new model: latest 1)."""
+    try:
+        return ModelConfig.load(model_dir).version_policy
+    except CnnserveError:
+        return VersionPolicy()
+
+
 def export_run(
     run_dir: Path,
     fmt: str,
@@ -75,6 +84,7 @@ def export_run(
     max_queue_delay_ms: float = 0.0,
     parity_images: int = PARITY_IMAGES,
     source: ExportSource | None = None,
+    version_policy: VersionPolicy | None = None,
 ) -> ExportResult:
     """Converts RUN's folded SavedModel to `fmt`, verifies it and writes
     `repository/<name>/<version>/` plus `config.json`, or nothing at all.
@@ -120,6 +130,7 @@ def export_run(
             class_labels=tuple(info.class_names),
             max_batch_size=max_batch_size,
             max_queue_delay_ms=max_queue_delay_ms,
+            version_policy=version_policy or _current_policy(writer.model_dir),
             source_run=str(run_dir.resolve()),
             test_accuracy=details["test_accuracy"],
             extra={
