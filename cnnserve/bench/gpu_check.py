@@ -65,10 +65,6 @@ class CheckOptions:
                 f"{self.train_steps}, {self.duration_s:g}, {self.warmup_s:g}"
             )
 
-    @property
-    def provider(self) -> str:
-        return "CUDAExecutionProvider" if self.device == "cuda" else "CPUExecutionProvider"
-
 
 # --------------------------------------------------------------------------- CUDA first
 
