@@ -61,8 +61,8 @@ RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin
     && chown cnnserve:cnnserve /models
 USER 10001:10001
 VOLUME ["/models"]
-# 8500: gRPC (cnnserve.v1.Classifier, KServe V2, health, reflection). 8002: Prometheus /metrics.
-EXPOSE 8500 8002
+# 8500: gRPC (cnnserve.v1.Classifier, KServe V2, health, reflection). 8000: KServe V2 REST. 8002: Prometheus /metrics.
+EXPOSE 8500 8000 8002
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
     CMD ["cnnserve", "health", "--target", "127.0.0.1:8500"]
 # Exec form: the server is PID 1 and gets SIGTERM directly, for a graceful drain on `docker stop`.

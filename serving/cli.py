@@ -63,6 +63,12 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
     serve.add_argument("--port", type=int, default=8500, help="gRPC port, 0 for any free one (default: 8500)")
     serve.add_argument(
+        "--http-port",
+        type=_port_or_off,
+        default=8000,
+        help="KServe V2 REST (Triton's paths, JSON and binary tensors) port, or 'off' (default: 8000)",
+    )
+    serve.add_argument(
         "--metrics-port",
         type=_port_or_off,
         default=8002,
@@ -109,7 +115,7 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         "--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)"
     )
     serve.add_argument(
-        "--ready-file", type=Path, help="write {grpc_port, metrics_port, pid} JSON here once ready"
+        "--ready-file", type=Path, help="write {grpc_port, http_port, metrics_port, pid} JSON here once ready"
     )
     serve.add_argument(
         "--model-control",
@@ -157,6 +163,7 @@ def build_options(args: argparse.Namespace) -> object:
         host=args.host,
         port=args.port,
         metrics_port=args.metrics_port,
+        http_port=args.http_port,
         device=args.device,
         models=tuple(name.strip() for name in args.models.split(",") if name.strip()),
         max_batch_size=_override(args.max_batch_size, int),

@@ -76,6 +76,7 @@ class ServerOptions:
     host: str = "0.0.0.0"
     port: int = 8500
     metrics_port: int | None = 8002  # None: no /metrics endpoint
+    http_port: int | None = 8000  # KServe V2 REST, Triton's port; None: off
     device: str = "auto"
     models: tuple[str, ...] = ()  # empty: every model in the repository
     max_batch_size: Override[int] = field(default_factory=Override)
@@ -110,6 +111,8 @@ class ServerOptions:
             raise CnnserveError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if not 0 <= self.port <= 65535:
             raise CnnserveError(f"--port must be between 0 and 65535, received {self.port}")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise CnnserveError(f"--http-port must be between 0 and 65535, received {self.http_port}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise CnnserveError(f"--metrics-port must be between 0 and 65535, received {self.metrics_port}")
         if self.max_request_images < 1:

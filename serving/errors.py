@@ -94,6 +94,26 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, bounded(f"internal error: {type(error).__name__}: {error}")
 
 
+# Each error type has one gRPC code (its class attribute); each code one HTTP status, here.
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+def http_status_of(error: BaseException) -> tuple[int, str]:
+    """The HTTP status and message for any exception, through the same map as gRPC's."""
+    code, details = status_of(error)
+    return HTTP_STATUS.get(code, 500), details
+
+
 _Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
 
 

@@ -33,6 +33,7 @@ from cnnserve.serving.classifier_service import ClassifierService
 from cnnserve.serving.config import ServerOptions
 from cnnserve.serving.dataplane import DataPlane
 from cnnserve.serving.errors import ServingError
+from cnnserve.serving.http_service import HttpService
 from cnnserve.serving.lifecycle import LoadingCancelled, ModelManager
 from cnnserve.serving.memory import fix_mmap_threshold
 from cnnserve.serving.metrics import MetricsServer
@@ -142,11 +143,13 @@ async def _set_health(health: health_aio.HealthServicer, serving: bool) -> None:
         await health.set(service, status)
 
 
-def _write_ready_file(path: Path, grpc_port: int, metrics_port: int | None) -> None:
+def _write_ready_file(path: Path, grpc_port: int, metrics_port: int | None, http_port: int | None) -> None:
     """Atomically publish the bound ports, so callers can start the server on port 0."""
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(
-        json.dumps({"grpc_port": grpc_port, "metrics_port": metrics_port, "pid": os.getpid()})
+        json.dumps(
+            {"grpc_port": grpc_port, "metrics_port": metrics_port, "http_port": http_port, "pid": os.getpid()}
+        )
     )
     temporary.replace(path)
 
@@ -177,6 +180,7 @@ async def serve(options: ServerOptions, worker: WorkerSlot | None = None) -> int
     server, port = create_server(
         options, dataplane, manager, health, guard, reports, share_port=worker is not None
     )
+    http = HttpService(dataplane, manager, reports, options.max_message_bytes)
     metrics = MetricsServer(
         lambda: ServerReport.of(registry), _control(manager, asyncio.get_running_loop()) if worker else None
     )
@@ -199,15 +203,22 @@ async def serve(options: ServerOptions, worker: WorkerSlot | None = None) -> int
                 if options.metrics_port is not None
                 else None
             )
+        http_port = (
+            await http.start(options.host, options.http_port, reuse_port=worker is not None)
+            if options.http_port is not None
+            else None
+        )
         ready = await _load(manager, signals)
     except BaseException:
         await server.stop(None)
+        await http.stop()
         metrics.stop()
         await manager.close()
         raise
     if ready is None:  # a signal arrived while loading: never report ready
         _LOGGER.info("stopped before any model was served")
         await server.stop(None)
+        await http.stop()
         metrics.stop()
         await manager.close()
         return 0
@@ -220,14 +231,15 @@ async def serve(options: ServerOptions, worker: WorkerSlot | None = None) -> int
         worker.set_ready(True)
         readiness = asyncio.create_task(_follow_all_workers(worker, dataplane, health))
     if options.ready_file is not None:
-        _write_ready_file(options.ready_file, port, metrics_port)
+        _write_ready_file(options.ready_file, port, metrics_port, http_port)
     device = manager.device.provider if manager.device else "none"
     _LOGGER.info(
-        "ready: %d model version(s) on %s; gRPC %s:%d, metrics %s (cnnserve %s, pid %d)",
+        "ready: %d model version(s) on %s; gRPC %s:%d, HTTP %s, metrics %s (cnnserve %s, pid %d)",
         ready,
         device,
         options.host,
         port,
+        f"{options.host}:{http_port}" if http_port is not None else "off",
         f"http://{options.host}:{metrics_port}/metrics" if metrics_port is not None else "off",
         __version__,
         os.getpid(),
@@ -242,8 +254,10 @@ async def serve(options: ServerOptions, worker: WorkerSlot | None = None) -> int
     await _set_health(health, serving=False)
     manager.cancel_loading()  # no new versions go live during the drain
     guard.start_draining()
+    http.draining = True  # new HTTP requests: 503; those in flight finish
     registry.drain()  # accepted requests run now instead of waiting for fuller batches
     await drain_and_stop(server, guard, options.grace_s)
+    await http.stop()
     await manager.close()
     metrics.stop()
     _LOGGER.info("stopped")

@@ -142,7 +142,7 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
         model = self._registry.get(request.name, request.version)
-        return pb.ModelConfigResponse(config=_model_config(model))
+        return pb.ModelConfigResponse(config=model_config_proto(model))
 
     @grpc_errors
     async def ModelStatistics(
@@ -160,7 +160,7 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         report = await self._reports()  # the whole server's, every worker's merged
         return pb.ModelStatisticsResponse(
             model_stats=[
-                _statistics(v)
+                statistics_proto(v)
                 for v in report.versions
                 if v.state == READY and (wanted is None or (v.name, v.version) in wanted)
             ]
@@ -241,7 +241,7 @@ def _version_policy(model: ServedVersion) -> config_pb.ModelVersionPolicy:
     return config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All())
 
 
-def _model_config(model: ServedVersion) -> config_pb.ModelConfig:
+def model_config_proto(model: ServedVersion) -> config_pb.ModelConfig:
     """Triton's view of a model: dims exclude the batch dimension because max_batch_size > 0."""
     config = model.config
     on_gpu = model.provider == CUDA
@@ -297,7 +297,7 @@ def _parameters(model: ServedVersion) -> dict[str, config_pb.ModelParameter]:
     return parameters
 
 
-def _statistics(model: VersionReport) -> pb.ModelStatistics:
+def statistics_proto(model: VersionReport) -> pb.ModelStatistics:
     stats = model.stats
 
     def duration(count: int, ns: int) -> pb.StatisticDuration:

@@ -136,10 +136,21 @@ class Supervisor:
 
     def run(self) -> int:
         reservation, port = _reserve_port(self._options.host, self._options.port)
+        http_reservation, http_port = (
+            _reserve_port(self._options.host, self._options.http_port)
+            if self._options.http_port is not None
+            else (None, None)
+        )
         cores = available_cores()
         threads = self._options.cpu_threads or max(1, cores // self._count)
         worker_options = replace(
-            self._options, port=port, metrics_port=None, ready_file=None, cpu_threads=threads, workers=1
+            self._options,
+            port=port,
+            http_port=http_port,
+            metrics_port=None,
+            ready_file=None,
+            cpu_threads=threads,
+            workers=1,
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
@@ -154,12 +165,14 @@ class Supervisor:
         try:
             for index in range(self._count):
                 self._start(index, worker_options)
-            code = self._watch(worker_options, port)
+            code = self._watch(worker_options, port, http_port)
             return code if code is not None else self._stop()
         finally:
             if self._metrics is not None:
                 self._metrics.stop()
             reservation.close()
+            if http_reservation is not None:
+                http_reservation.close()
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         for other in (signal.SIGTERM, signal.SIGINT):
@@ -179,7 +192,7 @@ class Supervisor:
         process.start()
         self._processes[index] = process
 
-    def _watch(self, options: ServerOptions, port: int) -> int | None:
+    def _watch(self, options: ServerOptions, port: int, http_port: int | None) -> int | None:
         """Until a signal: restart dead workers; once all are ready, publish. A start-up failure
         (a worker exits before the server was ever ready) stops everything: its exit code."""
         published = False
@@ -207,10 +220,10 @@ class Supervisor:
                 self._start(index, options)
             if not published and all(self._ready[:]):
                 published = True
-                self._publish(port)
+                self._publish(port, http_port)
         return None
 
-    def _publish(self, port: int) -> None:
+    def _publish(self, port: int, http_port: int | None) -> None:
         from cnnserve.serving.metrics import MetricsServer
 
         metrics_port = None
@@ -225,6 +238,7 @@ class Supervisor:
                     {
                         "grpc_port": port,
                         "metrics_port": metrics_port,
+                        "http_port": http_port,
                         "pid": os.getpid(),
                         "workers": self._count,
                     }

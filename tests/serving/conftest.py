@@ -48,6 +48,10 @@ class ServerProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     @property
+    def http_target(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
@@ -58,7 +62,7 @@ class ServerProcess:
             *self.prefix,
             *module_command("cnnserve", "serve"),
             "--repository", str(self.repository),
-            "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+            "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--http-port", "0",
             "--ready-file", str(self.ready_file),
             "--cpu-threads", "1",
             *self.args,
@@ -75,6 +79,7 @@ class ServerProcess:
             time.sleep(0.05)
         ports = json.loads(self.ready_file.read_text())
         self.grpc_port, self.metrics_port = ports["grpc_port"], ports["metrics_port"]
+        self.http_port = ports.get("http_port")
         return self
 
     def log(self) -> str:

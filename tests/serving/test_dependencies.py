@@ -15,8 +15,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
-# Imported by a base dependency only when present: grpc tries grpc_tools for its runtime protos.
-OPTIONAL_IMPORTS = {"grpc_tools"}
+# Imported by a base dependency only when present: grpc tries grpc_tools for its runtime protos;
+# aiohttp tries brotli and backports.zstd for compressed bodies (the dev venv has them through
+# tritonclient[http]).
+OPTIONAL_IMPORTS = {"grpc_tools", "brotli", "_brotli", "backports"}
 
 
 def _base_closure() -> set[str]:
