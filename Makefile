@@ -37,7 +37,7 @@ demo: setup
 	$(BIN)/python -m cnnserve.training.samples --dataset fashion_mnist --count 6 --out $(DEMO_DIR)/samples
 	$(BIN)/cnnserve bench noop-model --repository $(DEMO_REPO) --name noop --shape 28,28,1 --overwrite
 	rm -f $(DEMO_DIR)/server.json
-	$(BIN)/cnnserve serve --repository $(DEMO_REPO) --models mnist_cnn,noop --port 0 --metrics-port 0 \
+	$(BIN)/cnnserve serve --repository $(DEMO_REPO) --models mnist_cnn,noop --port 0 --http-port 0 --metrics-port 0 \
 	    --ready-file $(DEMO_DIR)/server.json & server=$$!; \
 	trap 'kill -TERM $$server 2>/dev/null; wait $$server' EXIT; \
 	while [ ! -f $(DEMO_DIR)/server.json ]; do kill -0 $$server || exit 1; sleep 0.2; done; \

@@ -102,7 +102,7 @@ def _start_server(repository: Path, workdir: Path, poll_interval_s: float) -> tu
     ready = workdir / "ready.json"
     command = [
         sys.executable, "-m", "cnnserve", "serve", "--repository", str(repository),
-        "--host", "127.0.0.1", "--port", "0", "--metrics-port", "off",
+        "--host", "127.0.0.1", "--port", "0", "--metrics-port", "off", "--http-port", "off",
         "--poll-interval-s", str(poll_interval_s), "--ready-file", str(ready),
     ]  # fmt: skip
     log = (workdir / "server.log").open("wb")

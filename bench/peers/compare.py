@@ -167,7 +167,7 @@ def launch(name: str, settings: Settings, model: peer_configs.ModelFile) -> tupl
         command = [
             sys.executable, "-m", "cnnserve", "serve", "--repository", str(settings.repository),
             "--models", model.name, "--host", "127.0.0.1", "--port", "0", "--metrics-port", "off",
-            "--ready-file", str(ready),
+            "--http-port", "off", "--ready-file", str(ready),
         ]  # fmt: skip
         server = Server(name, command, logs / "cnnserve.log")
         server.start()

@@ -156,7 +156,7 @@ def running_server(steps: Steps, options: CheckOptions, repository: Path):
     command = steps.command(
         "serve", "--repository", str(repository), "--models", ",".join(options.models),
         "--device", options.device, "--host", "127.0.0.1", "--port", "0", "--metrics-port", "off",
-        "--model-control", "none", "--ready-file", str(ready),
+        "--http-port", "off", "--model-control", "none", "--ready-file", str(ready),
     )  # fmt: skip
     print("gpu-check: serve ...", flush=True)
     start = time.monotonic()

@@ -60,7 +60,7 @@ def server(noop_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     ready, log = workdir / "ready.json", workdir / "server.log"
     command = [
         *module_command("cnnserve", "serve"), "--repository", str(noop_repository),
-        "--host", "127.0.0.1", "--port", "0", "--metrics-port", "off",
+        "--host", "127.0.0.1", "--port", "0", "--metrics-port", "off", "--http-port", "off",
         "--ready-file", str(ready), "--cpu-threads", "1",
     ]  # fmt: skip
     with log.open("wb") as handle:

@@ -66,7 +66,19 @@ def test_health_command(server: ServerProcess, capsys: pytest.CaptureFixture) ->
 
 
 def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "cnnserve", "serve", "--port", "0", "--metrics-port", "off", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "cnnserve",
+        "serve",
+        "--port",
+        "0",
+        "--metrics-port",
+        "off",
+        "--http-port",
+        "off",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 

@@ -191,7 +191,7 @@ def test_a_signal_during_loading_exits_zero_without_ever_reporting_ready(
     command = [
         *module_command("cnnserve", "serve"),
         "--repository", str(repository), "--models", "cnn",
-        "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "off",
+        "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "off", "--http-port", "off",
         "--max-batch-size", "1024",  # warming 1024 batch sizes takes long enough to interrupt
         "--ready-file", str(ready_file), "--cpu-threads", "1",
     ]  # fmt: skip
