@@ -16,14 +16,14 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from cnnserve.errors import CnnserveError
 from cnnserve.serving.registry import READY
 from cnnserve.serving.server_report import CONTROL_PATH, REPORT_PATH, ServerReport
-from cnnserve.serving.stats import FAILURE_REASONS, LATENCY_BUCKETS_US, batch_size_buckets
+from cnnserve.serving.stats import FAILURE_REASONS, LATENCY_BUCKETS_US, Histogram, batch_size_buckets
 
 _LOGGER = logging.getLogger(__name__)
 LABELS = ["model", "version"]
@@ -68,6 +68,17 @@ class ServingCollector(Collector):
         batch_latency = HistogramMetricFamily(
             "cnnserve_batch_compute_duration_us", "Model execution time per batch", labels=LABELS
         )
+        request_histogram = HistogramMetricFamily(
+            "cnnserve_request_duration_us", "Time in the server per successful request", labels=LABELS
+        )
+        queue_histogram = HistogramMetricFamily(
+            "cnnserve_queue_duration_us", "Time a successful request waited for its batch", labels=LABELS
+        )
+        compute_histogram = HistogramMetricFamily(
+            "cnnserve_compute_infer_duration_us",
+            "Model execution time charged to a successful request",
+            labels=[*LABELS, "execution_provider"],
+        )
         load_failures = counter(
             "cnnserve_model_load_failures",
             "Failed loads of a model version (version empty: the model's folder or config.json)",
@@ -106,8 +117,40 @@ class ServingCollector(Collector):
                 latency_buckets.append((str(bound), running))
             latency_buckets.append(("+Inf", sum(stats.batch_latency_us)))
             batch_latency.add_metric(labels, latency_buckets, stats.batch_latency_sum_us)
+            request_histogram.add_metric(labels, *_buckets(stats.request_latency))
+            queue_histogram.add_metric(labels, *_buckets(stats.queue_latency))
+            compute_histogram.add_metric([*labels, served.provider], *_buckets(stats.compute_latency))
         yield from (success, failure, count, executions, request_us, queue_us, input_us, infer_us, output_us)
         yield from (pending, pending_images, info, batch_size, batch_latency, load_failures)
+        yield from (request_histogram, queue_histogram, compute_histogram)
+        if report.processes:
+            yield from _worker_processes(report)
+
+
+def _worker_processes(report: ServerReport) -> Iterator[Metric]:
+    rss = GaugeMetricFamily(
+        "cnnserve_worker_resident_memory_bytes", "Resident memory of a worker", labels=["worker"]
+    )
+    cpu = CounterMetricFamily(
+        "cnnserve_worker_cpu_seconds", "CPU time of a worker (user + system)", labels=["worker"]
+    )
+    fds = GaugeMetricFamily(
+        "cnnserve_worker_open_fds", "Open file descriptors of a worker", labels=["worker"]
+    )
+    for process in report.processes:
+        rss.add_metric([process.worker], process.resident_memory_bytes)
+        cpu.add_metric([process.worker], process.cpu_seconds)
+        fds.add_metric([process.worker], process.open_fds)
+    yield from (rss, cpu, fds)
+
+
+def _buckets(histogram: Histogram) -> tuple[list[tuple[str, float]], float]:
+    running, buckets = 0, []
+    for bound, hits in zip(LATENCY_BUCKETS_US, histogram.counts, strict=False):
+        running += hits
+        buckets.append((str(bound), running))
+    buckets.append(("+Inf", sum(histogram.counts)))
+    return buckets, histogram.sum_us
 
 
 def _json(start_response: Callable, text: str) -> list[bytes]:
@@ -140,6 +183,7 @@ class MetricsServer:
         self._control = control
         self._prometheus = CollectorRegistry(auto_describe=False)
         self._prometheus.register(ServingCollector(report))
+        self._prometheus.register(ProcessCollector(registry=None))  # this process: RSS, CPU, fds
         self._metrics_app = make_wsgi_app(self._prometheus)
         self._httpd: WSGIServer | None = None
         self._thread: threading.Thread | None = None

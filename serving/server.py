@@ -171,7 +171,7 @@ async def serve(options: ServerOptions, worker: WorkerSlot | None = None) -> int
     guard = CallGuard()
 
     async def reports() -> ServerReport:
-        own = ServerReport.of(registry)
+        own = ServerReport.of(registry, worker.index if worker else None)
         if worker is None:
             return own
         siblings = await asyncio.to_thread(_fetch_reports, worker.sibling_report_ports())
@@ -182,7 +182,8 @@ async def serve(options: ServerOptions, worker: WorkerSlot | None = None) -> int
     )
     http = HttpService(dataplane, manager, reports, options.max_message_bytes)
     metrics = MetricsServer(
-        lambda: ServerReport.of(registry), _control(manager, asyncio.get_running_loop()) if worker else None
+        lambda: ServerReport.of(registry, worker.index if worker else None),
+        _control(manager, asyncio.get_running_loop()) if worker else None,
     )
     await server.start()
     scheme = "TLS" if options.tls else "plaintext"

@@ -10,7 +10,9 @@ connection happened to reach.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.request import Request, urlopen
 
 from cnnserve.serving.registry import READY, ModelRegistry
@@ -33,12 +35,35 @@ class VersionReport:
 
 
 @dataclass(frozen=True)
+class ProcessReport:
+    """One worker process's resources, for the supervisor's /metrics (Linux /proc)."""
+
+    worker: str
+    resident_memory_bytes: int
+    cpu_seconds: float
+    open_fds: int
+
+    @classmethod
+    def of_this_process(cls, worker: str) -> ProcessReport | None:
+        try:
+            status = Path("/proc/self/status").read_text()
+            rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+            fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+            ticks = os.sysconf("SC_CLK_TCK")
+            open_fds = len(os.listdir("/proc/self/fd"))
+        except (OSError, StopIteration, ValueError):
+            return None
+        return cls(worker, rss_kb * 1024, (int(fields[11]) + int(fields[12])) / ticks, open_fds)
+
+
+@dataclass(frozen=True)
 class ServerReport:
     versions: tuple[VersionReport, ...] = ()
     load_failures: tuple[tuple[str, str, int], ...] = ()  # (model, version, failed loads)
+    processes: tuple[ProcessReport, ...] = ()  # per worker, under --workers
 
     @classmethod
-    def of(cls, registry: ModelRegistry) -> ServerReport:
+    def of(cls, registry: ModelRegistry, worker: int | None = None) -> ServerReport:
         versions = []
         for served in registry.versions():
             batcher = served.batcher
@@ -55,7 +80,8 @@ class ServerReport:
                 )
             )
         failures = tuple((name, version, n) for (name, version), n in sorted(registry.load_failures.items()))
-        return cls(tuple(versions), failures)
+        process = ProcessReport.of_this_process(str(worker)) if worker is not None else None
+        return cls(tuple(versions), failures, (process,) if process else ())
 
     @classmethod
     def merged(cls, reports: list[ServerReport]) -> ServerReport:
@@ -86,13 +112,15 @@ class ServerReport:
         for report in reports:
             for name, version, count in report.load_failures:
                 failures[(name, version)] = max(failures.get((name, version), 0), count)
-        return cls(tuple(versions), tuple((n, v, c) for (n, v), c in sorted(failures.items())))
+        processes = tuple(sorted((p for r in reports for p in r.processes), key=lambda p: p.worker))
+        return cls(tuple(versions), tuple((n, v, c) for (n, v), c in sorted(failures.items())), processes)
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 "versions": [{**v.__dict__, "stats": v.stats.to_json()} for v in self.versions],
                 "load_failures": [list(f) for f in self.load_failures],
+                "processes": [p.__dict__ for p in self.processes],
             }
         )
 
@@ -102,7 +130,8 @@ class ServerReport:
         versions = tuple(
             VersionReport(**{**v, "stats": Snapshot.from_json(v["stats"])}) for v in raw["versions"]
         )
-        return cls(versions, tuple((str(n), str(v), int(c)) for n, v, c in raw["load_failures"]))
+        failures = tuple((str(n), str(v), int(c)) for n, v, c in raw["load_failures"])
+        return cls(versions, failures, tuple(ProcessReport(**p) for p in raw.get("processes", [])))
 
 
 def send_control(port: int, action: str, model: str, timeout_s: float = 600.0) -> tuple[str, str]:

@@ -44,6 +44,28 @@ class Duration:
 
 
 @dataclass
+class Histogram:
+    """Counts per latency bucket (`LATENCY_BUCKETS_US`, then +Inf) and their sum, in µs."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_US) + 1))
+    sum_us: float = 0.0
+
+    def add(self, us: float) -> None:
+        index = next(
+            (i for i, bound in enumerate(LATENCY_BUCKETS_US) if us <= bound), len(LATENCY_BUCKETS_US)
+        )
+        self.counts[index] += 1
+        self.sum_us += us
+
+    def merge(self, other: Histogram) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.sum_us += other.sum_us
+
+    def copy(self) -> Histogram:
+        return Histogram(list(self.counts), self.sum_us)
+
+
+@dataclass
 class BatchSizeStats:
     count: int = 0
     input_ns: int = 0
@@ -67,6 +89,10 @@ class Snapshot:
     batch_stats: dict[int, BatchSizeStats] = field(default_factory=dict)
     batch_latency_us: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_US) + 1))
     batch_latency_sum_us: float = 0.0
+    # Per successful request, so Prometheus can give quantiles (histogram_quantile).
+    request_latency: Histogram = field(default_factory=Histogram)
+    queue_latency: Histogram = field(default_factory=Histogram)
+    compute_latency: Histogram = field(default_factory=Histogram)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -86,6 +112,9 @@ class Snapshot:
             batch_stats={int(size): BatchSizeStats(**value) for size, value in raw["batch_stats"].items()},
             batch_latency_us=[int(v) for v in raw["batch_latency_us"]],
             batch_latency_sum_us=float(raw["batch_latency_sum_us"]),
+            request_latency=Histogram(**raw["request_latency"]),
+            queue_latency=Histogram(**raw["queue_latency"]),
+            compute_latency=Histogram(**raw["compute_latency"]),
         )
 
     @classmethod
@@ -117,6 +146,9 @@ class Snapshot:
                 a + b for a, b in zip(total.batch_latency_us, part.batch_latency_us, strict=True)
             ]
             total.batch_latency_sum_us += part.batch_latency_sum_us
+            total.request_latency.merge(part.request_latency)
+            total.queue_latency.merge(part.queue_latency)
+            total.compute_latency.merge(part.compute_latency)
         return total
 
 
@@ -154,6 +186,9 @@ class ModelStats:
             data.compute_input.add(result.compute_input_ns)
             data.compute_infer.add(result.compute_infer_ns)
             data.compute_output.add(result.compute_output_ns)
+            data.request_latency.add(request_ns / 1000)
+            data.queue_latency.add(result.queue_ns / 1000)
+            data.compute_latency.add(result.compute_infer_ns / 1000)
 
     def record_failure(self, reason: str, request_ns: int) -> None:
         with self._lock:
@@ -172,4 +207,7 @@ class ModelStats:
                 compute_output=replace(data.compute_output),
                 batch_stats={k: replace(v) for k, v in data.batch_stats.items()},
                 batch_latency_us=list(data.batch_latency_us),
+                request_latency=data.request_latency.copy(),
+                queue_latency=data.queue_latency.copy(),
+                compute_latency=data.compute_latency.copy(),
             )

@@ -208,6 +208,7 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 model, images, started_ns, deadline_ns(context), field="inputs[0]"
             )
         response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+        response.parameters["execution_provider"].string_param = model.provider
         for name, top_k in wanted:
             array = inference.outputs[name]
             if top_k:

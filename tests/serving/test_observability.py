@@ -1,0 +1,75 @@
+"""What operators read: latency histograms per version, process metrics, the provider in every answer."""
+
+from __future__ import annotations
+
+from urllib.request import urlopen
+
+import numpy as np
+import tritonclient.grpc as triton
+from conftest import ServerProcess
+from onnx_models import images
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def samples(server: ServerProcess) -> list:
+    with urlopen(server.metrics_url, timeout=10) as response:
+        return [s for f in text_string_to_metric_families(response.read().decode()) for s in f.samples]
+
+
+def value(found: list, name: str, **labels: str) -> float:
+    matching = [
+        s.value for s in found if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+    assert matching, (name, labels)
+    return sum(matching)
+
+
+def test_latency_histograms_count_every_successful_request(start_server) -> None:
+    server = start_server("--models", "identity")
+    client = triton.InferenceServerClient(server.target)
+    tensor = triton.InferInput("images", [2, 28, 28, 1], "UINT8")
+    tensor.set_data_from_numpy(images(2))
+    for _ in range(25):
+        result = client.infer("identity", [tensor])
+    assert result.get_response(as_json=True)["parameters"]["execution_provider"]["string_param"] in (
+        "CPUExecutionProvider",
+        "CUDAExecutionProvider",
+    )
+    found = samples(server)
+    labels = {"model": "identity", "version": "1"}
+    successes = value(found, "nv_inference_request_success_total", **labels)
+    assert successes == 25
+    for histogram in (
+        "cnnserve_request_duration_us",
+        "cnnserve_queue_duration_us",
+        "cnnserve_compute_infer_duration_us",
+    ):
+        buckets = sorted(
+            (
+                (float(s.labels["le"]), s.value)
+                for s in found
+                if s.name == f"{histogram}_bucket" and s.labels["model"] == "identity"
+            ),
+        )
+        counts = [count for _, count in buckets]
+        assert counts[-1] == successes and counts == sorted(counts)  # cumulative, ending at every request
+        assert value(found, f"{histogram}_count", **labels) == successes
+        assert value(found, f"{histogram}_sum", **labels) > 0
+    request_sum = value(found, "cnnserve_request_duration_us_sum", **labels)
+    compute_sum = value(found, "cnnserve_compute_infer_duration_us_sum", **labels)
+    assert request_sum >= compute_sum  # a request's time in the server includes its compute
+    assert value(found, "process_resident_memory_bytes") > 50 * 2**20  # the process collector
+    assert value(found, "process_open_fds") > 0
+
+
+def test_the_supervisor_reports_each_worker_process(tmp_path, start_server) -> None:
+    from onnx_models import identity_model, write_model
+
+    repository = tmp_path / "models"
+    write_model(repository, "identity", identity_model())
+    server = start_server("--workers", "2", models_dir=repository)
+    found = samples(server)
+    workers = {s.labels["worker"] for s in found if s.name == "cnnserve_worker_resident_memory_bytes"}
+    assert workers == {"0", "1"}
+    assert all(value(found, "cnnserve_worker_resident_memory_bytes", worker=w) > 50 * 2**20 for w in workers)
+    assert np.all([value(found, "cnnserve_worker_cpu_seconds_total", worker=w) > 0 for w in workers])
