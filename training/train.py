@@ -250,12 +250,19 @@ def _starting_state(config: TrainConfig, cluster: Cluster, resume: bool, backup:
     return TrainState()
 
 
-def _compile(model: keras.Model, spec: ModelSpec, schedule: Schedule):
+def compile_for_training(
+    model: keras.Model, spec: ModelSpec, learning_rate: float, jit_compile: bool | str = "auto"
+):
+    """Compiles with the source's optimizer, schedule and loss; returns the loss function.
+
+    Keras's "auto" uses XLA on GPUs only; `cnnserve bench train` measures both on CPUs."""
     loss = (
         sparse_hinge if spec.defaults.loss == "hinge"
         else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )  # fmt: skip
-    model.compile(optimizer=_optimizer(spec, schedule.learning_rate), loss=loss, metrics=["accuracy"])
+    model.compile(
+        optimizer=_optimizer(spec, learning_rate), loss=loss, metrics=["accuracy"], jit_compile=jit_compile
+    )
     return loss
 
 
@@ -276,11 +283,11 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             layer.set_mean(dataset.train.images)
     if cluster.strategy is None:
         model = template
-        loss = _compile(model, spec, schedule)
+        loss = compile_for_training(model, spec, schedule.learning_rate)
     else:
         model = distributed_model(template, cluster)
         with cluster.strategy.scope():
-            loss = _compile(model, spec, schedule)
+            loss = compile_for_training(model, spec, schedule.learning_rate)
 
     serving = ServingCopy(spec.build, dataset.train.images, config.precise_bn_batches, config.seed)
     statistics = statistics_label(template, config.precise_bn_batches)

@@ -13,6 +13,7 @@ import math
 import sys
 from pathlib import Path
 
+from cnnserve.bench.train_bench import register as register_train_bench
 from cnnserve.errors import CnnserveError
 
 DEFAULT_BATCH_SIZES = "1,8,64,256"
@@ -25,10 +26,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="measure latency and throughput, in-process or through a running server",
         description="Benchmarks whose every figure says what ran it: backend, device, threads, versions.",
     )
-    stages = bench.add_subparsers(dest="bench_command", metavar="{local,server,noop-model}", required=True)
+    stages = bench.add_subparsers(
+        dest="bench_command", metavar="{local,server,noop-model,train}", required=True
+    )
     _register_local(stages)
     _register_server(stages)
     _register_noop(stages)
+    register_train_bench(stages)
 
 
 def positive_ints(text: str, flag: str, unique: bool = True) -> tuple[int, ...]:
