@@ -9,6 +9,7 @@ import grpc
 from cnnserve.protos import classifier_pb2 as pb
 from cnnserve.protos import classifier_pb2_grpc
 from cnnserve.serving import converters
+from cnnserve.serving.access_log import REQUEST_ID_HEADER
 from cnnserve.serving.dataplane import DataPlane, Inference
 from cnnserve.serving.errors import InvalidInput, grpc_errors
 from cnnserve.serving.lifecycle import ModelManager
@@ -109,11 +110,26 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
         started_ns: int,
         context: grpc.aio.ServicerContext,
     ) -> Inference:
-        with self._dataplane.counted(model, started_ns):
-            if not request.HasField("images"):
-                raise InvalidInput("images: missing; expected a uint8 tensor [N, H, W, C]")
-            images = converters.decode_tensor(request.images, "images")
-            return await self._dataplane.infer(model, images, started_ns, deadline_ns(context))
+        with self._dataplane.logged(
+            "grpc", model.name, model.version, _client_request_id(context), started_ns
+        ) as record:
+            if record is not None:
+                context.set_trailing_metadata(((REQUEST_ID_HEADER, record.request_id),))
+            with self._dataplane.counted(model, started_ns):
+                if not request.HasField("images"):
+                    raise InvalidInput("images: missing; expected a uint8 tensor [N, H, W, C]")
+                images = converters.decode_tensor(request.images, "images")
+                inference = await self._dataplane.infer(model, images, started_ns, deadline_ns(context))
+            self._dataplane.note(record, inference)
+            return inference
+
+
+def _client_request_id(context: grpc.aio.ServicerContext) -> str:
+    """The client's own `x-request-id` metadata, cut to a sane length, or "" (one is generated)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str):
+            return value[:64]
+    return ""
 
 
 def _timing(inference: Inference) -> pb.ServerTiming:

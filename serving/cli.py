@@ -128,6 +128,17 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         "--poll-interval-s", type=float, default=2.0, help="seconds between repository scans (default: 2)"
     )
     serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text or JSON (default: text)",
+    )
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="one log line per inference request (model, version, images, status, µs, request id)",
+    )
+    serve.add_argument(
         "--workers",
         default="1",
         metavar="N|auto",
@@ -179,6 +190,8 @@ def build_options(args: argparse.Namespace) -> object:
         model_control=args.model_control,
         poll_interval_s=args.poll_interval_s,
         workers=_workers(args.workers),
+        log_format=args.log_format,
+        access_log=args.access_log,
     )
 
 
@@ -195,6 +208,9 @@ def run_serve(args: argparse.Namespace) -> int:
     # (and, as a user without a home directory, it warns at every start that it cannot).
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     options = build_options(args)
+    from cnnserve.serving.access_log import configure_logging
+
+    configure_logging(options.log_format)
     if options.workers > 1:
         from cnnserve.serving.workers import Supervisor
 

@@ -95,12 +95,16 @@ class ServerOptions:
     model_control: str = "poll"
     poll_interval_s: float = 2.0
     workers: int = 1  # > 1: a supervisor and this many server processes on one port
+    log_format: str = "text"  # or "json": one object per line
+    access_log: bool = False  # one line per inference request (access_log.py says why off)
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
             raise CnnserveError(
                 f"--model-control must be one of {', '.join(MODEL_CONTROL_MODES)}, got {self.model_control!r}"
             )
+        if self.log_format not in ("text", "json"):
+            raise CnnserveError(f"--log-format must be text or json, got {self.log_format!r}")
         if not 1 <= self.workers <= 256:
             raise CnnserveError(f"--workers must be between 1 and 256, received {self.workers}")
         if not 0.1 <= self.poll_interval_s <= 3600:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cnnserve.serving.access_log import AccessLog, AccessRecord, new_request_id
 from cnnserve.serving.batcher import BatchedResult
 from cnnserve.serving.errors import InvalidInput, ServingError
 from cnnserve.serving.registry import ModelRegistry, ServedVersion
@@ -44,10 +45,46 @@ class Label:
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry, max_request_images: int) -> None:
+    def __init__(
+        self, registry: ModelRegistry, max_request_images: int, access_log: AccessLog | None = None
+    ) -> None:
         self.registry = registry
         self.max_request_images = max_request_images
         self.ready = False  # set once every model has loaded and warmed
+        self.access_log = access_log or AccessLog(enabled=False)
+
+    @contextmanager
+    def logged(
+        self, protocol: str, model: str, version: str, request_id: str, started_ns: int
+    ) -> Iterator[AccessRecord | None]:
+        """One access-log line for the request inside the block (when the access log is on)."""
+        if not self.access_log.enabled:
+            yield None
+            return
+        record = AccessRecord(protocol, model, version, request_id or new_request_id(), started_ns)
+        try:
+            yield record
+        except ServingError as error:
+            self.access_log.write(record, error.code.name, str(error))
+            raise
+        except asyncio.CancelledError:
+            self.access_log.write(record, "CANCELLED")
+            raise
+        except Exception as error:
+            self.access_log.write(record, "INTERNAL", f"{type(error).__name__}: {error}")
+            raise
+        else:
+            self.access_log.write(record, "OK")
+
+    @staticmethod
+    def note(record: AccessRecord | None, inference: Inference) -> None:
+        """What the access line says about a served request."""
+        if record is not None:
+            result = inference.result
+            record.version = inference.model.version
+            record.images = sum(len(v) for v in list(inference.outputs.values())[:1])
+            record.queue_us = result.queue_ns // 1000
+            record.compute_us = result.compute_infer_ns // 1000
 
     def validate_images(self, model: ServedVersion, images: np.ndarray, field: str) -> None:
         expected = [-1, *model.image_shape]

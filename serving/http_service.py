@@ -32,6 +32,7 @@ from cnnserve import __version__
 from cnnserve.errors import CnnserveError
 from cnnserve.serving import v2_converters as convert
 from cnnserve.serving import v2_json
+from cnnserve.serving.access_log import REQUEST_ID_HEADER, AccessRecord
 from cnnserve.serving.dataplane import DataPlane
 from cnnserve.serving.errors import ModelNotFound, ServingError, http_status_of
 from cnnserve.serving.lifecycle import ModelManager
@@ -217,13 +218,27 @@ class HttpService:
 
     async def infer(self, request: web.Request) -> web.Response:
         started_ns = time.monotonic_ns()
+        name, version = request.match_info["model"], request.match_info.get("version", "")
+        client_id = request.headers.get(REQUEST_ID_HEADER, "")[:64]
+        with self._dataplane.logged("http", name, version, client_id, started_ns) as record:
+            response = await self._infer(request, started_ns, record)
+            if record is not None:
+                response.headers[REQUEST_ID_HEADER] = record.request_id
+            return response
+
+    async def _infer(
+        self, request: web.Request, started_ns: int, record: AccessRecord | None
+    ) -> web.Response:
         body = await request.read()
         model = self._model(request)
         with self._dataplane.counted(model, started_ns):
             parsed = v2_json.parse_request(body, request.headers.get(v2_json.HEADER_LENGTH))
+            if record is not None and parsed.id:
+                record.request_id = parsed.id[:64]
             images = v2_json.decode_input(parsed, model.config.inputs[0])
             wanted = v2_json.requested_outputs(parsed, model.config, self._dataplane.num_classes(model))
             inference = await self._dataplane.infer(model, images, started_ns, None, field="inputs[0]")
+        self._dataplane.note(record, inference)
         arrays = []
         for name, top_k, binary in wanted:
             array = inference.outputs[name]

@@ -39,7 +39,7 @@ class RateLimitedLog:
         self._next_s: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def warning(self, key: str, message: str, *args: object) -> bool:
+    def warning(self, key: str, message: str, *args: object, extra: dict | None = None) -> bool:
         """Log `message % args` unless `key` was logged less than `interval_s` ago; True if logged."""
         now = self._clock()
         with self._lock:
@@ -50,5 +50,7 @@ class RateLimitedLog:
             held_back = self._suppressed.pop(key, 0)
         if held_back:
             message += f" ({held_back} more like it in the last {self._interval_s:g} s not logged)"
-        self._logger.warning(message, *args)
+        if held_back and extra is not None:
+            extra = {**extra, "access": {**extra.get("access", {}), "held_back": held_back}}
+        self._logger.warning(message, *args, extra=extra)
         return True

@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from cnnserve import __version__
 from cnnserve.errors import CnnserveError
 from cnnserve.protos import classifier_pb2, classifier_pb2_grpc, grpc_service_pb2, grpc_service_pb2_grpc
+from cnnserve.serving.access_log import AccessLog
 from cnnserve.serving.call_guard import CallGuard, GuardedServer
 from cnnserve.serving.classifier_service import ClassifierService
 from cnnserve.serving.config import ServerOptions
@@ -165,7 +166,7 @@ async def serve(options: ServerOptions, worker: WorkerSlot | None = None) -> int
     registry = ModelRegistry()
     manager = ModelManager(options, registry, worker.sibling_report_ports if worker else None)
     manager.check()  # a bad --repository, --models or override fails before listening
-    dataplane = DataPlane(registry, options.max_request_images)
+    dataplane = DataPlane(registry, options.max_request_images, AccessLog(options.access_log))
     health = health_aio.HealthServicer()
     await _set_health(health, serving=False)
     guard = CallGuard()

@@ -19,6 +19,7 @@ from cnnserve.protos import grpc_service_pb2 as pb
 from cnnserve.protos import grpc_service_pb2_grpc
 from cnnserve.protos import model_config_pb2 as config_pb
 from cnnserve.serving import v2_converters as convert
+from cnnserve.serving.access_log import REQUEST_ID_HEADER, AccessRecord
 from cnnserve.serving.classifier_service import deadline_ns
 from cnnserve.serving.dataplane import DataPlane
 from cnnserve.serving.errors import InvalidInput, ModelNotFound, ServingError, grpc_errors, status_of
@@ -85,7 +86,7 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        return await self._infer(request, context)
+        return await self._infer(request, context, unary=True)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
@@ -197,9 +198,23 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     async def _infer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext, unary: bool = False
     ) -> pb.ModelInferResponse:
         started_ns = time.monotonic_ns()
+        with self._dataplane.logged(
+            "grpc", request.model_name, request.model_version, request.id, started_ns
+        ) as record:
+            if record is not None and unary:
+                context.set_trailing_metadata(((REQUEST_ID_HEADER, record.request_id),))
+            return await self._infer_logged(request, context, started_ns, record)
+
+    async def _infer_logged(
+        self,
+        request: pb.ModelInferRequest,
+        context: grpc.aio.ServicerContext,
+        started_ns: int,
+        record: AccessRecord | None,
+    ) -> pb.ModelInferResponse:
         model = self._registry.get(request.model_name, request.model_version)
         with self._dataplane.counted(model, started_ns):
             images = convert.decode_input(request, model.config.inputs[0])
@@ -207,6 +222,7 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             inference = await self._dataplane.infer(
                 model, images, started_ns, deadline_ns(context), field="inputs[0]"
             )
+        self._dataplane.note(record, inference)
         response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         response.parameters["execution_provider"].string_param = model.provider
         for name, top_k in wanted:

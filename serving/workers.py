@@ -106,9 +106,10 @@ def worker_main(options: ServerOptions, slot: WorkerSlot, log_level: int) -> Non
     """The body of a worker process (spawned: a fresh interpreter, no state from the supervisor)."""
     if sys.platform == "linux":  # a supervisor killed outright must not leave workers behind
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    logging.basicConfig(
-        level=log_level, format=f"%(asctime)s %(levelname)s worker-{slot.index} %(name)s: %(message)s"
-    )
+    from cnnserve.serving.access_log import configure_logging
+
+    logging.basicConfig(level=log_level)
+    configure_logging(options.log_format, slot.index)
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     from cnnserve.serving import server
 

@@ -73,3 +73,58 @@ def test_the_supervisor_reports_each_worker_process(tmp_path, start_server) -> N
     assert workers == {"0", "1"}
     assert all(value(found, "cnnserve_worker_resident_memory_bytes", worker=w) > 50 * 2**20 for w in workers)
     assert np.all([value(found, "cnnserve_worker_cpu_seconds_total", worker=w) > 0 for w in workers])
+
+
+def test_json_logs_with_one_access_line_per_request_and_its_id(start_server) -> None:
+    import json
+
+    import grpc
+    import tritonclient.http as http
+
+    from cnnserve.protos import classifier_pb2 as pb
+    from cnnserve.serving.converters import encode_tensor
+
+    server = start_server("--models", "identity", "--log-format", "json", "--access-log")
+    client = triton.InferenceServerClient(server.target)
+    tensor = triton.InferInput("images", [2, 28, 28, 1], "UINT8")
+    tensor.set_data_from_numpy(images(2))
+    client.infer("identity", [tensor], request_id="v2-call-1")
+    with grpc.insecure_channel(server.target) as channel:
+        predict = channel.unary_unary("/cnnserve.v1.Classifier/Predict")
+        request = pb.PredictRequest(
+            model_name="identity", images=encode_tensor(images(3))
+        ).SerializeToString()
+        _, call = predict.with_call(request, metadata=(("x-request-id", "mine-42"),), timeout=30)
+        assert dict(call.trailing_metadata())["x-request-id"] == "mine-42"
+        _, call = predict.with_call(request, timeout=30)
+        generated = dict(call.trailing_metadata())["x-request-id"]
+        bad = pb.PredictRequest(
+            model_name="identity", images=pb.Tensor(dtype="uint8", shape=[1, 2], data=b"ab")
+        )
+        for _ in range(50):
+            try:
+                predict(bad.SerializeToString(), timeout=30)
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    rest = http.InferenceServerClient(server.http_target)
+    rest_input = http.InferInput("images", [1, 28, 28, 1], "UINT8")
+    rest_input.set_data_from_numpy(images(1))
+    rest.infer("identity", [rest_input], request_id="over-http")
+
+    entries = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    assert entries and all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    access = {e["request_id"]: e for e in entries if e["logger"] == "cnnserve.access"}
+    v2 = access["v2-call-1"]
+    assert (v2["protocol"], v2["model"], v2["version"], v2["images"], v2["status"]) == (
+        "grpc",
+        "identity",
+        "1",
+        2,
+        "OK",
+    )
+    assert v2["total_us"] >= v2["compute_us"] >= 0 and v2["queue_us"] >= 0
+    assert access["mine-42"]["images"] == 3 and access[generated]["status"] == "OK" and len(generated) == 16
+    assert access["over-http"]["protocol"] == "http" and access["over-http"]["images"] == 1
+    errors = [e for e in entries if e.get("status") == "INVALID_ARGUMENT"]
+    assert 1 <= len(errors) <= 2  # 50 bad requests, rate-limited to a line a second
+    assert "images.shape" in errors[0]["error"]
