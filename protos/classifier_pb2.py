@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cnnserve/protos/classifier.proto\x12\x0b\x63nnserve.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"p\n\x0f\x43lassifyRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12#\n\x06images\x18\x03 \x01(\x0b\x32\x13.cnnserve.v1.Tensor\x12\r\n\x05top_k\x18\x04 \x01(\x05\"?\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0b\x63lass_index\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x02\"6\n\x0e\x43lassification\x12$\n\x03top\x18\x01 \x03(\x0b\x32\x17.cnnserve.v1.LabelScore\"\x87\x01\n\x0cServerTiming\x12\x10\n\x08queue_us\x18\x01 \x01(\x03\x12\x12\n\ncompute_us\x18\x02 \x01(\x03\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\x12\x0f\n\x07\x62\x61tches\x18\x04 \x01(\x05\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12\x10\n\x08total_us\x18\x06 \x01(\x03\"\x9e\x01\n\x10\x43lassifyResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x34\n\x0f\x63lassifications\x18\x03 \x03(\x0b\x32\x1b.cnnserve.v1.Classification\x12)\n\x06timing\x18\x04 \x01(\x0b\x32\x19.cnnserve.v1.ServerTiming\"`\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12#\n\x06images\x18\x03 \x01(\x0b\x32\x13.cnnserve.v1.Tensor\"\x8c\x01\n\x0fPredictResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12#\n\x06logits\x18\x03 \x01(\x0b\x32\x13.cnnserve.v1.Tensor\x12)\n\x06timing\x18\x04 \x01(\x0b\x32\x19.cnnserve.v1.ServerTiming\"\x13\n\x11ListModelsRequest\"C\n\x11ModelVersionState\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"`\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x30\n\x08versions\x18\x03 \x03(\x0b\x32\x1e.cnnserve.v1.ModelVersionState\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.cnnserve.v1.ModelSummary\"D\n\x17GetModelMetadataRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"<\n\x0eTensorMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xc2\x02\n\x18GetModelMetadataResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x10\n\x08platform\x18\x04 \x01(\t\x12+\n\x06inputs\x18\x05 \x03(\x0b\x32\x1b.cnnserve.v1.TensorMetadata\x12,\n\x07outputs\x18\x06 \x03(\x0b\x32\x1b.cnnserve.v1.TensorMetadata\x12\x14\n\x0c\x63lass_labels\x18\x07 \x03(\t\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\x05\x12\x1a\n\x12max_queue_delay_us\x18\t \x01(\x03\x12\x16\n\x0emax_queue_size\x18\n \x01(\x05\x12\x1a\n\x12\x65xecution_provider\x18\x0b \x01(\t2\xcb\x02\n\nClassifier\x12G\n\x08\x43lassify\x12\x1c.cnnserve.v1.ClassifyRequest\x1a\x1d.cnnserve.v1.ClassifyResponse\x12\x44\n\x07Predict\x12\x1b.cnnserve.v1.PredictRequest\x1a\x1c.cnnserve.v1.PredictResponse\x12M\n\nListModels\x12\x1e.cnnserve.v1.ListModelsRequest\x1a\x1f.cnnserve.v1.ListModelsResponse\x12_\n\x10GetModelMetadata\x12$.cnnserve.v1.GetModelMetadataRequest\x1a%.cnnserve.v1.GetModelMetadataResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cnnserve/protos/classifier.proto\x12\x0b\x63nnserve.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x88\x01\n\x0f\x43lassifyRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12#\n\x06images\x18\x03 \x01(\x0b\x32\x13.cnnserve.v1.Tensor\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x16\n\x0e\x65ncoded_images\x18\x05 \x03(\x0c\"?\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0b\x63lass_index\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x02\"6\n\x0e\x43lassification\x12$\n\x03top\x18\x01 \x03(\x0b\x32\x17.cnnserve.v1.LabelScore\"\x87\x01\n\x0cServerTiming\x12\x10\n\x08queue_us\x18\x01 \x01(\x03\x12\x12\n\ncompute_us\x18\x02 \x01(\x03\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\x12\x0f\n\x07\x62\x61tches\x18\x04 \x01(\x05\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12\x10\n\x08total_us\x18\x06 \x01(\x03\"\x9e\x01\n\x10\x43lassifyResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x34\n\x0f\x63lassifications\x18\x03 \x03(\x0b\x32\x1b.cnnserve.v1.Classification\x12)\n\x06timing\x18\x04 \x01(\x0b\x32\x19.cnnserve.v1.ServerTiming\"x\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12#\n\x06images\x18\x03 \x01(\x0b\x32\x13.cnnserve.v1.Tensor\x12\x16\n\x0e\x65ncoded_images\x18\x04 \x03(\x0c\"\x8c\x01\n\x0fPredictResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12#\n\x06logits\x18\x03 \x01(\x0b\x32\x13.cnnserve.v1.Tensor\x12)\n\x06timing\x18\x04 \x01(\x0b\x32\x19.cnnserve.v1.ServerTiming\"\x13\n\x11ListModelsRequest\"C\n\x11ModelVersionState\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"`\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x30\n\x08versions\x18\x03 \x03(\x0b\x32\x1e.cnnserve.v1.ModelVersionState\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.cnnserve.v1.ModelSummary\"D\n\x17GetModelMetadataRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"<\n\x0eTensorMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xc2\x02\n\x18GetModelMetadataResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x10\n\x08platform\x18\x04 \x01(\t\x12+\n\x06inputs\x18\x05 \x03(\x0b\x32\x1b.cnnserve.v1.TensorMetadata\x12,\n\x07outputs\x18\x06 \x03(\x0b\x32\x1b.cnnserve.v1.TensorMetadata\x12\x14\n\x0c\x63lass_labels\x18\x07 \x03(\t\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\x05\x12\x1a\n\x12max_queue_delay_us\x18\t \x01(\x03\x12\x16\n\x0emax_queue_size\x18\n \x01(\x05\x12\x1a\n\x12\x65xecution_provider\x18\x0b \x01(\t2\xcb\x02\n\nClassifier\x12G\n\x08\x43lassify\x12\x1c.cnnserve.v1.ClassifyRequest\x1a\x1d.cnnserve.v1.ClassifyResponse\x12\x44\n\x07Predict\x12\x1b.cnnserve.v1.PredictRequest\x1a\x1c.cnnserve.v1.PredictResponse\x12M\n\nListModels\x12\x1e.cnnserve.v1.ListModelsRequest\x1a\x1f.cnnserve.v1.ListModelsResponse\x12_\n\x10GetModelMetadata\x12$.cnnserve.v1.GetModelMetadataRequest\x1a%.cnnserve.v1.GetModelMetadataResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,34 +33,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TENSOR']._serialized_start=49
   _globals['_TENSOR']._serialized_end=101
-  _globals['_CLASSIFYREQUEST']._serialized_start=103
-  _globals['_CLASSIFYREQUEST']._serialized_end=215
-  _globals['_LABELSCORE']._serialized_start=217
-  _globals['_LABELSCORE']._serialized_end=280
-  _globals['_CLASSIFICATION']._serialized_start=282
-  _globals['_CLASSIFICATION']._serialized_end=336
-  _globals['_SERVERTIMING']._serialized_start=339
-  _globals['_SERVERTIMING']._serialized_end=474
-  _globals['_CLASSIFYRESPONSE']._serialized_start=477
-  _globals['_CLASSIFYRESPONSE']._serialized_end=635
-  _globals['_PREDICTREQUEST']._serialized_start=637
-  _globals['_PREDICTREQUEST']._serialized_end=733
-  _globals['_PREDICTRESPONSE']._serialized_start=736
-  _globals['_PREDICTRESPONSE']._serialized_end=876
-  _globals['_LISTMODELSREQUEST']._serialized_start=878
-  _globals['_LISTMODELSREQUEST']._serialized_end=897
-  _globals['_MODELVERSIONSTATE']._serialized_start=899
-  _globals['_MODELVERSIONSTATE']._serialized_end=966
-  _globals['_MODELSUMMARY']._serialized_start=968
-  _globals['_MODELSUMMARY']._serialized_end=1064
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1066
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1129
-  _globals['_GETMODELMETADATAREQUEST']._serialized_start=1131
-  _globals['_GETMODELMETADATAREQUEST']._serialized_end=1199
-  _globals['_TENSORMETADATA']._serialized_start=1201
-  _globals['_TENSORMETADATA']._serialized_end=1261
-  _globals['_GETMODELMETADATARESPONSE']._serialized_start=1264
-  _globals['_GETMODELMETADATARESPONSE']._serialized_end=1586
-  _globals['_CLASSIFIER']._serialized_start=1589
-  _globals['_CLASSIFIER']._serialized_end=1920
+  _globals['_CLASSIFYREQUEST']._serialized_start=104
+  _globals['_CLASSIFYREQUEST']._serialized_end=240
+  _globals['_LABELSCORE']._serialized_start=242
+  _globals['_LABELSCORE']._serialized_end=305
+  _globals['_CLASSIFICATION']._serialized_start=307
+  _globals['_CLASSIFICATION']._serialized_end=361
+  _globals['_SERVERTIMING']._serialized_start=364
+  _globals['_SERVERTIMING']._serialized_end=499
+  _globals['_CLASSIFYRESPONSE']._serialized_start=502
+  _globals['_CLASSIFYRESPONSE']._serialized_end=660
+  _globals['_PREDICTREQUEST']._serialized_start=662
+  _globals['_PREDICTREQUEST']._serialized_end=782
+  _globals['_PREDICTRESPONSE']._serialized_start=785
+  _globals['_PREDICTRESPONSE']._serialized_end=925
+  _globals['_LISTMODELSREQUEST']._serialized_start=927
+  _globals['_LISTMODELSREQUEST']._serialized_end=946
+  _globals['_MODELVERSIONSTATE']._serialized_start=948
+  _globals['_MODELVERSIONSTATE']._serialized_end=1015
+  _globals['_MODELSUMMARY']._serialized_start=1017
+  _globals['_MODELSUMMARY']._serialized_end=1113
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1115
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1178
+  _globals['_GETMODELMETADATAREQUEST']._serialized_start=1180
+  _globals['_GETMODELMETADATAREQUEST']._serialized_end=1248
+  _globals['_TENSORMETADATA']._serialized_start=1250
+  _globals['_TENSORMETADATA']._serialized_end=1310
+  _globals['_GETMODELMETADATARESPONSE']._serialized_start=1313
+  _globals['_GETMODELMETADATARESPONSE']._serialized_end=1635
+  _globals['_CLASSIFIER']._serialized_start=1638
+  _globals['_CLASSIFIER']._serialized_end=1969
 # @@protoc_insertion_point(module_scope)

@@ -116,9 +116,19 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
             if record is not None:
                 context.set_trailing_metadata(((REQUEST_ID_HEADER, record.request_id),))
             with self._dataplane.counted(model, started_ns):
-                if not request.HasField("images"):
-                    raise InvalidInput("images: missing; expected a uint8 tensor [N, H, W, C]")
-                images = converters.decode_tensor(request.images, "images")
+                if request.encoded_images:
+                    if request.HasField("images"):
+                        raise InvalidInput("images: must not be set with encoded_images; send one of the two")
+                    images = await self._dataplane.decode_encoded(
+                        model, list(request.encoded_images), "encoded_images"
+                    )
+                    model = self._dataplane.registry.get(request.model_name, request.model_version)
+                elif not request.HasField("images"):
+                    raise InvalidInput(
+                        "images: missing; expected a uint8 tensor [N, H, W, C] or encoded_images"
+                    )
+                else:
+                    images = converters.decode_tensor(request.images, "images")
                 inference = await self._dataplane.infer(model, images, started_ns, deadline_ns(context))
             self._dataplane.note(record, inference)
             return inference

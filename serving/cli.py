@@ -99,6 +99,14 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         "--max-message-mb", type=float, default=64, help="largest gRPC message in MiB (default: 64)"
     )
     serve.add_argument(
+        "--max-image-bytes", type=int, default=16 * 1024 * 1024,
+        help="largest encoded image file a request may send (default: 16 MiB)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--max-image-pixels", type=int, default=4096 * 4096,
+        help="most pixels an encoded image may declare, against decompression bombs (default: 4096x4096)",
+    )  # fmt: skip
+    serve.add_argument(
         "--grace-s", type=float, default=30, help="shutdown grace period in seconds (default: 30)"
     )
     serve.add_argument(
@@ -191,6 +199,8 @@ def build_options(args: argparse.Namespace) -> object:
         poll_interval_s=args.poll_interval_s,
         workers=_workers(args.workers),
         log_format=args.log_format,
+        max_image_bytes=args.max_image_bytes,
+        max_image_pixels=args.max_image_pixels,
         access_log=args.access_log,
     )
 
@@ -238,6 +248,13 @@ def _register_classify(commands: argparse._SubParsersAction) -> None:
     classify.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
     classify.add_argument("--tls-key", type=Path, help="client private key for mutual TLS")
     classify.add_argument("--json", action="store_true", help="machine-readable output")
+    classify.add_argument(
+        "--send",
+        choices=("pixels", "encoded"),
+        default="pixels",
+        help="pixels: decode and resize here, send uint8 arrays; encoded: send the image files for the "
+        "server to decode (default: pixels)",
+    )
     classify.set_defaults(handler=run_classify)
 
 
@@ -259,10 +276,14 @@ def run_classify(args: argparse.Namespace) -> int:
     with open_channel(args.target, _tls(args)) as channel:
         client = ClassifierClient(channel, timeout_s=args.timeout_s)
         try:
-            metadata = client.metadata(args.model, args.version)
-            shape = tuple(int(d) for d in metadata.inputs[0].shape[1:])
-            images, names = load_images(args.images, shape)  # type: ignore[arg-type]
-            response = client.classify(args.model, images, top_k=args.top_k, version=args.version)
+            if args.send == "encoded":
+                files, names = _image_files(args.images)
+                response = client.classify_encoded(args.model, files, top_k=args.top_k, version=args.version)
+            else:
+                metadata = client.metadata(args.model, args.version)
+                shape = tuple(int(d) for d in metadata.inputs[0].shape[1:])
+                images, names = load_images(args.images, shape)  # type: ignore[arg-type]
+                response = client.classify(args.model, images, top_k=args.top_k, version=args.version)
         except grpc.RpcError as error:
             raise CnnserveError(f"{args.target}: {error.code().name}: {error.details()}") from None
     timing = response.timing
@@ -304,6 +325,20 @@ def run_classify(args: argparse.Namespace) -> int:
         f"server total {timing.total_us} µs"
     )
     return 0
+
+
+def _image_files(paths: list[Path]) -> tuple[list[bytes], list[str]]:
+    files = []
+    for path in paths:
+        if path.suffix.lower() == ".npy":
+            raise CnnserveError(
+                f"{path}: --send encoded sends image files (PNG, JPEG); use --send pixels for .npy"
+            )
+        try:
+            files.append(path.read_bytes())
+        except OSError as error:
+            raise CnnserveError(f"{path}: cannot read ({error.strerror or error})") from None
+    return files, [path.name for path in paths]
 
 
 def _register_health(commands: argparse._SubParsersAction) -> None:

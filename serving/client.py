@@ -88,6 +88,15 @@ class ClassifierClient:
         )
         return self._stub.Classify(request, timeout=self._timeout_s)
 
+    def classify_encoded(
+        self, model: str, files: list[bytes], top_k: int = 1, version: str = ""
+    ) -> pb.ClassifyResponse:
+        """The server decodes and resizes the PNG/JPEG files itself."""
+        request = pb.ClassifyRequest(
+            model_name=model, model_version=version, encoded_images=files, top_k=top_k
+        )
+        return self._stub.Classify(request, timeout=self._timeout_s)
+
     def predict(self, model: str, images: np.ndarray, version: str = "") -> pb.PredictResponse:
         request = pb.PredictRequest(model_name=model, model_version=version, images=encode_tensor(images))
         return self._stub.Predict(request, timeout=self._timeout_s)

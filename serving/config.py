@@ -96,6 +96,8 @@ class ServerOptions:
     poll_interval_s: float = 2.0
     workers: int = 1  # > 1: a supervisor and this many server processes on one port
     log_format: str = "text"  # or "json": one object per line
+    max_image_bytes: int = 16 * 1024 * 1024  # one encoded image file
+    max_image_pixels: int = 4096 * 4096  # what an encoded image's header may declare
     access_log: bool = False  # one line per inference request (access_log.py says why off)
 
     def __post_init__(self) -> None:
@@ -103,6 +105,8 @@ class ServerOptions:
             raise CnnserveError(
                 f"--model-control must be one of {', '.join(MODEL_CONTROL_MODES)}, got {self.model_control!r}"
             )
+        if self.max_image_bytes < 1 or self.max_image_pixels < 1:
+            raise CnnserveError("--max-image-bytes and --max-image-pixels must be >= 1")
         if self.log_format not in ("text", "json"):
             raise CnnserveError(f"--log-format must be text or json, got {self.log_format!r}")
         if not 1 <= self.workers <= 256:

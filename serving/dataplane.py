@@ -18,6 +18,7 @@ import numpy as np
 from cnnserve.serving.access_log import AccessLog, AccessRecord, new_request_id
 from cnnserve.serving.batcher import BatchedResult
 from cnnserve.serving.errors import InvalidInput, ServingError
+from cnnserve.serving.image_decoding import ImageLimits, decode_images
 from cnnserve.serving.registry import ModelRegistry, ServedVersion
 
 LOGITS, PROBABILITIES = "logits", "probabilities"
@@ -46,10 +47,15 @@ class Label:
 
 class DataPlane:
     def __init__(
-        self, registry: ModelRegistry, max_request_images: int, access_log: AccessLog | None = None
+        self,
+        registry: ModelRegistry,
+        max_request_images: int,
+        access_log: AccessLog | None = None,
+        image_limits: ImageLimits | None = None,
     ) -> None:
         self.registry = registry
         self.max_request_images = max_request_images
+        self.image_limits = image_limits or ImageLimits()
         self.ready = False  # set once every model has loaded and warmed
         self.access_log = access_log or AccessLog(enabled=False)
 
@@ -105,6 +111,17 @@ class DataPlane:
             raise InvalidInput(
                 f"{field}.shape: expected {shown} for model {model.name!r}, received {list(images.shape)}"
             )
+
+    async def decode_encoded(self, model: ServedVersion, blobs: list[bytes], field: str) -> np.ndarray:
+        """PNG/JPEG files → the model's uint8 batch, in a worker thread (the loop keeps serving).
+
+        The caller looks the model up again afterwards: the version may have been swapped while
+        the images were decoding, and a request must reach a batcher straight from `get()`."""
+        if len(blobs) > self.max_request_images:
+            raise InvalidInput(
+                f"{field}: too many images: {len(blobs)} > {self.max_request_images} (--max-request-images)"
+            )
+        return await asyncio.to_thread(decode_images, blobs, model.image_shape, self.image_limits, field)
 
     def check_top_k(self, model: ServedVersion, top_k: int, field: str = "top_k") -> int:
         classes = self.num_classes(model)

@@ -235,7 +235,12 @@ class HttpService:
             parsed = v2_json.parse_request(body, request.headers.get(v2_json.HEADER_LENGTH))
             if record is not None and parsed.id:
                 record.request_id = parsed.id[:64]
-            images = v2_json.decode_input(parsed, model.config.inputs[0])
+            blobs = v2_json.encoded_input(parsed, model.config.inputs[0])
+            if blobs is None:
+                images = v2_json.decode_input(parsed, model.config.inputs[0])
+            else:
+                images = await self._dataplane.decode_encoded(model, blobs, "inputs[0]")
+                model = self._model(request)  # it may have been swapped while decoding
             wanted = v2_json.requested_outputs(parsed, model.config, self._dataplane.num_classes(model))
             inference = await self._dataplane.infer(model, images, started_ns, None, field="inputs[0]")
         self._dataplane.note(record, inference)

@@ -35,6 +35,7 @@ from cnnserve.serving.config import ServerOptions
 from cnnserve.serving.dataplane import DataPlane
 from cnnserve.serving.errors import ServingError
 from cnnserve.serving.http_service import HttpService
+from cnnserve.serving.image_decoding import ImageLimits
 from cnnserve.serving.lifecycle import LoadingCancelled, ModelManager
 from cnnserve.serving.memory import fix_mmap_threshold
 from cnnserve.serving.metrics import MetricsServer
@@ -166,7 +167,12 @@ async def serve(options: ServerOptions, worker: WorkerSlot | None = None) -> int
     registry = ModelRegistry()
     manager = ModelManager(options, registry, worker.sibling_report_ports if worker else None)
     manager.check()  # a bad --repository, --models or override fails before listening
-    dataplane = DataPlane(registry, options.max_request_images, AccessLog(options.access_log))
+    dataplane = DataPlane(
+        registry,
+        options.max_request_images,
+        AccessLog(options.access_log),
+        ImageLimits(options.max_image_bytes, options.max_image_pixels),
+    )
     health = health_aio.HealthServicer()
     await _set_health(health, serving=False)
     guard = CallGuard()

@@ -17,6 +17,7 @@ from cnnserve.protos import grpc_service_pb2 as pb
 from cnnserve.protos import model_config_pb2 as config_pb
 from cnnserve.serving.converters import array_from_bytes, wire_shape
 from cnnserve.serving.errors import InvalidInput
+from cnnserve.serving.image_decoding import split_bytes_tensor
 from cnnserve.serving.log_limit import shown
 
 # Triton datatype names ↔ numpy.
@@ -89,6 +90,29 @@ def decode_input(request: pb.ModelInferRequest, spec: TensorSpec) -> np.ndarray:
             f"inputs[0].contents.uint_contents: values must be 0..255 for UINT8, received {int(array.max())}"
         )
     return array.astype(dtype).reshape(shape)
+
+
+def encoded_input(request: pb.ModelInferRequest, spec: TensorSpec) -> list[bytes] | None:
+    """Image files sent as a BYTES input ([N] or [N, 1]) for a uint8 image model; None otherwise."""
+    if len(request.inputs) != 1 or request.inputs[0].datatype != "BYTES" or spec.dtype != "uint8":
+        return None
+    tensor = request.inputs[0]
+    if tensor.name != spec.name:
+        raise InvalidInput(f"inputs[0].name: expected {spec.name!r}, received {shown(tensor.name)}")
+    shape = wire_shape(tensor.shape, "inputs[0].shape", "[N] or [N, 1] encoded images")
+    if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+        raise InvalidInput(f"inputs[0].shape: expected [N] or [N, 1] encoded images, received {shape}")
+    count = shape[0]
+    if request.raw_input_contents:
+        if tensor.HasField("contents"):
+            raise InvalidInput("inputs[0].contents: must not be set when raw_input_contents is used")
+        return split_bytes_tensor(request.raw_input_contents[0], count, "raw_input_contents[0]")
+    blobs = list(tensor.contents.bytes_contents)
+    if len(blobs) != count:
+        raise InvalidInput(
+            f"inputs[0].contents.bytes_contents: expected {count} images, received {len(blobs)}"
+        )
+    return blobs
 
 
 def _shown(shape: Sequence[int]) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 from cnnserve.export.model_config import ModelConfig, TensorSpec
 from cnnserve.serving.converters import array_from_bytes, wire_shape
 from cnnserve.serving.errors import InvalidInput
+from cnnserve.serving.image_decoding import split_bytes_tensor
 from cnnserve.serving.log_limit import shown
 from cnnserve.serving.v2_converters import CLASSIFICATION, V2_TO_NUMPY, serialize_bytes, v2_datatype
 
@@ -64,6 +65,23 @@ def parse_request(body: bytes, header_length: str | None) -> HttpInferRequest:
     if not isinstance(parameters, dict):
         raise InvalidInput("parameters: expected an object")
     return HttpInferRequest(str(request.get("id", "")), inputs, outputs, parameters, binary)
+
+
+def encoded_input(request: HttpInferRequest, spec: TensorSpec) -> list[bytes] | None:
+    """Image files as a BYTES input in the binary extension; None when the input is not BYTES."""
+    if len(request.inputs) != 1 or request.inputs[0].get("datatype") != "BYTES" or spec.dtype != "uint8":
+        return None
+    tensor = request.inputs[0]
+    if tensor.get("name") != spec.name:
+        raise InvalidInput(f"inputs[0].name: expected {spec.name!r}, received {shown(tensor.get('name'))}")
+    dims = tensor.get("shape")
+    if not isinstance(dims, list) or not all(isinstance(d, int) for d in dims) or not 1 <= len(dims) <= 2:
+        raise InvalidInput(f"inputs[0].shape: expected [N] or [N, 1] encoded images, received {shown(dims)}")
+    if (tensor.get("parameters") or {}).get("binary_data_size") is None:
+        raise InvalidInput(
+            "inputs[0]: send encoded images as binary data (binary_data_size), not JSON strings"
+        )
+    return split_bytes_tensor(request.binary, int(dims[0]), "inputs[0] binary data")
 
 
 def decode_input(request: HttpInferRequest, spec: TensorSpec) -> np.ndarray:

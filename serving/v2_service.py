@@ -217,7 +217,12 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         model = self._registry.get(request.model_name, request.model_version)
         with self._dataplane.counted(model, started_ns):
-            images = convert.decode_input(request, model.config.inputs[0])
+            blobs = convert.encoded_input(request, model.config.inputs[0])
+            if blobs is None:
+                images = convert.decode_input(request, model.config.inputs[0])
+            else:
+                images = await self._dataplane.decode_encoded(model, blobs, "inputs[0]")
+                model = self._registry.get(request.model_name, request.model_version)
             wanted = convert.requested_outputs(request, model.config, self._dataplane.num_classes(model))
             inference = await self._dataplane.infer(
                 model, images, started_ns, deadline_ns(context), field="inputs[0]"
