@@ -8,8 +8,10 @@ outcome is counted in the model's statistics.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -56,6 +58,9 @@ class DataPlane:
         self.registry = registry
         self.max_request_images = max_request_images
         self.image_limits = image_limits or ImageLimits()
+        # Decoding is CPU work beside the model's: at most half the cores decode at once, so a
+        # burst of large images leaves the rest for the event loop and ONNX Runtime.
+        self._decoders = ThreadPoolExecutor(max(1, (os.cpu_count() or 2) // 2), thread_name_prefix="decode")
         self.ready = False  # set once every model has loaded and warmed
         self.access_log = access_log or AccessLog(enabled=False)
 
@@ -121,7 +126,10 @@ class DataPlane:
             raise InvalidInput(
                 f"{field}: too many images: {len(blobs)} > {self.max_request_images} (--max-request-images)"
             )
-        return await asyncio.to_thread(decode_images, blobs, model.image_shape, self.image_limits, field)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._decoders, decode_images, blobs, model.image_shape, self.image_limits, field
+        )
 
     def check_top_k(self, model: ServedVersion, top_k: int, field: str = "top_k") -> int:
         classes = self.num_classes(model)
