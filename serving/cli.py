@@ -113,6 +113,17 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         "--cpu-threads", type=int, default=0, help="ONNX Runtime intra-op threads, 0 = one per core"
     )
     serve.add_argument(
+        "--cuda-device-id", type=int, default=0, help="CUDA device for every model (default: 0)"
+    )
+    serve.add_argument(
+        "--cudnn-conv-algo-search",
+        default="exhaustive",
+        help="cuDNN convolution algorithm search: exhaustive | heuristic | default (default: exhaustive)",
+    )
+    serve.add_argument(
+        "--gpu-mem-limit-mb", type=float, help="ONNX Runtime's CUDA memory arena limit per model"
+    )
+    serve.add_argument(
         "--cpu-spinning",
         action="store_true",
         help="let idle ONNX Runtime threads spin (lower batch-1 latency, more CPU)",
@@ -198,11 +209,18 @@ def build_options(args: argparse.Namespace) -> object:
         model_control=args.model_control,
         poll_interval_s=args.poll_interval_s,
         workers=_workers(args.workers),
+        cuda=_cuda(args),
         log_format=args.log_format,
         max_image_bytes=args.max_image_bytes,
         max_image_pixels=args.max_image_pixels,
         access_log=args.access_log,
     )
+
+
+def _cuda(args: argparse.Namespace) -> object:
+    from cnnserve.serving.cuda_options import CudaOptions
+
+    return CudaOptions.from_flags(args.cuda_device_id, args.cudnn_conv_algo_search, args.gpu_mem_limit_mb)
 
 
 def _workers(text: str) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from cnnserve.errors import CnnserveError
+from cnnserve.serving.cuda_options import CudaOptions
 
 DEVICES = ("auto", "cuda", "cpu")
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
@@ -95,6 +96,7 @@ class ServerOptions:
     model_control: str = "poll"
     poll_interval_s: float = 2.0
     workers: int = 1  # > 1: a supervisor and this many server processes on one port
+    cuda: CudaOptions = field(default_factory=CudaOptions)  # device id, cuDNN search, memory limit
     log_format: str = "text"  # or "json": one object per line
     max_image_bytes: int = 16 * 1024 * 1024  # one encoded image file
     max_image_pixels: int = 4096 * 4096  # what an encoded image's header may declare

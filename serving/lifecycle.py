@@ -364,7 +364,7 @@ class ModelManager:
         if self.device is not None:
             return
         self.device = await asyncio.to_thread(
-            resolve_device, self._options.device, [s.model_path for s in specs]
+            resolve_device, self._options.device, [s.model_path for s in specs], self._options.cuda
         )
         # A CPU-only ONNX Runtime build (the CPU image) has nothing to fall back from.
         fell_back = (
@@ -385,7 +385,10 @@ class ModelManager:
         check = self._check_cancelled
         check()
         settings = SessionSettings(
-            self.device.provider, self._options.cpu_threads, allow_spinning=self._options.cpu_spinning
+            self.device.provider,
+            self._options.cpu_threads,
+            allow_spinning=self._options.cpu_spinning,
+            cuda=self._options.cuda,
         )
         session = ModelSession(served.spec.model_path, settings)
         _check_matches_config(session, served)

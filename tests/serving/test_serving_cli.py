@@ -184,3 +184,13 @@ def test_serve_names_a_key_that_does_not_match_its_certificate(repository: Path,
     )
     assert result.returncode == 2 and "not a PEM certificate and private key" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_bad_cuda_options_in_one_line(repository: Path) -> None:
+    result = run_serve(
+        "--repository", str(repository), "--models", "identity", "--cudnn-conv-algo-search", "fastest"
+    )
+    assert result.returncode == 2 and "unknown cuDNN conv algorithm search 'FASTEST'" in result.stderr
+    result = run_serve("--repository", str(repository), "--models", "identity", "--gpu-mem-limit-mb", "0")
+    assert result.returncode == 2 and "--gpu-mem-limit-mb must be > 0" in result.stderr
+    assert "Traceback" not in result.stderr
