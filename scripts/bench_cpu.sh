@@ -10,7 +10,7 @@ mkdir -p "$out"
 started=$(date +%s)
 scripts/bench_models.sh "$out"
 "$bin/cnnserve" bench local --synthetic --model all --backends onnxruntime,tensorflow,tflite --device cpu \
-    --batch-sizes 1,64,256 --json "$out/local_cpu.json" --csv "$out/local_cpu.csv"
+    --batch-sizes 1,64,256 --min-time-s 1 --json "$out/local_cpu.json" --csv "$out/local_cpu.csv"
 scripts/bench_server.sh "$out"
 "$bin/python" scripts/render_benchmarks.py "$out" > "$out/tables.md"
 echo "bench: $(( $(date +%s) - started )) s; tables in $out/tables.md"

@@ -14,7 +14,7 @@ start_server() {  # start_server NAME [serve flags...]: the server on a free por
   local name=$1; shift
   rm -f "$out/$name.ready.json"
   "$bin/cnnserve" serve --repository "$repo" --models mnist_cnn,cs231n_complex,noop,noop_cifar \
-      --host 127.0.0.1 --port 0 --metrics-port off --http-port off --ready-file "$out/$name.ready.json" "$@" \
+      --host 127.0.0.1 --port 0 --http-port off --metrics-port off --http-port off --ready-file "$out/$name.ready.json" "$@" \
       > "$out/$name.server.log" 2>&1 &
   server_pid=$!
   while [ ! -f "$out/$name.ready.json" ]; do

@@ -166,7 +166,8 @@ def launch(name: str, settings: Settings, model: peer_configs.ModelFile) -> tupl
         ready.unlink(missing_ok=True)
         command = [
             sys.executable, "-m", "cnnserve", "serve", "--repository", str(settings.repository),
-            "--models", model.name, "--host", "127.0.0.1", "--port", "0", "--metrics-port", "off",
+            "--models", model.name, "--host", "127.0.0.1", "--port", "0", "--http-port", "off",
+            "--metrics-port", "off",
             "--http-port", "off", "--ready-file", str(ready),
         ]  # fmt: skip
         server = Server(name, command, logs / "cnnserve.log")

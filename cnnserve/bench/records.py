@@ -78,6 +78,7 @@ class ServerRecord:
     channels: int = 1  # gRPC channels, each its own TCP connection
     client_send_us: float | None = None  # request serialization per request (protobuf encode)
     client_recv_us: float | None = None  # response parsing per request (protobuf decode)
+    first_error: str = ""  # "CODE: details" of the first failed counted request
     system: dict = field(default_factory=dict)
     kind: str = "server"
 

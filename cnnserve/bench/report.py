@@ -184,6 +184,9 @@ def client_load_lines(records: Sequence[ServerRecord]) -> list[str]:
             f"window, client processes at most {max(r.client_cpu_pct for r in measured):.0f}% of one core"
         )
     for r in records:
+        if r.errors:
+            failed = f"{r.errors} failed request(s), the first: {r.first_error}"
+            lines.append(f"{r.model} at {r.level_label}: {failed}")
         if r.client_loop_busy_pct is not None and r.client_loop_busy_pct >= CLIENT_SATURATED_PCT:
             more = f"--client-processes {r.client_processes * 2}"
             lines.append(

@@ -88,6 +88,15 @@ def test_open_loop_table_and_plot(tmp_path):
     _assert_png(tmp_path / "open.png")
 
 
+def test_failed_requests_are_reported_with_the_first_status():
+    from dataclasses import replace
+
+    failing = replace(server_record(concurrency=8), errors=3, first_error="UNAVAILABLE: queue full")
+    lines = report.client_load_lines([server_record(concurrency=1), failing])
+    assert "mnist_cnn at concurrency 8: 3 failed request(s), the first: UNAVAILABLE: queue full" in lines
+    assert not any("concurrency 1:" in line for line in lines)
+
+
 def test_local_csv_has_one_row_per_record(tmp_path):
     path = tmp_path / "local.csv"
     report.write_local_csv([local_record(batch_size=1), local_record(batch_size=64)], path)
