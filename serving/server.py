@@ -55,12 +55,20 @@ V2_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"
 SERVICE_NAMES = (CLASSIFIER_SERVICE, V2_SERVICE)
 
 
+PENDING_CALLS = 8192
+
+
 def grpc_options(options: ServerOptions, share_port: bool = False) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", options.max_message_bytes),
         ("grpc.max_send_message_length", options.max_message_bytes),
         # Alone, a second server on a busy port must fail, not share it; workers share theirs.
         ("grpc.so_reuseport", 1 if share_port else 0),
+        # gRPC holds calls that reached the server but not yet a handler, and CANCELs them past
+        # 1,000 (3,000 hard): under a flood, before our own queue could answer UNAVAILABLE. With
+        # more room the batchers' --max-queue-size decides; only a far larger flood sees gRPC's.
+        ("grpc.server.max_pending_requests", PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * PENDING_CALLS),
     ]
 
 

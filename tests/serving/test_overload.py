@@ -112,3 +112,30 @@ def test_malformed_requests_count_as_failures(slow_server: ServerProcess) -> Non
             stub.Classify(request, timeout=10)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert gauge(slow_server, "nv_inference_request_failure_total", reason="OTHER") == before + 3
+
+
+def test_a_flood_on_one_connection_is_answered_not_cancelled(start_server) -> None:
+    """3,000 calls at once: gRPC itself used to CANCEL those past its 1,000 pending calls before
+    a handler saw them; now each is served or refused UNAVAILABLE by the model's queue."""
+    import asyncio
+    from collections import Counter
+
+    server = start_server("--models", "identity", "--max-queue-size", "64")
+    request = pb.PredictRequest(model_name="identity", images=encode_tensor(images(1))).SerializeToString()
+
+    async def flood() -> Counter:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            predict = channel.unary_unary("/cnnserve.v1.Classifier/Predict")
+
+            async def one() -> grpc.StatusCode:
+                try:
+                    await predict(request, timeout=120)
+                except grpc.aio.AioRpcError as error:
+                    return error.code()
+                return grpc.StatusCode.OK
+
+            return Counter(await asyncio.gather(*(one() for _ in range(3000))))
+
+    codes = asyncio.run(flood())
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+    assert codes[grpc.StatusCode.OK] > 0 and sum(codes.values()) == 3000
