@@ -124,3 +124,16 @@ def test_bad_tf_config_is_a_one_line_error(tmp_path: Path, capsys, monkeypatch, 
     args = ["train", "--model", "mnist_cnn", "--distribute", "multiworker", "--out", str(tmp_path / "r")]
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_mirrored_trains_and_writes_the_run(tmp_path: Path):
+    """One process, every local device (here the CPU alone): the same run files as without it."""
+    out = tmp_path / "mirrored"
+    args = ["train", "--model", "mnist_cnn", "--dataset", "synthetic", "--synthetic-size", "256",
+            "--steps", "12", "--batch-size", "32", "--distribute", "mirrored", "--out", str(out),
+            "--no-fold", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["distribute"] == "mirrored" and metrics["steps"] == 12
+    assert metrics["history"]["loss"][-1] < metrics["history"]["loss"][0]
+    assert (out / "model.keras").is_file() and (out / "checkpoints").is_dir()
