@@ -5,10 +5,11 @@
 Copies the model into a scratch repository as version 1, starts `cnnserve serve` polling it,
 runs closed-loop clients (Classifier Predict, one image, each on its own connection) and, after
 a steady-state window, commits version 2 the way `cnnserve export` does (a staging folder
-renamed into place). It reports the time from that commit to the first answer from version 2
-and until every client is on it, and request latency p50/p99 in the steady window against the
-swap window (commit until every client answers from version 2, plus one second), and the
-status of every call (all must be OK).
+renamed into place). It reports the time from the end of that commit to the earliest answer
+from version 2 and until every client is on it, and request latency p50/p99 in the steady
+window against the swap window (from the start of the write until every client answers from
+version 2, plus one second) and against the calls sent while version 2 was loading (commit to
+its first answer), and the status of every call (all must be OK).
 """
 
 from __future__ import annotations
@@ -91,11 +92,13 @@ def _config(model_file: Path, name: str) -> ModelConfig:
     )
 
 
-def _commit(repository: Path, config: ModelConfig, version: int, model_file: Path) -> None:
+def _commit(repository: Path, config: ModelConfig, version: int, model_file: Path) -> float:
+    """Writes the version as `cnnserve export` does; returns when its commit (rename, config.json) ended."""
     with VersionWriter(repository, config.name, version, overwrite=False, platform=config.platform) as slot:
         assert slot.staging is not None
         shutil.copyfile(model_file, slot.staging / config.model_file)
         slot.commit(config)
+        return time.monotonic()
 
 
 def _start_server(repository: Path, workdir: Path, poll_interval_s: float) -> tuple[subprocess.Popen, str]:
@@ -124,8 +127,8 @@ async def _measure(target: str, args: argparse.Namespace, repository: Path, conf
     await asyncio.sleep(args.warmup_s)
     steady_from = time.monotonic()
     await asyncio.sleep(args.steady_s)
-    committed = time.monotonic()
-    await asyncio.to_thread(_commit, repository, config, 2, args.model_file)
+    writing = time.monotonic()
+    committed = await asyncio.to_thread(_commit, repository, config, 2, args.model_file)
     deadline = committed + args.timeout_s
     all_on_new = None
     while time.monotonic() < deadline:
@@ -142,9 +145,12 @@ async def _measure(target: str, args: argparse.Namespace, repository: Path, conf
     sent = np.array(calls.sent_s)
     latency = np.array(calls.latency_s)
     versions = np.array(calls.version)
-    first_new = sent[versions == "2"].min() + latency[versions == "2"][sent[versions == "2"].argmin()]
-    steady = latency[(sent >= steady_from) & (sent < committed)]
-    swap = latency[(sent >= committed) & (sent < swap_until)]
+    if not (versions == "2").any():
+        raise SystemExit(f"no answer from version 2 within --timeout-s {args.timeout_s:g}")
+    first_new = (sent + latency)[versions == "2"].min()  # the earliest answer, not the earliest sent
+    steady = latency[(sent >= steady_from) & (sent < writing)]
+    swap = latency[(sent >= writing) & (sent < swap_until)]
+    loading = latency[(sent >= committed) & (sent < first_new)]
     return {
         "poll_interval_s": args.poll_interval_s,
         "concurrency": args.concurrency,
@@ -152,6 +158,8 @@ async def _measure(target: str, args: argparse.Namespace, repository: Path, conf
         "commit_to_all_clients_on_v2_s": None if all_on_new is None else round(all_on_new - committed, 3),
         "steady": _percentiles(steady),
         "swap": _percentiles(swap),
+        "until_first_v2_response": _percentiles(loading),
+        "copy_and_commit_s": round(committed - writing, 3),
         "codes": calls.codes,
     }
 
