@@ -87,8 +87,9 @@ def test_killed_and_resumed_run_ends_like_the_uninterrupted_one(runs):
     assert resumed["epochs"] == 3 and len(resumed["history"]["val_accuracy"]) == 3
     assert reference["test_accuracy"] > 0.7  # it really learned (chance is 0.1)
     assert abs(resumed["test_accuracy"] - reference["test_accuracy"]) <= 0.005
-    # Epochs finished before the kill were recorded, not recomputed.
-    assert resumed["history"]["val_accuracy"][0] == pytest.approx(reference["history"]["val_accuracy"][0])
+    # Epochs finished before the kill were recorded, not lost; two processes agree to within
+    # TensorFlow's thread-order noise, not to the bit.
+    assert abs(resumed["history"]["val_accuracy"][0] - reference["history"]["val_accuracy"][0]) <= 0.005
 
 
 @needs_fashion_mnist
