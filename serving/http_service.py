@@ -34,9 +34,8 @@ from cnnserve.serving import v2_converters as convert
 from cnnserve.serving import v2_json
 from cnnserve.serving.access_log import REQUEST_ID_HEADER, AccessRecord
 from cnnserve.serving.dataplane import DataPlane
-from cnnserve.serving.errors import ModelNotFound, ServingError, http_status_of
+from cnnserve.serving.errors import ServingError, http_status_of
 from cnnserve.serving.lifecycle import ModelManager
-from cnnserve.serving.log_limit import shown
 from cnnserve.serving.registry import READY
 from cnnserve.serving.server_report import ServerReport
 from cnnserve.serving.v2_service import EXTENSIONS, model_config_proto, statistics_proto
@@ -167,15 +166,7 @@ class HttpService:
 
     async def statistics(self, request: web.Request) -> web.Response:
         name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
-        wanted = None
-        if name:
-            if version:
-                served = self._registry.get(name, version)
-                wanted = {(served.name, served.version)}
-            else:
-                if name not in self._registry.model_names():
-                    raise ModelNotFound(f"model {shown(name)} not found")
-                wanted = {(s.name, s.version) for s in self._registry.versions_of(name)}
+        wanted = self._registry.statistics_keys(name, version)
         report = await self._reports()
         stats = [
             proto_json(statistics_proto(v))

@@ -42,6 +42,7 @@ from cnnserve.serving.repository import (
     ModelScan,
     VersionSpec,
     check_repository,
+    checked_model_names,
     model_names,
     scan_model,
     scan_repository,
@@ -90,14 +91,8 @@ class ModelManager:
 
     def check(self) -> None:
         """What must be right before the server listens: the repository, --models, overrides."""
-        root, only = self._options.repository, self._options.models
-        check_repository(root, only)
-        found = model_names(root)
-        missing = [name for name in only if name not in found]
-        if missing:
-            raise CnnserveError(
-                f"--models: {', '.join(missing)} not in {root} (available: {', '.join(found) or 'none'})"
-            )
+        root = self._options.repository
+        found = checked_model_names(root, self._options.models)
         if not found and self.mode != "explicit":
             raise CnnserveError(f"no models in {root}: expected <model>/config.json folders")
         unknown = set(self._options.overridden_models()) - set(found)

@@ -193,6 +193,17 @@ class ModelRegistry:
             raise ModelUnavailable(f"model {name!r} version {served.version} failed to load: {served.reason}")
         return served
 
+    def statistics_keys(self, name: str, version: str) -> set[tuple[str, str]] | None:
+        """The (model, version) pairs a statistics request names; None for every model."""
+        if not name:
+            return None
+        if version:
+            served = self.get(name, version)
+            return {(served.name, served.version)}
+        if name not in self._models:
+            raise ModelNotFound(f"model {shown(name)} not found")
+        return {(s.name, s.version) for s in self.versions_of(name)}
+
     def drain(self) -> None:
         """Batchers stop waiting for fuller batches (shutdown)."""
         for served in self.versions():

@@ -94,8 +94,8 @@ def model_names(root: Path) -> list[str]:
     return [child.name for child in children if MODEL_NAME_PATTERN.match(child.name) and _has_config(child)]
 
 
-def scan_repository(root: Path, only: tuple[str, ...] = ()) -> dict[str, ModelScan]:
-    """Every model folder under `root` (or only the models named in `only`), by name."""
+def checked_model_names(root: Path, only: tuple[str, ...] = ()) -> list[str]:
+    """The model folders in `root`, once `root` and every name in `only` (`--models`) are checked."""
     check_repository(root, only)
     found = model_names(root)
     missing = [name for name in only if name not in found]
@@ -103,6 +103,12 @@ def scan_repository(root: Path, only: tuple[str, ...] = ()) -> dict[str, ModelSc
         raise CnnserveError(
             f"--models: {', '.join(missing)} not in {root} (available: {', '.join(found) or 'none'})"
         )
+    return found
+
+
+def scan_repository(root: Path, only: tuple[str, ...] = ()) -> dict[str, ModelScan]:
+    """Every model folder under `root` (or only the models named in `only`), by name."""
+    found = checked_model_names(root, only)
     return {name: scan_model(root / name) for name in found if not only or name in only}
 
 

@@ -40,8 +40,7 @@ from cnnserve.serving.lifecycle import LoadingCancelled, ModelManager
 from cnnserve.serving.memory import fix_mmap_threshold
 from cnnserve.serving.metrics import MetricsServer
 from cnnserve.serving.registry import ModelRegistry
-from cnnserve.serving.server_report import ServerReport
-from cnnserve.serving.server_report import fetch as fetch_report
+from cnnserve.serving.server_report import ServerReport, fetch_all
 from cnnserve.serving.shutdown import ShutdownSignal, drain_and_stop
 from cnnserve.serving.v2_service import V2Service
 
@@ -189,7 +188,7 @@ async def serve(options: ServerOptions, worker: WorkerSlot | None = None) -> int
         own = ServerReport.of(registry, worker.index if worker else None)
         if worker is None:
             return own
-        siblings = await asyncio.to_thread(_fetch_reports, worker.sibling_report_ports())
+        siblings = await asyncio.to_thread(fetch_all, worker.sibling_report_ports())
         return ServerReport.merged([own, *siblings])
 
     server, port = create_server(
@@ -318,14 +317,6 @@ def _control(manager: ModelManager, loop: asyncio.AbstractEventLoop) -> Callable
         return "OK", ""
 
     return control
-
-
-def _fetch_reports(ports: list[int]) -> list[ServerReport]:
-    reports = []
-    for port in ports:
-        with contextlib.suppress(OSError, ValueError):  # a worker restarting right now
-            reports.append(fetch_report(port))
-    return reports
 
 
 def run(options: ServerOptions, worker: WorkerSlot | None = None) -> int:

@@ -9,6 +9,7 @@ connection happened to reach.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -141,6 +142,16 @@ def send_control(port: int, action: str, model: str, timeout_s: float = 600.0) -
     with urlopen(request, timeout=timeout_s) as response:
         answer = json.loads(response.read().decode())
     return str(answer["code"]), str(answer["message"])
+
+
+def fetch_all(ports: list[int]) -> list[ServerReport]:
+    """The reports of the workers on `ports` (0: not started yet); one restarting is skipped."""
+    reports = []
+    for port in ports:
+        if port:
+            with contextlib.suppress(OSError, ValueError):
+                reports.append(fetch(port))
+    return reports
 
 
 def fetch(port: int, timeout_s: float = 5.0) -> ServerReport:

@@ -22,7 +22,7 @@ from cnnserve.serving import v2_converters as convert
 from cnnserve.serving.access_log import REQUEST_ID_HEADER, AccessRecord
 from cnnserve.serving.classifier_service import deadline_ns
 from cnnserve.serving.dataplane import DataPlane
-from cnnserve.serving.errors import InvalidInput, ModelNotFound, ServingError, grpc_errors, status_of
+from cnnserve.serving.errors import InvalidInput, ServingError, grpc_errors, status_of
 from cnnserve.serving.lifecycle import ModelManager
 from cnnserve.serving.log_limit import shown
 from cnnserve.serving.registry import READY, ServedVersion
@@ -149,15 +149,7 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        wanted = None  # every model
-        if request.name:
-            if request.version:
-                served = self._registry.get(request.name, request.version)
-                wanted = {(served.name, served.version)}
-            else:
-                if request.name not in self._registry.model_names():
-                    raise ModelNotFound(f"model {shown(request.name)} not found")
-                wanted = {(s.name, s.version) for s in self._registry.versions_of(request.name)}
+        wanted = self._registry.statistics_keys(request.name, request.version)
         report = await self._reports()  # the whole server's, every worker's merged
         return pb.ModelStatisticsResponse(
             model_stats=[

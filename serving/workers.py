@@ -255,14 +255,9 @@ class Supervisor:
         )
 
     def _merged_report(self) -> Any:
-        from cnnserve.serving.server_report import ServerReport, fetch
+        from cnnserve.serving.server_report import ServerReport, fetch_all
 
-        reports = []
-        for port in self._ports[: self._count]:
-            if port:
-                with contextlib.suppress(OSError, ValueError):  # a worker restarting right now
-                    reports.append(fetch(port))
-        return ServerReport.merged(reports)
+        return ServerReport.merged(fetch_all(list(self._ports[: self._count])))
 
     def _stop(self) -> int:
         """SIGTERM every worker; each drains within --grace-s; stragglers are killed after."""
