@@ -262,9 +262,7 @@ def _register_classify(commands: argparse._SubParsersAction) -> None:
     classify.add_argument("--version", default="", help="model version (default: newest)")
     classify.add_argument("--top-k", type=int, default=1, help="labels per image (default: 1)")
     classify.add_argument("--timeout-s", type=float, default=30, help="call deadline (default: 30)")
-    classify.add_argument("--tls-ca", type=Path, help="CA certificate to trust; enables TLS")
-    classify.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
-    classify.add_argument("--tls-key", type=Path, help="client private key for mutual TLS")
+    _add_client_tls(classify)
     classify.add_argument("--json", action="store_true", help="machine-readable output")
     classify.add_argument(
         "--send",
@@ -274,6 +272,13 @@ def _register_classify(commands: argparse._SubParsersAction) -> None:
         "server to decode (default: pixels)",
     )
     classify.set_defaults(handler=run_classify)
+
+
+def _add_client_tls(parser: argparse.ArgumentParser) -> None:
+    """The TLS flags of every client command (classify, health, repository)."""
+    parser.add_argument("--tls-ca", type=Path, help="CA certificate to trust; enables TLS")
+    parser.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
+    parser.add_argument("--tls-key", type=Path, help="client private key for mutual TLS")
 
 
 def _tls(args: argparse.Namespace) -> object:
@@ -368,9 +373,7 @@ def _register_health(commands: argparse._SubParsersAction) -> None:
     )
     health.add_argument("--service", default="", help="service name (default: the whole server)")
     health.add_argument("--timeout-s", type=float, default=3)
-    health.add_argument("--tls-ca", type=Path, help="CA certificate to trust; enables TLS")
-    health.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
-    health.add_argument("--tls-key", type=Path, help="client private key for mutual TLS")
+    _add_client_tls(health)
     health.set_defaults(handler=run_health)
 
 
@@ -413,9 +416,7 @@ def _register_repository(commands: argparse._SubParsersAction) -> None:
             "--target", default="localhost:8500", help="server host:port (default: localhost:8500)"
         )
         action.add_argument("--timeout-s", type=float, default=300, help="call deadline (default: 300)")
-        action.add_argument("--tls-ca", type=Path, help="CA certificate to trust; enables TLS")
-        action.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS")
-        action.add_argument("--tls-key", type=Path, help="client private key for mutual TLS")
+        _add_client_tls(action)
     repository.set_defaults(handler=run_repository)
 
 
