@@ -36,10 +36,12 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY deploy/image/onnxruntime_for_device.py /usr/local/bin/
 COPY cnnserve ./cnnserve
+COPY contracts ./contracts
 COPY training ./training
 COPY export ./export
 COPY serving ./serving
 COPY protos ./protos
+COPY bench ./bench
 # The package's own metadata names the ONNX Runtime it gets, so `pip check` is clean in both images.
 RUN python3 /usr/local/bin/onnxruntime_for_device.py --device "${DEVICE}" pyproject.toml \
     && python3 -m venv /opt/venv \

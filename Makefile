@@ -74,7 +74,7 @@ clean:
 # Regenerate the checked-in gRPC/protobuf modules next to protos/*.proto.
 .PHONY: protos
 protos: $(STAMP)
-	$(BIN)/python protos/generate.py
+	$(BIN)/python scripts/generate_protos.py
 
 # On a machine with a CUDA GPU: train two zoo models briefly, export, bench local and bench server on
 # CUDA, write runs/gpu_check/gpu_check.{json,md}. Exits 2 with "no CUDA GPU: ..." anywhere else.

@@ -28,7 +28,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from cnnserve.export.model_config import ModelConfig, TensorSpec
+from cnnserve.contracts.model_repository import ModelConfig, TensorSpec
+from cnnserve.contracts.names import CPU_PROVIDER
 from cnnserve.export.repository import VersionWriter
 from cnnserve.protos import classifier_pb2 as pb
 from cnnserve.serving.converters import encode_tensor
@@ -79,7 +80,7 @@ def _percentiles(latency_s: np.ndarray) -> dict[str, float]:
 def _config(model_file: Path, name: str) -> ModelConfig:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(model_file), providers=[CPU_PROVIDER])
     shape = tuple(-1 if not isinstance(d, int) else d for d in session.get_inputs()[0].shape)
     outputs = tuple(TensorSpec(o.name, "float32", (-1, int(o.shape[-1]))) for o in session.get_outputs())
     classes = outputs[0].shape[-1]

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from cnnserve import __version__
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 
 # TensorFlow prints several lines of C++ start-up noise unless told not to.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

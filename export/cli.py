@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cnnserve.quiet_tf import import_tensorflow_quietly
+from cnnserve.training.quiet_tf import import_tensorflow_quietly
 
 FORMAT_NAMES = ("savedmodel", "onnx", "tflite")
 QUANTIZE_NAMES = ("float16", "int8")
@@ -67,7 +67,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _check_positive(name: str, value: int) -> None:
-    from cnnserve.errors import CnnserveError
+    from cnnserve.contracts.errors import CnnserveError
 
     if value < 1:
         raise CnnserveError(f"{name} must be a positive integer, received {value}")
@@ -83,8 +83,8 @@ def run_fold(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from cnnserve.errors import CnnserveError
-    from cnnserve.export.model_config import VersionPolicy
+    from cnnserve.contracts.errors import CnnserveError
+    from cnnserve.contracts.model_repository import VersionPolicy
 
     if args.format not in FORMAT_NAMES:
         raise CnnserveError(f"unsupported format {args.format!r}; choose one of {', '.join(FORMAT_NAMES)}")

@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from cnnserve.export.onnx_graph import (
+from cnnserve.contracts.onnx_graph import (
     attribute_of,
     consumers_of,
     graph_outputs,

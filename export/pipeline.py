@@ -8,15 +8,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cnnserve import __version__
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.model_repository import PLATFORM_FILES, ModelConfig, TensorSpec, VersionPolicy
+from cnnserve.contracts.run_dir import load_run_info
 from cnnserve.export.leftovers import Leftover, clean_repository
-from cnnserve.export.model_config import PLATFORM_FILES, ModelConfig, TensorSpec, VersionPolicy
 from cnnserve.export.repository import RepositoryError, VersionWriter
 from cnnserve.export.run_report import record_export
 from cnnserve.export.source import ExportSource, load_source
 from cnnserve.export.tflite_export import CALIBRATION_IMAGES, QUANTIZE_CHOICES
 from cnnserve.training.fold_check import PARITY_IMAGES
-from cnnserve.training.run import load_run_info
 
 FORMATS = {
     "onnx": "onnxruntime_onnx",

@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.model_repository import CONFIG_FILE, MODEL_NAME_PATTERN, ModelConfig, model_versions
+from cnnserve.contracts.run_dir import make_readable
 from cnnserve.export.leftovers import CONFIG_PREFIX, REPLACED_PREFIX, STAGING_PREFIX
-from cnnserve.export.model_config import CONFIG_FILE, MODEL_NAME_PATTERN, ModelConfig, model_versions
-from cnnserve.training.fold_run import make_readable
 
 
 class RepositoryError(CnnserveError):

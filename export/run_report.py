@@ -3,7 +3,7 @@
 An entry is identified by where it was written (repository, model name, version): exporting
 the run into a scratch repository adds an entry beside the real one instead of replacing it,
 and re-exporting one version (`--overwrite`) replaces its entry. The `fold` section belongs to
-`cnnserve fold`; both go through `fold_run.update_report`, which locks the file.
+`cnnserve fold`; both go through `contracts.run_dir.update_report`, which locks the file.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def merge_exports(section: object, entry: dict) -> list[dict]:
 
 
 def record_export(run_dir: Path, entry: dict) -> None:
-    from cnnserve.training.fold_run import update_report
+    from cnnserve.contracts.run_dir import update_report
 
     update_report(run_dir, SECTION, merge=lambda section: merge_exports(section, entry))
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnserve.contracts.names import OUTPUT_NAMES, SERVING_SIGNATURE
 from cnnserve.export.source import ExportSource
 from cnnserve.export.verify import ExportError, Parity, check_parity
-from cnnserve.training.fold_run import OUTPUT_NAMES, SERVING_SIGNATURE
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from cnnserve.contracts.names import SERVING_SIGNATURE
+from cnnserve.contracts.run_dir import FOLDED_DIR, MODEL_FILE, REPORT_FILE, RunInfo, load_run_info
 from cnnserve.training.data import Split
 from cnnserve.training.fold_check import PARITY_IMAGES, run_batched
-from cnnserve.training.fold_run import FOLDED_DIR, REPORT_FILE, SERVING_SIGNATURE, fold_run, load_test_split
-from cnnserve.training.run import MODEL_FILE, RunInfo, load_run_info
+from cnnserve.training.fold_run import fold_run, load_test_split
 
 
 @dataclass

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnserve.contracts.names import SERVING_SIGNATURE
 from cnnserve.export.source import ExportSource
 from cnnserve.export.verify import ExportError, Parity, accuracy, check_parity, measure_parity
-from cnnserve.training.fold_run import SERVING_SIGNATURE, save_inference_savedmodel
+from cnnserve.training.fold_run import save_inference_savedmodel
 from cnnserve.training.layers import LocalResponseNormalization
 
 QUANTIZE_CHOICES = ("float16", "int8")

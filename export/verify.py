@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 from cnnserve.export.source import ExportSource
 from cnnserve.training.data import Split
 from cnnserve.training.fold_check import PARITY_BATCH_SIZES, PARITY_LIMIT, Parity, run_batched

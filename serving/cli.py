@@ -10,7 +10,8 @@ import json
 import logging
 from pathlib import Path
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.names import DEFAULT_MAX_QUEUE_SIZE
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -90,7 +91,10 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="[MODEL=]N",
-        help="requests waiting per model version before new ones get UNAVAILABLE (default: 1024)",
+        help=(
+            "requests waiting per model version before new ones get UNAVAILABLE "
+            f"(default: {DEFAULT_MAX_QUEUE_SIZE})"
+        ),
     )
     serve.add_argument(
         "--max-request-images", type=int, default=4096, help="images per request (default: 4096)"
@@ -198,7 +202,7 @@ def build_options(args: argparse.Namespace) -> object:
         models=tuple(name.strip() for name in args.models.split(",") if name.strip()),
         max_batch_size=_override(args.max_batch_size, int),
         max_queue_delay_ms=_override(args.max_queue_delay_ms, float),
-        max_queue_size=_override(args.max_queue_size, int, 1024),
+        max_queue_size=_override(args.max_queue_size, int, DEFAULT_MAX_QUEUE_SIZE),
         max_request_images=args.max_request_images,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         grace_s=args.grace_s,

@@ -15,7 +15,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.names import MAX_MESSAGE_BYTES
 from cnnserve.protos import classifier_pb2 as pb
 from cnnserve.protos import classifier_pb2_grpc
 from cnnserve.serving.converters import encode_tensor
@@ -60,7 +61,7 @@ class ClientTls:
 
 
 def open_channel(
-    target: str, tls: ClientTls | None = None, max_message_bytes: int = 64 * 1024 * 1024
+    target: str, tls: ClientTls | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES
 ) -> grpc.Channel:
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),

@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.names import DEFAULT_MAX_QUEUE_SIZE, DEVICES, MAX_MESSAGE_BYTES
 from cnnserve.serving.cuda_options import CudaOptions
 
-DEVICES = ("auto", "cuda", "cpu")
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # gRPC's own default is 4 MiB
 
 T = TypeVar("T", int, float)
 
@@ -82,9 +81,9 @@ class ServerOptions:
     models: tuple[str, ...] = ()  # empty: every model in the repository
     max_batch_size: Override[int] = field(default_factory=Override)
     max_queue_delay_ms: Override[float] = field(default_factory=Override)
-    max_queue_size: Override[int] = field(default_factory=lambda: Override(every=1024))
+    max_queue_size: Override[int] = field(default_factory=lambda: Override(every=DEFAULT_MAX_QUEUE_SIZE))
     max_request_images: int = 4096
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_message_bytes: int = MAX_MESSAGE_BYTES
     grace_s: float = 30.0
     cpu_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
     # Idle ONNX Runtime workers spin instead of sleeping: lower batch-1 latency, but on a
@@ -149,5 +148,5 @@ class ServerOptions:
         return BatchingConfig(
             max_batch_size=self.max_batch_size.for_model(name, max_batch_size),
             max_queue_delay_s=self.max_queue_delay_ms.for_model(name, max_queue_delay_ms) / 1000,
-            max_queue_size=self.max_queue_size.for_model(name, 1024),
+            max_queue_size=self.max_queue_size.for_model(name, DEFAULT_MAX_QUEUE_SIZE),
         )

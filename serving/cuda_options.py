@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 
 # ONNX Runtime's cudnn_conv_algo_search values: EXHAUSTIVE benchmarks every cuDNN algorithm
 # for each new input shape (slow first call per batch size, fastest after: what a server that

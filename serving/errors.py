@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 
 _LOGGER = logging.getLogger(__name__)
 # gRPC clients refuse trailers over 8 KiB by default (and then report RESOURCE_EXHAUSTED instead

@@ -29,7 +29,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from cnnserve import __version__
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 from cnnserve.serving import v2_converters as convert
 from cnnserve.serving import v2_json
 from cnnserve.serving.access_log import REQUEST_ID_HEADER, AccessRecord

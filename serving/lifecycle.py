@@ -23,8 +23,8 @@ from collections.abc import Callable
 import numpy as np
 import onnxruntime as ort
 
-from cnnserve.errors import CnnserveError
-from cnnserve.export.model_config import MODEL_NAME_PATTERN
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.model_repository import MODEL_NAME_PATTERN
 from cnnserve.serving.batcher import Batcher
 from cnnserve.serving.config import ServerOptions
 from cnnserve.serving.errors import InvalidInput, ModelControlDisabled, ModelLoadFailed, ModelNotFound

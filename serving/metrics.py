@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 from cnnserve.serving.registry import READY
 from cnnserve.serving.server_report import CONTROL_PATH, REPORT_PATH, ServerReport
 from cnnserve.serving.stats import FAILURE_REASONS, LATENCY_BUCKETS_US, Histogram, batch_size_buckets

@@ -33,7 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cnnserve.export.onnx_graph import (
+from cnnserve.contracts.names import CPU_PROVIDER
+from cnnserve.contracts.onnx_graph import (
     attribute_of,
     consumers_of,
     graph_outputs,
@@ -71,7 +72,7 @@ def nchwc_block_size() -> int:
     options.log_severity_level = 3  # the "hardware-specific optimized model" warning is the point
     with tempfile.TemporaryDirectory() as folder:
         options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
-        ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(probe.SerializeToString(), options, providers=[CPU_PROVIDER])
         optimized = onnx.load(options.optimized_model_filepath)
     shapes = {init.name: list(init.dims) for init in optimized.graph.initializer}
     blocked = [

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from cnnserve.export.model_config import ModelConfig, VersionPolicy
+from cnnserve.contracts.model_repository import ModelConfig, VersionPolicy
 from cnnserve.serving.batcher import Batcher
 from cnnserve.serving.config import BatchingConfig
 from cnnserve.serving.errors import InvalidInput, ModelNotFound, ModelUnavailable

@@ -15,8 +15,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnnserve.errors import CnnserveError
-from cnnserve.export.model_config import (
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.model_repository import (
     CONFIG_FILE,
     MODEL_NAME_PATTERN,
     VERSION_DIR_PATTERN,

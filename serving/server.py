@@ -26,7 +26,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from cnnserve import __version__
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 from cnnserve.protos import classifier_pb2, classifier_pb2_grpc, grpc_service_pb2, grpc_service_pb2_grpc
 from cnnserve.serving.access_log import AccessLog
 from cnnserve.serving.call_guard import CallGuard, GuardedServer

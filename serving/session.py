@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.names import CPU_PROVIDER as CPU
+from cnnserve.contracts.names import CUDA_PROVIDER as CUDA
 from cnnserve.serving.cuda_options import CudaOptions
 from cnnserve.serving.nchwc_padding import PaddedConv, cpu_session_model
 
 _LOGGER = logging.getLogger(__name__)
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
 _ORT_TO_NUMPY = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(int64)": "int64"}
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cnnserve.export.model_config import ModelConfig, TensorSpec
+from cnnserve.contracts.model_repository import ModelConfig, TensorSpec
 from cnnserve.protos import grpc_service_pb2 as pb
 from cnnserve.protos import model_config_pb2 as config_pb
 from cnnserve.serving.converters import array_from_bytes, wire_shape

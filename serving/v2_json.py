@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnnserve.export.model_config import ModelConfig, TensorSpec
+from cnnserve.contracts.model_repository import ModelConfig, TensorSpec
 from cnnserve.serving.converters import array_from_bytes, wire_shape
 from cnnserve.serving.errors import InvalidInput
 from cnnserve.serving.image_decoding import split_bytes_tensor

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 from cnnserve.serving.config import ServerOptions
 
 _LOGGER = logging.getLogger(__name__)

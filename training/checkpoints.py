@@ -19,7 +19,7 @@ from pathlib import Path
 
 import keras
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"

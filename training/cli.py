@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from cnnserve.errors import CnnserveError
-from cnnserve.quiet_tf import import_tensorflow_quietly
+from cnnserve.contracts.errors import CnnserveError
 from cnnserve.training.data import DATASETS
+from cnnserve.training.quiet_tf import import_tensorflow_quietly
 
 # Kept in step with cnnserve.training.distribute.MODES (that module imports TensorFlow).
 MODES = ("none", "mirrored", "multiworker")

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 

@@ -29,7 +29,7 @@ import keras
 import tensorflow as tf
 from keras.src import tree
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 
 MODES = ("none", "mirrored", "multiworker")
 

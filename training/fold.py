@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 from cnnserve.training import layers as cnn_layers
 
 # Layers that compute the same thing after folding, cloned from their config and weights.

@@ -7,12 +7,9 @@ at a time (`fold` here, `exports` from `cnnserve export`).
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cnnserve.contracts.names import INPUT_NAME, LOGITS, PROBABILITIES, SERVING_SIGNATURE
+from cnnserve.contracts.run_dir import FOLDED_DIR, MODEL_FILE, load_run_info, make_readable, update_report
 from cnnserve.training.data import Split, load_dataset
 from cnnserve.training.fold import BatchNormFold, FoldError, fold_model
 from cnnserve.training.fold_check import (
@@ -33,38 +32,22 @@ from cnnserve.training.fold_check import (
     run_batched,
     verify_fold,
 )
-from cnnserve.training.run import MODEL_FILE, load_run_info
-
-FOLDED_DIR = "inference.savedmodel"
-REPORT_FILE = "export_report.json"
-REPORT_LOCK = ".export_report.lock"
-SERVING_SIGNATURE = "serving_default"
-OUTPUT_NAMES = ("logits", "probabilities")
-
 
 # --------------------------------------------------------------------------- SavedModel
 
 
 def save_inference_savedmodel(model: keras.Model, path: Path) -> None:
     """serving_default: uint8 `images` [-1, H, W, C] → float32 `logits`, `probabilities`."""
-    spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.uint8, name="images")
+    spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.uint8, name=INPUT_NAME)
 
     def serve(images):
         logits = model(images, training=False)
-        return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
+        return {LOGITS: logits, PROBABILITIES: tf.nn.softmax(logits, axis=-1)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(name=SERVING_SIGNATURE, fn=serve, input_signature=[spec])
     archive.write_out(str(path), verbose=False)
-
-
-def make_readable(path: Path) -> None:
-    # mkdtemp and NamedTemporaryFile create owner-only files; apply the umask as open() would.
-    mask = os.umask(0)
-    os.umask(mask)
-    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
-        item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
 
 
 def _replace_dir(staging: Path, final: Path) -> None:
@@ -121,29 +104,6 @@ def load_test_split(run_dir: Path, data_dir: Path | None = None, train: bool = F
         info.dataset, data_dir=data_dir, synthetic_shape=tuple(info.input_shape), seed=info.seed, **synthetic
     )
     return dataset.train if train else dataset.test
-
-
-def update_report(
-    run_dir: Path, section: str, content: object = None, merge: Callable[[object], object] | None = None
-) -> None:
-    """Writes one section of RUN/export_report.json, keeping the others (atomic replace).
-
-    `merge(old_section)` returns the new section (`content` replaces it otherwise). Writers
-    hold RUN/.export_report.lock, so a fold and exports running side by side lose no entry."""
-    path = run_dir / REPORT_FILE
-    with (run_dir / REPORT_LOCK).open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            report = json.loads(path.read_text()) if path.is_file() else {}
-        except json.JSONDecodeError:
-            report = {}
-        if not isinstance(report, dict):
-            report = {}
-        report[section] = merge(report.get(section)) if merge is not None else content
-        with tempfile.NamedTemporaryFile("w", dir=run_dir, suffix=".tmp", delete=False) as handle:
-            handle.write(json.dumps(report, indent=2) + "\n")
-        make_readable(Path(handle.name))
-        Path(handle.name).replace(path)
 
 
 def fold_run(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import keras
 from keras import initializers, layers, regularizers
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 from cnnserve.training.layers import (
     CifarAugmentation,
     LocalResponseNormalization,

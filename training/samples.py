@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 from cnnserve.training.data import DATASETS, class_names_for, load_dataset
 
 

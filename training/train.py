@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from cnnserve import __version__
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.run_dir import METRICS_FILE, MODEL_FILE, RunInfo
 from cnnserve.training import report
 from cnnserve.training.checkpoints import TrainingRecord, TrainState, latest_checkpoint, restore_checkpoint
 from cnnserve.training.data import Dataset, load_dataset
@@ -36,7 +37,6 @@ from cnnserve.training.loop import StepLimit, plan_segments, run_segments
 from cnnserve.training.models import ModelSpec, count_params, get_spec
 from cnnserve.training.pipeline import training_pipeline
 from cnnserve.training.progress import EpochLogger
-from cnnserve.training.run import METRICS_FILE, MODEL_FILE, RunInfo
 from cnnserve.training.tensorboard import RunTensorBoard, write_images
 from cnnserve.training.tutorial_figures import comparison
 from cnnserve.training.validation import ServedValidation, ServingCopy, statistics_label

@@ -59,7 +59,7 @@ def free_port() -> int:
 
 def model_file(repository: Path, model: str) -> peer_configs.ModelFile:
     """The newest ONNX version of `model` in a cnnserve repository, with its shapes from config.json."""
-    from cnnserve.export.model_config import ModelConfig
+    from cnnserve.contracts.model_repository import ModelConfig
 
     config = ModelConfig.load(repository / model)
     versions = sorted((int(p.name) for p in (repository / model).iterdir() if p.name.isdigit()), reverse=True)

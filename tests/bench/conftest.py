@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cnnserve.bench.noop_model import write_noop
-from cnnserve.export.model_config import ModelConfig
+from cnnserve.contracts.model_repository import ModelConfig
 from tests.child_processes import module_command
 
 START_TIMEOUT_S = 90

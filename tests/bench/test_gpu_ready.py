@@ -14,7 +14,7 @@ from cnnserve.bench import gpu_check
 from cnnserve.bench.options import RuntimeOptions
 from cnnserve.bench.ort_backend import OrtBackend
 from cnnserve.cli import main
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 from cnnserve.serving.cuda_options import MIB, CudaOptions
 from cnnserve.serving.session import CPU, CUDA, ModelSession, SessionSettings, resolve_device
 from tests.serving.onnx_models import cnn_model, images

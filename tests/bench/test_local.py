@@ -7,7 +7,7 @@ from cnnserve.bench.backends import BackendUnavailable, expand_backends, open_ba
 from cnnserve.bench.local import LocalPlan, Progress, run_local
 from cnnserve.bench.options import RuntimeOptions
 from cnnserve.bench.timing import RepeatPolicy
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 
 FAST = RepeatPolicy(warmup_runs=1, min_runs=3, min_time_s=0.0)
 

@@ -3,8 +3,8 @@ import onnxruntime as ort
 import pytest
 
 from cnnserve.bench.noop_model import build_noop, write_noop
-from cnnserve.errors import CnnserveError
-from cnnserve.export.model_config import ModelConfig, model_versions
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.model_repository import ModelConfig, model_versions
 
 
 @pytest.mark.parametrize("batch", [1, 5])

@@ -18,7 +18,7 @@ from cnnserve.bench import protocol_adapter
 from cnnserve.bench.arrivals import schedule_ns
 from cnnserve.bench.load_generator import Level, LoadSpec, Window, run_level
 from cnnserve.bench.server_bench import ServerPlan, run_server_bench
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 from tests.bench.conftest import DELAYED_QUEUE_MS, IMAGE_SHAPE
 
 

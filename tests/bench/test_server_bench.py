@@ -7,7 +7,7 @@ import pytest
 
 from cnnserve.bench.load_generator import LoadResult, split
 from cnnserve.bench.server_bench import ServerPlan, run_server_bench, served_flops
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 from tests.bench.conftest import PRICED_FLOPS
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from cnnserve.bench.timing import RepeatPolicy, measure
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 
 
 class FakeClock:

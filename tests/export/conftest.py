@@ -17,11 +17,11 @@ import keras
 import numpy as np
 import pytest
 
+from cnnserve.contracts.run_dir import MODEL_FILE, RunInfo
 from cnnserve.export.source import ExportSource, load_source
 from cnnserve.training.data import class_names_for, load_dataset
 from cnnserve.training.fold_run import fold_run
 from cnnserve.training.models import ZOO, build_model, get_spec
-from cnnserve.training.run import MODEL_FILE, RunInfo
 
 TEST_PARITY_IMAGES = 256
 BN_EPSILON = 0.01  # not Keras' 1e-3 default, so a folder that ignores the layer's ε fails

@@ -6,7 +6,7 @@ import keras
 import pytest
 
 from cnnserve.cli import main
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 from cnnserve.export import pipeline
 from cnnserve.export.pipeline import export_run
 

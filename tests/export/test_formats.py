@@ -11,12 +11,12 @@ import onnxruntime as ort
 import pytest
 import tensorflow as tf
 
-from cnnserve.export.model_config import ModelConfig
+from cnnserve.contracts.model_repository import ModelConfig
+from cnnserve.contracts.run_dir import REPORT_FILE
 from cnnserve.export.pipeline import export_run
 from cnnserve.export.run_report import find_exports
 from cnnserve.export.tflite_export import TflitePredictor
 from cnnserve.training.fold_check import MAX_ABS_LOGIT_DIFF
-from cnnserve.training.fold_run import REPORT_FILE
 from cnnserve.training.models import ZOO, build_model, flops_per_image
 
 pytestmark = pytest.mark.slow

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cnnserve.errors import CnnserveError
-from cnnserve.export.model_config import ModelConfig, TensorSpec
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.model_repository import ModelConfig, TensorSpec
 
 IMAGES = (TensorSpec("images", "uint8", (-1, 28, 28, 1)),)
 LOGITS = (TensorSpec("logits", "float32", (-1, 10)),)

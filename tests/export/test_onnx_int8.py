@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from cnnserve.cli import main
-from cnnserve.export.model_config import ModelConfig
+from cnnserve.contracts.model_repository import ModelConfig
 from cnnserve.export.pipeline import export_run
 from cnnserve.serving.nchwc_padding import cpu_session_model, nchwc_block_size
 from cnnserve.serving.session import CPU, ModelSession, SessionSettings

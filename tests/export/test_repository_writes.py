@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from cnnserve.contracts.run_dir import REPORT_FILE, update_report
 from cnnserve.export.leftovers import clean_repository
 from cnnserve.export.pipeline import export_run
 from cnnserve.export.run_report import find_exports, merge_exports
-from cnnserve.training.fold_run import REPORT_FILE, update_report
 from tests.child_processes import module_command
 
 KILL_TIMEOUT_S = 120

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from cnnserve.cli import main
-from cnnserve.export.model_config import ModelConfig, VersionPolicy
+from cnnserve.contracts.model_repository import ModelConfig, VersionPolicy
 from cnnserve.export.pipeline import export_run
 
 

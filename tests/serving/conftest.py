@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from onnx_models import cnn_model, identity_model, write_model
 
-from cnnserve.export.model_config import VersionPolicy
+from cnnserve.contracts.model_repository import VersionPolicy
 from cnnserve.serving.client import ClassifierClient
 from tests.child_processes import module_command
 

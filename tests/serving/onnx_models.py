@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cnnserve.export.model_config import ModelConfig, TensorSpec, VersionPolicy
+from cnnserve.contracts.model_repository import ModelConfig, TensorSpec, VersionPolicy
 
 FASHION_LABELS = (
     "T-shirt/top",

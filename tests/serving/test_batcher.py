@@ -10,7 +10,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 from cnnserve.serving.batcher import Batcher, BatchRecord, plan_batch
 from cnnserve.serving.config import BatchingConfig
 from cnnserve.serving.errors import DeadlineExceeded, InferenceFailed, QueueFull, ShuttingDown

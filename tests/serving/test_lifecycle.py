@@ -25,7 +25,7 @@ from onnx_models import cnn_model, identity_model, images, write_model
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from cnnserve.export.model_config import CONFIG_FILE, ModelConfig
+from cnnserve.contracts.model_repository import CONFIG_FILE, ModelConfig
 from cnnserve.export.repository import VersionWriter
 from cnnserve.protos import classifier_pb2 as pb
 from cnnserve.serving.converters import encode_tensor

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from onnx_models import cnn_model, identity_model, images, write_model
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 from cnnserve.serving import session
 from cnnserve.serving.session import CPU, CUDA, ModelSession, SessionSettings, resolve_device
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from cnnserve.cli import build_parser
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 from cnnserve.training.distribute import parse_tf_config
 
 FOLDER = Path(__file__).resolve().parents[2] / "deploy" / "training"

@@ -14,13 +14,13 @@ import tensorflow as tf
 from keras import layers
 
 from cnnserve.cli import main
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.run_dir import FOLDED_DIR, MODEL_FILE, REPORT_FILE, RunInfo
 from cnnserve.training.data import load_dataset
 from cnnserve.training.fold import FoldError, fold_model
 from cnnserve.training.fold_check import batchnorm_arithmetic, verify_fold
-from cnnserve.training.fold_run import FOLDED_DIR, REPORT_FILE, fold_run
+from cnnserve.training.fold_run import fold_run
 from cnnserve.training.models import ZOO, build_model, get_spec
-from cnnserve.training.run import MODEL_FILE, RunInfo
 
 EPSILON = 0.05
 BATCHES = (1, 256)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cnnserve.cli import main
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 from cnnserve.training.layers import CifarAugmentation, LocalResponseNormalization
 from cnnserve.training.models import ZOO, build_model, count_params, flops_per_image, get_spec
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from cnnserve.cli import main
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.run_dir import load_run_info
 from cnnserve.training.data import load_dataset
 from cnnserve.training.models import get_spec
-from cnnserve.training.run import load_run_info
 from cnnserve.training.train import TrainConfig, resolve_schedule, train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnserve.bench import export_adapter
-from cnnserve.errors import CnnserveError
-from cnnserve.export.model_config import CONFIG_FILE, ModelConfig, model_versions
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.model_repository import CONFIG_FILE, ModelConfig, model_versions
 
 _LOGGER = logging.getLogger(__name__)
 # variant → (export format, quantize)
@@ -51,8 +51,8 @@ def _latest(model_dir: Path) -> tuple[ModelConfig, Path] | None:
 
 
 def _zoo_name(model: str, configs: list[ModelConfig]) -> str | None:
+    from cnnserve.contracts.run_dir import load_run_info
     from cnnserve.training.models import ZOO
-    from cnnserve.training.run import load_run_info
 
     for config in configs:
         if config.extra.get("model") in ZOO:

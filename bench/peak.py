@@ -24,7 +24,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.names import CPU_PROVIDER
 
 DEFAULT_SIZE = 2048
 DEFAULT_REPEATS = 10
@@ -85,7 +86,7 @@ def onnxruntime_matmul_gflops(size: int, repeats: int, threads: int, warmup: int
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=[CPU_PROVIDER])
     return _best_and_median(lambda: session.run(None, {"a": a}), size, repeats, warmup)
 
 

@@ -9,21 +9,31 @@ Layout of RUN/:
     checkpoints/step-N/   the last two checkpoints (weights + optimizer state, state.json)
     tensorboard/          train/, validation/ and test/ event files
     backup/               multi-worker only, while training: Keras's BackupAndRestore
+    inference.savedmodel/ the folded model (`cnnserve fold`, or `cnnserve train` at its end)
+    export_report.json    `fold` (written by the fold) and `exports` (one entry per export)
 Later stages read a run only through `load_run_info`, so a folder that is not a run gets one
-clear error instead of a stack trace from deep inside Keras.
+clear error instead of a stack trace from deep inside Keras. Standard library only.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 
 RUN_INFO_FILE = "run.json"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
+TRAIN_CONFIG_FILE = "train_config.json"
+FOLDED_DIR = "inference.savedmodel"
+REPORT_FILE = "export_report.json"
+REPORT_LOCK = ".export_report.lock"
 FORMAT_VERSION = 1
 
 
@@ -68,3 +78,44 @@ def load_run_info(run_dir: Path) -> RunInfo:
     if not (run_dir / MODEL_FILE).is_file():
         raise CnnserveError(f"{run_dir} has no {MODEL_FILE}; the run did not finish, retrain it")
     return info
+
+
+def make_readable(path: Path) -> None:
+    """mkdtemp and NamedTemporaryFile create owner-only files; apply the umask as open() would."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
+def write_json_atomic(path: Path, content: object) -> None:
+    """Writes `content` as indented JSON beside `path` and renames it into place: a reader sees
+    the old file or the new one, never half of one."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        handle.write(json.dumps(content, indent=2) + "\n")
+    make_readable(Path(handle.name))
+    Path(handle.name).replace(path)
+
+
+def read_report(run_dir: Path) -> dict:
+    """RUN/export_report.json as a dict ({} when missing or damaged: a report is rewritten, not trusted)."""
+    path = run_dir / REPORT_FILE
+    try:
+        report = json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, OSError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def update_report(
+    run_dir: Path, section: str, content: object = None, merge: Callable[[object], object] | None = None
+) -> None:
+    """Writes one section of RUN/export_report.json, keeping the others (atomic replace).
+
+    `merge(old_section)` returns the new section (`content` replaces it otherwise). Writers
+    hold RUN/.export_report.lock, so a fold and exports running side by side lose no entry."""
+    with (run_dir / REPORT_LOCK).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        report = read_report(run_dir)
+        report[section] = merge(report.get(section)) if merge is not None else content
+        write_json_atomic(run_dir / REPORT_FILE, report)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 
 JIT_MODES = ("off", "on", "both")
 
@@ -138,7 +138,7 @@ def run_train_command(args: argparse.Namespace) -> int:
     if threads < 1 or (args.batch_size is not None and args.batch_size < 1) or args.min_time_s <= 0:
         raise CnnserveError("--threads, --batch-size and --min-time-s must be positive")
     os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)  # before TensorFlow loads
-    from cnnserve.quiet_tf import import_tensorflow_quietly
+    from cnnserve.training.quiet_tf import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from cnnserve.training.models import ZOO

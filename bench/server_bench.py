@@ -31,7 +31,7 @@ from cnnserve.bench.load_generator import (
 from cnnserve.bench.load_options import ARRIVALS, DEFAULT_CHANNELS, DEFAULT_MAX_IN_FLIGHT
 from cnnserve.bench.records import ServerRecord, latency_fields, throughput_fields
 from cnnserve.bench.stats import summarize_ns
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 

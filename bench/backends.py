@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from cnnserve.bench.options import RuntimeOptions
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 
 FAMILIES: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("onnxruntime",),
@@ -26,7 +26,6 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 VARIANTS = tuple(variant for variants in FAMILIES.values() for variant in variants)
 DEFAULT_BACKENDS = "onnxruntime,tensorflow,tflite"
-SERVING_SIGNATURE = "serving_default"  # TensorFlow's default signature key, used by the exporter
 
 
 class BackendUnavailable(CnnserveError):

@@ -1,6 +1,6 @@
 """Measure ONNX Runtime CPU session options on a model: threads, graph optimization, spinning.
 
-    python -m cnnserve.serving.session_bench models/mnist_cnn/1/model.onnx --batch-sizes 1,64
+    python scripts/session_options_sweep.py models/mnist_cnn/1/model.onnx --batch-sizes 1,64
 
 The server's defaults (ORT_ENABLE_ALL, sequential, spinning off) come from runs of this script;
 the numbers and the machine they came from belong in serving/README.md.

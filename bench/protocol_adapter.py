@@ -22,10 +22,10 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as grpc_service_pb2
 from tritonclient.grpc import service_pb2_grpc as grpc_service_pb2_grpc
 
+from cnnserve.contracts.names import MAX_MESSAGE_BYTES
 from cnnserve.protos import classifier_pb2, classifier_pb2_grpc
 
 PROTOCOLS = ("cnnserve", "v2")
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)

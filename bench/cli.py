@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from cnnserve.bench.train_bench import register as register_train_bench
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 
 DEFAULT_BATCH_SIZES = "1,8,64,256"
 DEFAULT_CONCURRENCY = "1,4,16,64"
@@ -171,7 +171,7 @@ def run_local_command(args: argparse.Namespace) -> int:
     batch_sizes = positive_ints(args.batch_sizes, "--batch-sizes")
     variants = expand_backends(args.backends)
     configure_threads(options)  # before anything imports TensorFlow
-    from cnnserve.quiet_tf import import_tensorflow_quietly
+    from cnnserve.training.quiet_tf import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from cnnserve.bench.local import LocalPlan, run_local
@@ -294,7 +294,7 @@ def _zoo_flops(model: str) -> int | None:
     for servers that do not report them (exports before they were recorded, or Triton).
 
     The zoo lives beside Keras, so this imports TensorFlow (quietly, once, before any load)."""
-    from cnnserve.quiet_tf import import_tensorflow_quietly
+    from cnnserve.training.quiet_tf import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from cnnserve.training.models import ZOO

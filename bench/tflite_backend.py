@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnserve.bench.backends import SERVING_SIGNATURE, BackendUnavailable
+from cnnserve.bench.backends import BackendUnavailable
 from cnnserve.bench.options import RuntimeOptions
+from cnnserve.contracts.names import SERVING_SIGNATURE
 
 
 class TfliteBackend:

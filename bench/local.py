@@ -26,7 +26,7 @@ from cnnserve.bench.records import LocalRecord, latency_fields, throughput_field
 from cnnserve.bench.stats import summarize_ns
 from cnnserve.bench.system import SystemInfo, collect
 from cnnserve.bench.timing import RepeatPolicy, measure
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnserve.errors import CnnserveError
-from cnnserve.export.model_config import ModelConfig, TensorSpec
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.model_repository import ModelConfig, TensorSpec
 
 CLASSES = 10
 OPSET = 17

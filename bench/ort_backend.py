@@ -9,11 +9,11 @@ import numpy as np
 
 from cnnserve.bench.backends import BackendUnavailable
 from cnnserve.bench.options import RuntimeOptions
+from cnnserve.contracts.names import CPU_PROVIDER as CPU
+from cnnserve.contracts.names import CUDA_PROVIDER as CUDA
 from cnnserve.serving.nchwc_padding import PaddedConv, cpu_session_model
 
 _LOGGER = logging.getLogger(__name__)
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
 # ONNX Runtime logs an ERROR when the CUDA provider fails to load; with --device auto that is
 # expected on CPU machines, and the fallback is reported by us from session.get_providers().
 _FATAL_ONLY = 4

@@ -1,9 +1,10 @@
 """Regenerate the checked-in `_pb2.py`, `_pb2.pyi` and `_pb2_grpc.py` files from the `.proto` files.
 
-`make protos` runs this; `tests/serving/test_protos.py` runs it into a temporary folder and
-fails on any difference. The include path maps this folder to `cnnserve/protos`, so the
-generated modules import each other as `cnnserve.protos.xxx_pb2` with no post-editing.
-Needs grpcio-tools (a dev dependency), imported inside `generate` so the server never loads it.
+`make protos` runs this (a developer tool, not installed with the package);
+`tests/serving/test_protos.py` runs it into a temporary folder and fails on any difference.
+The include path maps protos/ to `cnnserve/protos`, so the generated modules import each other
+as `cnnserve.protos.xxx_pb2` with no post-editing. Needs grpcio-tools (a dev dependency),
+imported inside `generate` so nothing else loads it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-PROTO_DIR = Path(__file__).resolve().parent
+PROTO_DIR = Path(__file__).resolve().parent.parent / "protos"
 VIRTUAL_DIR = "cnnserve/protos"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.names import CPU_PROVIDER
 
 SYNTHETIC_PARITY_IMAGES = 64
 SYNTHETIC_CALIBRATION_IMAGES = 64
@@ -49,9 +50,9 @@ def _synthetic_source(model_name: str, input_shape: tuple[int, int, int], savedm
 
     `train` feeds int8 calibration; `test` feeds the relative ONNX check.
     """
+    from cnnserve.contracts.run_dir import RunInfo
     from cnnserve.export.source import ExportSource
     from cnnserve.training.data import synthetic_split
-    from cnnserve.training.run import RunInfo
 
     info = RunInfo(
         model=model_name, dataset="synthetic", class_names=tuple(str(i) for i in range(10)),
@@ -121,7 +122,7 @@ def check_relative(onnx_path: Path, source, tolerance: float = RELATIVE_TOLERANC
 
     images = source.test.images
     expected = np.asarray(source.predict_logits(images), np.float64)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_path), providers=[CPU_PROVIDER])
     got = np.asarray(session.run(["logits"], {"images": images})[0], np.float64)
     error = float(np.max(np.abs(got - expected)) / max(1.0, float(np.max(np.abs(expected)))))
     if error > tolerance:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnserve.bench.backends import SERVING_SIGNATURE, BackendUnavailable
+from cnnserve.bench.backends import BackendUnavailable
 from cnnserve.bench.options import RuntimeOptions
+from cnnserve.contracts.names import SERVING_SIGNATURE
 
 _LOGGER = logging.getLogger(__name__)
 # Whether TensorFlow's runtime was started after our thread settings: recorded with results.
@@ -43,7 +44,7 @@ class _TensorflowBackend:
     variant = ""
 
     def __init__(self, options: RuntimeOptions) -> None:
-        from cnnserve.quiet_tf import import_tensorflow_quietly
+        from cnnserve.training.quiet_tf import import_tensorflow_quietly
 
         import_tensorflow_quietly()
         self.options = options

@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
 
 CONFIG_FILE = "config.json"
 # Model names become directory names and metric labels: keep them to a safe alphabet.

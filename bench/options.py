@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cnnserve.bench.system import usable_cores
-from cnnserve.errors import CnnserveError
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.names import DEVICES
 from cnnserve.serving.cuda_options import CudaOptions
 
-DEVICES = ("auto", "cpu", "cuda")
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 EXECUTION_MODES = ("sequential", "parallel")
 
