@@ -19,7 +19,6 @@ import io
 import json
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,8 @@ import aiohttp
 import grpc
 import numpy as np
 from PIL import Image
+
+from cnnserve.bench.serve_process import LOOPBACK, start_cnnserve
 
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 ONE_IMAGE = np.random.default_rng(0).integers(0, 256, (1, 28, 28, 1), dtype=np.uint8)
@@ -155,30 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         raw = json.loads(config.read_text())
         raw["name"] = "bench"
         (repository / "bench" / "config.json").write_text(json.dumps(raw))
-        ready = Path(scratch) / "ready.json"
-        command = [
-            sys.executable, "-m", "cnnserve", "serve", "--repository", str(repository), "--host", "127.0.0.1",
-            "--port", "0", "--http-port", "0", "--metrics-port", "off", "--ready-file", str(ready),
-        ]  # fmt: skip
-        server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server, ports = start_cnnserve(
+            ["--repository", str(repository), "--host", LOOPBACK, "--port", "0", "--http-port", "0",
+             "--metrics-port", "off"],
+            Path(scratch),
+        )  # fmt: skip
         try:
-            deadline = time.monotonic() + 120
-            while not ready.exists():
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the server did not start")
-                time.sleep(0.05)
-            ports = json.loads(ready.read_text())
-            result = asyncio.run(
-                _measure(
-                    f"127.0.0.1:{ports['grpc_port']}",
-                    f"http://127.0.0.1:{ports['http_port']}",
-                    "bench",
-                    args.seconds,
-                )
-            )
+            result = asyncio.run(_measure(ports.grpc_target, ports.http_base, "bench", args.seconds))
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            server.stop()
     result["model_file"] = str(args.model_file)
     text = json.dumps(result, indent=2)
     print(text)

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from cnnserve.bench.serve_process import LOOPBACK, start_cnnserve
 from cnnserve.contracts.model_repository import ModelConfig, TensorSpec
 from cnnserve.contracts.names import CPU_PROVIDER
 from cnnserve.export.repository import VersionWriter
@@ -102,23 +102,6 @@ def _commit(repository: Path, config: ModelConfig, version: int, model_file: Pat
         return time.monotonic()
 
 
-def _start_server(repository: Path, workdir: Path, poll_interval_s: float) -> tuple[subprocess.Popen, str]:
-    ready = workdir / "ready.json"
-    command = [
-        sys.executable, "-m", "cnnserve", "serve", "--repository", str(repository),
-        "--host", "127.0.0.1", "--port", "0", "--metrics-port", "off", "--http-port", "off",
-        "--poll-interval-s", str(poll_interval_s), "--ready-file", str(ready),
-    ]  # fmt: skip
-    log = (workdir / "server.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not ready.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"server did not start; see {workdir / 'server.log'}")
-        time.sleep(0.05)
-    return process, f"127.0.0.1:{json.loads(ready.read_text())['grpc_port']}"
-
-
 async def _measure(target: str, args: argparse.Namespace, repository: Path, config: ModelConfig) -> dict:
     height, width, channels = config.inputs[0].shape[1:]
     image = np.random.default_rng(0).integers(0, 256, (1, height, width, channels), dtype=np.uint8)
@@ -188,12 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         config = _config(args.model_file, args.name)
         (repository / args.name).mkdir(parents=True)
         _commit(repository, config, 1, args.model_file)
-        process, target = _start_server(repository, workdir, args.poll_interval_s)
+        server, ports = start_cnnserve(
+            ["--repository", str(repository), "--host", LOOPBACK, "--port", "0", "--metrics-port", "off",
+             "--http-port", "off", "--poll-interval-s", str(args.poll_interval_s)],
+            workdir,
+        )  # fmt: skip
         try:
-            result = asyncio.run(_measure(target, args, repository, config))
+            result = asyncio.run(_measure(ports.grpc_target, args, repository, config))
         finally:
-            process.terminate()
-            process.wait(timeout=60)
+            server.stop()
     result["model_file"] = str(args.model_file)
     text = json.dumps(result, indent=2)
     print(text)

@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnserve.bench.serve_process import LOOPBACK, ServerProcess, cnnserve_command, start_cnnserve
+
 ROOT = Path(__file__).resolve().parent.parent
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 SERVER_FIELDS = (
@@ -101,36 +103,20 @@ def served_requests(target: str, model: str) -> int:
     return sum(int(s["inference_stats"]["success"].get("count", 0)) for s in stats.get("model_stats", []))
 
 
-def _cnnserve(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cnnserve", *args]
-
-
 def shown(command: list[str], scratch: Path | None = None) -> str:
     """A command as recorded: `cnnserve ...`, paths relative to the repository, scratch files as OUT."""
     text = shlex.join(["cnnserve", *command[3:]]).replace(f"{ROOT}/", "")
     return text.replace(str(scratch), "OUT") if scratch else text
 
 
-def start_server(
-    repository: Path, models: str, workers: int, workdir: Path
-) -> tuple[subprocess.Popen, str, list]:
-    ready = workdir / f"workers{workers}.ready.json"
-    ready.unlink(missing_ok=True)
-    command = _cnnserve(
-        "serve", "--repository", str(repository), "--models", models, "--workers", str(workers),
-        "--host", "127.0.0.1", "--port", "0", "--http-port", "off", "--metrics-port", "off",
-        "--model-control", "none",
-        "--ready-file", str(ready),
+def start_server(repository: Path, models: str, workers: int, workdir: Path) -> tuple[ServerProcess, str]:
+    server, ports = start_cnnserve(
+        ["--repository", str(repository), "--models", models, "--workers", str(workers),
+         "--host", LOOPBACK, "--port", "0", "--http-port", "off", "--metrics-port", "off",
+         "--model-control", "none"],
+        workdir, name=f"workers{workers}", cwd=ROOT, timeout_s=300, poll_s=0.1,
     )  # fmt: skip
-    log = (workdir / f"workers{workers}.server.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    deadline = time.monotonic() + 300
-    while not ready.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"server did not start; see {workdir / f'workers{workers}.server.log'}")
-        time.sleep(0.1)
-    port = json.loads(ready.read_text())["grpc_port"]
-    return process, f"127.0.0.1:{port}", command
+    return server, ports.grpc_target
 
 
 def _cpu_delta(before: CpuSample, after: CpuSample) -> dict:
@@ -151,7 +137,7 @@ def _cpu_delta(before: CpuSample, after: CpuSample) -> dict:
 def bench_level(args, target: str, pid: int, model: str, concurrency: int, workdir: Path) -> dict:
     out = workdir / f"level_{model}_{concurrency}_{pid}.json"
     channels = min(args.channels, concurrency)
-    command = _cnnserve(
+    command = cnnserve_command(
         "bench", "server", "--target", target, "--model", model, "--protocol", "v2",
         "--concurrency", str(concurrency), "--images-per-request", "1", "--noop-model", "",
         "--duration", str(args.duration), "--warmup", str(args.warmup),
@@ -193,14 +179,9 @@ def idle_cpu(pid: int, seconds: float) -> float:
     return round((cpu_sample(pid).total_s - before.total_s) / seconds, 4)
 
 
-def stop_server(process: subprocess.Popen) -> int:
-    process.terminate()
-    return process.wait(timeout=120)
-
-
 def bench_local(args, repository: Path, threads: int, workdir: Path) -> tuple[list[dict], list[str]]:
     out = workdir / f"local_t{threads}.json"
-    command = _cnnserve(
+    command = cnnserve_command(
         "bench", "local", "--repository", str(repository), "--model", args.models,
         "--backends", "onnxruntime", "--device", "cpu", "--batch-sizes", "1,64",
         "--intra-op-threads", str(threads), "--min-time-s", str(args.local_min_time_s), "--json", str(out),
@@ -217,11 +198,15 @@ def measure_servers(args, repository: Path, workdir: Path, scratch: Path) -> lis
     """Every worker count's server at once, idle but for the one under load: for each model and
     concurrency the worker counts run back to back, so a slow spell of a shared machine lands
     on all of them alike."""
-    started: list[tuple[subprocess.Popen, str, dict]] = []
+    started: list[tuple[ServerProcess, str, dict]] = []
     try:
         for workers in _ints(args.workers):
-            process, target, command = start_server(repository, args.models, workers, workdir)
-            server = {"workers": workers, "command": shown(command), "processes": len(_tree(process.pid))}
+            process, target = start_server(repository, args.models, workers, workdir)
+            server = {
+                "workers": workers,
+                "command": shown(process.command),
+                "processes": len(_tree(process.pid)),
+            }
             started.append((process, target, server))
         for process, _, server in started:
             server["idle_server_cores"] = idle_cpu(process.pid, 2.0)
@@ -240,7 +225,7 @@ def measure_servers(args, repository: Path, workdir: Path, scratch: Path) -> lis
                     server["levels"].append(level)
     finally:
         for process, _, server in started:
-            server["exit_code"] = stop_server(process)
+            server["exit_code"] = process.stop(timeout_s=120)
     return [server for _, _, server in started]
 
 

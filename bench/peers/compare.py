@@ -18,9 +18,6 @@ import asyncio
 import hashlib
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer_configs  # this folder's module, beside the script
+
+from cnnserve.bench.serve_process import LOOPBACK, ServerProcess, free_port, start_cnnserve
 
 SERVERS = ("cnnserve", "mlserver", "kserve")
 PEERS_DIR = Path(os.environ.get("CNNSERVE_PEERS_DIR", Path.home() / ".cache" / "cnnserve-peers"))
@@ -51,12 +50,6 @@ class Settings:
     in_process_s: float = 3.0
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def model_file(repository: Path, model: str) -> peer_configs.ModelFile:
     """The newest ONNX version of `model` in a cnnserve repository, with its shapes from config.json."""
     from cnnserve.contracts.model_repository import ModelConfig
@@ -71,39 +64,7 @@ def model_file(repository: Path, model: str) -> peer_configs.ModelFile:
     raise SystemExit(f"compare.py: no model.onnx under {repository / model}; run `cnnserve export` first")
 
 
-class Server:
-    """One server process in its own session, so stopping it stops its workers too."""
-
-    def __init__(self, name: str, command: list[str], log: Path, cwd: Path | None = None) -> None:
-        self.name, self.command, self.log, self.cwd = name, command, log, cwd
-        self.process: subprocess.Popen | None = None
-
-    def start(self, env: dict[str, str] | None = None) -> None:
-        with self.log.open("wb") as handle:
-            self.process = subprocess.Popen(
-                self.command, stdout=handle, stderr=subprocess.STDOUT, cwd=self.cwd,
-                env={**os.environ, **(env or {})}, start_new_session=True,
-            )  # fmt: skip
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
-def _tail(log: Path, chars: int = 3000) -> str:
-    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
-
-
-def wait_ready(server: Server, target: str, model: str, timeout_s: float = START_TIMEOUT_S) -> None:
+def wait_ready(server: ServerProcess, target: str, model: str, timeout_s: float = START_TIMEOUT_S) -> None:
     """Until V2 ServerReady and ModelReady(model) both say true, over gRPC."""
     import grpc
     from tritonclient.grpc import service_pb2 as pb
@@ -114,7 +75,7 @@ def wait_ready(server: Server, target: str, model: str, timeout_s: float = START
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         while time.monotonic() < deadline:
             if not server.alive():
-                raise SystemExit(f"compare.py: {server.name} exited; its log:\n{_tail(server.log)}")
+                raise SystemExit(f"compare.py: {server.name} exited; its log:\n{server.log_tail()}")
             try:
                 if (
                     stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready
@@ -158,42 +119,34 @@ def check_answer(target: str, model: peer_configs.ModelFile) -> None:
         raise SystemExit(f"compare.py: {target} answered outputs {shapes}, expected logits {expected}")
 
 
-def launch(name: str, settings: Settings, model: peer_configs.ModelFile) -> tuple[Server, str]:
+def launch(name: str, settings: Settings, model: peer_configs.ModelFile) -> tuple[ServerProcess, str]:
     """Starts `name` on free loopback ports; returns it and its gRPC target."""
     logs = settings.workdir
     if name == "cnnserve":
-        ready = logs / "cnnserve.ready.json"
-        ready.unlink(missing_ok=True)
-        command = [
-            sys.executable, "-m", "cnnserve", "serve", "--repository", str(settings.repository),
-            "--models", model.name, "--host", "127.0.0.1", "--port", "0", "--http-port", "off",
-            "--metrics-port", "off",
-            "--http-port", "off", "--ready-file", str(ready),
-        ]  # fmt: skip
-        server = Server(name, command, logs / "cnnserve.log")
-        server.start()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not ready.exists():
-            if not server.alive() or time.monotonic() > deadline:
-                raise SystemExit(f"compare.py: cnnserve did not start; log:\n{_tail(server.log)}")
-            time.sleep(0.2)
-        return server, f"127.0.0.1:{json.loads(ready.read_text())['grpc_port']}"
+        server, ports = start_cnnserve(
+            ["--repository", str(settings.repository), "--models", model.name, "--host", LOOPBACK,
+             "--port", "0", "--http-port", "off", "--metrics-port", "off"],
+            logs, own_session=True, timeout_s=START_TIMEOUT_S, poll_s=0.2,
+        )  # fmt: skip
+        return server, ports.grpc_target
     grpc_port = free_port()
     if name == "mlserver":
         folder = peer_configs.write_mlserver_folder(
             logs / "mlserver", model, grpc_port, free_port(), free_port()
         )
         mlserver = _peer_python(settings, "mlserver").parent / "mlserver"
-        server = Server(name, [str(mlserver), "start", str(folder)], logs / "mlserver.log", cwd=folder)
+        server = ServerProcess(
+            name, [str(mlserver), "start", str(folder)], logs / "mlserver.log", cwd=folder, own_session=True
+        )
     elif name == "kserve":
         script = Path(__file__).resolve().parent / "kserve_onnx.py"
         argv = peer_configs.kserve_argv(model, grpc_port, free_port())
         command = [str(_peer_python(settings, "kserve")), str(script), *argv]
-        server = Server(name, command, logs / "kserve.log")
+        server = ServerProcess(name, command, logs / "kserve.log", own_session=True)
     else:
         raise SystemExit(f"compare.py: unknown server {name!r}; choose from {', '.join(SERVERS)}")
     server.start()
-    target = f"127.0.0.1:{grpc_port}"
+    target = f"{LOOPBACK}:{grpc_port}"
     wait_ready(server, target, model.name)
     return server, target
 
@@ -275,7 +228,7 @@ def run(settings: Settings) -> dict:
             check_answer(target, model)
             records = measure_server(target, settings)
         finally:
-            server.stop()
+            server.stop(timeout_s=30.0)
         result["servers"][name] = {"versions": peer_versions(settings, name), **configs.get(name, {}),
                                    "records": records}  # fmt: skip
     print("compare.py: in-process ONNX Runtime", file=sys.stderr)
