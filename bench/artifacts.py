@@ -55,8 +55,8 @@ def _zoo_name(model: str, configs: list[ModelConfig]) -> str | None:
     from cnnserve.training.models import ZOO
 
     for config in configs:
-        if config.extra.get("model") in ZOO:
-            return config.extra["model"]
+        if config.provenance.model in ZOO:
+            return config.provenance.model
         if config.source_run:
             try:
                 return load_run_info(Path(config.source_run)).model

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnserve.contracts.errors import CnnserveError
-from cnnserve.contracts.model_repository import ModelConfig, TensorSpec
+from cnnserve.contracts.model_repository import ModelConfig, Provenance, TensorSpec
 
 CLASSES = 10
 OPSET = 17
@@ -80,7 +80,7 @@ def write_noop(
         class_labels=tuple(str(i) for i in range(CLASSES)),
         max_batch_size=max_batch_size,
         max_queue_delay_ms=max_queue_delay_ms,
-        extra={"noop": True, "purpose": "cnnserve bench server: per-request overhead"},
+        provenance=Provenance(noop=True, purpose="cnnserve bench server: per-request overhead"),
     )
     version_dir = model_dir / "1"
     version_dir.mkdir(parents=True, exist_ok=True)

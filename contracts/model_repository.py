@@ -1,6 +1,7 @@
 """`models/<model>/config.json`: the contract between the exporter (writes) and the server (reads).
 
-Standard library only: the server imports this module and must never pull in TensorFlow.
+The server imports this module and must never pull in TensorFlow: standard library (and the
+numpy-only parity record) here.
 The repository follows Triton's layout:
     models/<model>/config.json
     models/<model>/<version>/model.onnx | model.savedmodel/ | model.tflite
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.parity import Parity
 
 CONFIG_FILE = "config.json"
 # Model names become directory names and metric labels: keep them to a safe alphabet.
@@ -126,6 +128,67 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where a model version came from: config.json's `extra` object, typed.
+
+    Written by `cnnserve export` (every field) and by `cnnserve bench noop` (`noop`, `purpose`);
+    read by the server (`flops_per_image`, reported in ModelConfig parameters) and by bench (the
+    zoo `model`). A field the writer did not know is None, so older files load unchanged."""
+
+    model: str | None = None  # the zoo model the run trained
+    format: str | None = None  # cnnserve export --format
+    quantize: str | None = None
+    version: int | None = None
+    dataset: str | None = None
+    created: str | None = None  # ISO 8601, UTC
+    parity: Parity | None = None  # the written file against the folded model
+    float_test_accuracy: float | None = None  # the float model's, beside an int8 one
+    flops_per_image: int | None = None  # 2 × multiply-adds of the conv and dense layers
+    noop: bool = False  # `cnnserve bench noop`: answers without computing
+    purpose: str | None = None
+
+    def to_dict(self) -> dict:
+        """The `extra` object as today's files have it: export's fields, or the noop marker."""
+        if self.noop:
+            return {"noop": True, "purpose": self.purpose}
+        return {
+            "model": self.model,
+            "format": self.format,
+            "quantize": self.quantize,
+            "version": self.version,
+            "dataset": self.dataset,
+            "created": self.created,
+            "parity": self.parity.to_dict() if self.parity is not None else None,
+            "float_test_accuracy": self.float_test_accuracy,
+            "flops_per_image": self.flops_per_image,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: object) -> Provenance:
+        if not isinstance(raw, dict):
+            raise ValueError(f"extra: expected an object, received {raw!r}")
+
+        def optional(key: str, kind: type):
+            value = raw.get(key)
+            return None if value is None else kind(value)
+
+        parity = raw.get("parity")
+        return cls(
+            model=optional("model", str),
+            format=optional("format", str),
+            quantize=optional("quantize", str),
+            version=optional("version", int),
+            dataset=optional("dataset", str),
+            created=optional("created", str),
+            parity=Parity.from_dict(parity) if isinstance(parity, dict) else None,
+            float_test_accuracy=optional("float_test_accuracy", float),
+            flops_per_image=optional("flops_per_image", int),
+            noop=bool(raw.get("noop", False)),
+            purpose=optional("purpose", str),
+        )
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     platform: str
@@ -139,7 +202,7 @@ class ModelConfig:
     max_queue_delay_ms: float = 0.0
     source_run: str = ""
     test_accuracy: float | None = None
-    extra: dict = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=Provenance)  # written as "extra"
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
 
     def __post_init__(self) -> None:
@@ -166,8 +229,9 @@ class ModelConfig:
         return PLATFORM_FILES[self.platform]
 
     def to_json(self) -> str:
-        fields = asdict(self)
-        fields["version_policy"] = self.version_policy.to_config()
+        written = {"provenance": ("extra", self.provenance.to_dict()),
+                   "version_policy": ("version_policy", self.version_policy.to_config())}  # fmt: skip
+        fields = dict(written.get(key, (key, value)) for key, value in asdict(self).items())
         return json.dumps(fields, indent=2) + "\n"
 
     def save(self, model_dir: Path) -> None:
@@ -188,7 +252,7 @@ class ModelConfig:
                 max_queue_delay_ms=float(raw.get("max_queue_delay_ms", 0.0)),
                 source_run=str(raw.get("source_run", "")),
                 test_accuracy=raw.get("test_accuracy"),
-                extra=dict(raw.get("extra", {})),
+                provenance=Provenance.from_dict(raw.get("extra", {})),
                 version_policy=VersionPolicy.from_config(raw.get("version_policy")),
             )
         except FileNotFoundError:

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from cnnserve import __version__
 from cnnserve.contracts.errors import CnnserveError
-from cnnserve.contracts.model_repository import PLATFORM_FILES, ModelConfig, TensorSpec, VersionPolicy
+from cnnserve.contracts.model_repository import (
+    PLATFORM_FILES,
+    ModelConfig,
+    Provenance,
+    TensorSpec,
+    VersionPolicy,
+)
+from cnnserve.contracts.parity import Parity
 from cnnserve.contracts.run_dir import load_run_info
 from cnnserve.export.leftovers import Leftover, clean_repository
 from cnnserve.export.repository import RepositoryError, VersionWriter
@@ -133,17 +140,17 @@ def export_run(
             version_policy=version_policy or _current_policy(writer.model_dir),
             source_run=str(run_dir.resolve()),
             test_accuracy=details["test_accuracy"],
-            extra={
-                "model": info.model,
-                "format": fmt,
-                "quantize": quantize,
-                "version": writer.version,
-                "dataset": info.dataset,
-                "created": created,
-                "parity": details["parity"],
-                "float_test_accuracy": source.test_accuracy,
-                "flops_per_image": _flops_per_image(info.model),
-            },
+            provenance=Provenance(
+                model=info.model,
+                format=fmt,
+                quantize=quantize,
+                version=writer.version,
+                dataset=info.dataset,
+                created=created,
+                parity=Parity.from_dict(details["parity"]),
+                float_test_accuracy=source.test_accuracy,
+                flops_per_image=_flops_per_image(info.model),
+            ),
         )
         final = writer.commit(config)
     report = {"format": fmt, "quantize": quantize, **details,

@@ -305,8 +305,8 @@ def _parameters(model: ServedVersion) -> dict[str, config_pb.ModelParameter]:
     """Triton's free-form parameters: where the model really runs, and its FLOPs per image when
     the export recorded them (`cnnserve bench server` reads both)."""
     parameters = {"execution_provider": config_pb.ModelParameter(string_value=model.provider)}
-    flops = model.config.extra.get("flops_per_image")
-    if isinstance(flops, int) and flops > 0:
+    flops = model.config.provenance.flops_per_image
+    if flops is not None and flops > 0:
         parameters["flops_per_image"] = config_pb.ModelParameter(string_value=str(flops))
     return parameters
 

@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from cnnserve.contracts.parity import MAX_ABS_LOGIT_DIFF, PARITY_LIMIT, REL_LOGIT_DIFF, Parity
 from cnnserve.training.fold import FoldedModel, FoldError
 
-MAX_ABS_LOGIT_DIFF = 1e-4
-# float32 rounding grows with the logits' magnitude: an overfit model with |logit| ≈ 170 differs by
-# 4e-4 from summation order alone. numpy.allclose's rule: |Δ| ≤ 1e-4 + 1e-5·|logit|.
-REL_LOGIT_DIFF = 1e-5
-PARITY_LIMIT = f"{MAX_ABS_LOGIT_DIFF:g} + {REL_LOGIT_DIFF:g}·|logit|"
 PARITY_IMAGES = 1000
 PARITY_BATCH_SIZES = (1, 256)
 # Ops that are BatchNorm arithmetic wherever they appear.
@@ -91,37 +86,6 @@ def _is_per_channel(op) -> bool:
 
 
 # --------------------------------------------------------------------------- parity
-
-
-@dataclass(frozen=True)
-class Parity:
-    """Logit agreement between a reference and a candidate, over every batch size run."""
-
-    images: int
-    batch_sizes: tuple[int, ...]
-    max_abs_logit_diff: float
-    top1_agreement: float
-    max_abs_logit: float = 0.0
-    within_tolerance: bool = True  # every logit within MAX_ABS_LOGIT_DIFF + REL_LOGIT_DIFF·|logit|
-
-    @property
-    def ok(self) -> bool:
-        return self.within_tolerance and self.top1_agreement == 1.0
-
-    @classmethod
-    def of(
-        cls, pairs: Iterable[tuple[np.ndarray, np.ndarray]], images: int, batch_sizes: Sequence[int]
-    ) -> Parity:
-        """Parity over (reference, candidate) logit pairs, one pair per batch size."""
-        worst, largest, agreement, within = 0.0, 0.0, 1.0, True
-        for expected, got in pairs:
-            expected, got = expected.astype(np.float64), got.astype(np.float64)
-            diff = np.abs(got - expected)
-            worst = max(worst, float(diff.max()))
-            largest = max(largest, float(np.abs(expected).max()))
-            within &= bool(np.all(diff <= MAX_ABS_LOGIT_DIFF + REL_LOGIT_DIFF * np.abs(expected)))
-            agreement = min(agreement, float(np.mean(got.argmax(1) == expected.argmax(1))))
-        return cls(images, tuple(batch_sizes), worst, agreement, largest, within)
 
 
 def run_batched(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int):

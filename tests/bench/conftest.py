@@ -50,7 +50,7 @@ def noop_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # `priced`: a no-op whose config.json carries FLOPs, as `cnnserve export` records them.
     write_noop(root, IMAGE_SHAPE, "priced")
     config = ModelConfig.load(root / "priced")
-    replace(config, extra={**config.extra, "flops_per_image": PRICED_FLOPS}).save(root / "priced")
+    replace(config, provenance=replace(config.provenance, flops_per_image=PRICED_FLOPS)).save(root / "priced")
     return root
 
 

@@ -116,9 +116,9 @@ def test_onnx_export(name, zoo_runs, zoo_sources, tmp_path):
     assert config.class_labels == source.info.class_names
     assert config.source_run == str(zoo_runs[name].resolve())
     assert config.test_accuracy == pytest.approx(source.test_accuracy, abs=0.002)
-    assert config.extra["flops_per_image"] == flops_per_image(build_model(name)) > 0
+    assert config.provenance.flops_per_image == flops_per_image(build_model(name)) > 0
     if name == "mnist_cnn":  # 2 × (25·784·16 + 400·196·36 + 1764·128 + 128·10) multiply-adds
-        assert config.extra["flops_per_image"] == 6_726_144
+        assert config.provenance.flops_per_image == 6_726_144
     run_report = json.loads((zoo_runs[name] / REPORT_FILE).read_text())
     (entry,) = find_exports(run_report, repository=str(tmp_path.resolve()), name=name, version=1)
     assert entry["format"] == "onnx" and entry["nodes_after"] == report["nodes_after"]
@@ -198,4 +198,4 @@ def test_int8_on_fashion_mnist_keeps_accuracy(fashion_run, tmp_path):
     assert predict(np.zeros((SECOND_BATCH, 28, 28, 1), np.uint8)).shape == (SECOND_BATCH, 10)
     config = ModelConfig.load(tmp_path / "mnist_cnn_tflite_int8")
     assert config.test_accuracy == report["test_accuracy"]
-    assert config.extra["quantize"] == "int8"
+    assert config.provenance.quantize == "int8"

@@ -58,7 +58,7 @@ def test_int8_keeps_accuracy_and_is_quantized(int8_repository):
     metadata = {prop.key: prop.value for prop in model.metadata_props}
     assert metadata["quantize"] == "int8" and metadata["model"] == "mnist_cnn"
     config = ModelConfig.load(repository / "mnist_cnn_int8")
-    assert config.platform == "onnxruntime_onnx" and config.extra["quantize"] == "int8"
+    assert config.platform == "onnxruntime_onnx" and config.provenance.quantize == "int8"
     assert config.test_accuracy == report["test_accuracy"]
     # A second batch size through the written file.
     images = load_dataset("fashion_mnist").test.images[:7]
