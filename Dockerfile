@@ -27,7 +27,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
-# --- build: install the base package (serving dependencies only, no TensorFlow) -----------------
+# --- build: install the serving packages (serving dependencies only, no TensorFlow) -------------
 # base-${DEVICE} is a stage of this file, not a registry image: nothing to tag.
 # hadolint ignore=DL3006
 FROM base-${DEVICE} AS build
@@ -35,15 +35,13 @@ ARG DEVICE
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY deploy/image/onnxruntime_for_device.py /usr/local/bin/
+# Only what the server and the clients import: no training, export or bench code in the image.
 COPY cnnserve ./cnnserve
 COPY contracts ./contracts
-COPY training ./training
-COPY export ./export
 COPY serving ./serving
 COPY protos ./protos
-COPY bench ./bench
 # The package's own metadata names the ONNX Runtime it gets, so `pip check` is clean in both images.
-RUN python3 /usr/local/bin/onnxruntime_for_device.py --device "${DEVICE}" pyproject.toml \
+RUN python3 /usr/local/bin/onnxruntime_for_device.py --device "${DEVICE}" --serving-only pyproject.toml \
     && python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check .
 

@@ -1,12 +1,16 @@
 """The `cnnserve` console script: one parser, sub-commands registered by each stage's own CLI module.
 
 Stage CLI modules import their heavy dependencies (TensorFlow, ONNX Runtime) inside the command
-handlers, so `cnnserve serve` never pays for TensorFlow and `cnnserve --help` is instant.
+handlers, so `cnnserve serve` never pays for TensorFlow and `cnnserve --help` is instant. A stage
+that is not installed (the serving image ships only serving, contracts and protos) has no
+commands here.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -19,12 +23,15 @@ from cnnserve.contracts.errors import CnnserveError
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from cnnserve.bench import cli as bench_cli
-    from cnnserve.export import cli as export_cli
-    from cnnserve.serving import cli as serving_cli
-    from cnnserve.training import cli as training_cli
+# In the order their commands are listed: train/fold, export, serve and the clients, bench.
+STAGES = ("cnnserve.training", "cnnserve.export", "cnnserve.serving", "cnnserve.bench")
 
+
+def installed_stages() -> list[str]:
+    return [stage for stage in STAGES if importlib.util.find_spec(stage) is not None]
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cnnserve",
         description="Train, fold, export, serve and benchmark small CNN image classifiers.",
@@ -32,10 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cnnserve {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    training_cli.register(commands)
-    export_cli.register(commands)
-    serving_cli.register(commands)
-    bench_cli.register(commands)
+    for stage in installed_stages():
+        importlib.import_module(f"{stage}.cli").register(commands)
     return parser
 
 
