@@ -197,8 +197,8 @@ class ModelConfig:
     class_labels: tuple[str, ...]
     max_batch_size: int = 64
     # 0 (Triton's default): run as soon as the model is free; batches still form from the
-    # requests that arrive while it computes. Measured on mnist_cnn (BENCHMARKS.md): p50 0.8 ms
-    # at concurrency 1 against 2.9 ms with 2 ms, for 14% less throughput at concurrency 32.
+    # requests that arrive while it computes. Waiting costs latency at low concurrency for little
+    # throughput (BENCHMARKS.md, the `--max-queue-delay-ms 2` runs).
     max_queue_delay_ms: float = 0.0
     source_run: str = ""
     test_accuracy: float | None = None
