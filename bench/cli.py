@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import sys
 from pathlib import Path
 
 from cnnserve.bench.train_bench import register as register_train_bench
@@ -188,42 +187,13 @@ def run_local_command(args: argparse.Namespace) -> int:
         models, variants, batch_sizes, None if args.synthetic else args.repository, options, policy,
         peak_size=args.peak_size, rounds=args.rounds,
     )  # fmt: skip
-    from rich.console import Console
+    from cnnserve.bench import console, report
 
-    from cnnserve.bench import report
-
-    console = report.console()
-    with report.RichProgress(Console(stderr=True)) as progress:
+    with console.progress() as progress:
         result = run_local(plan, progress)
-    console.print(report.local_table(result.records))
-    reference = report.reference_table(result.records)
-    if reference is not None:
-        console.print(reference)
-    console.print("% peak: of the float32 matmul peak; int8 runs can exceed 100 %.", style="dim")
-    for skipped in result.skipped:
-        console.print(f"skipped {skipped.model}/{skipped.backend}: {skipped.reason}", style="yellow")
-    assert result.peak is not None and result.system is not None
-    console.print(
-        f"matmul peak {result.peak.gflops:.1f} GFLOP/s (float32, squares up to {result.peak.size}², best of "
-        f"{result.peak.repeats}, {result.peak.threads} threads; numpy {result.peak.numpy_gflops:.1f}, "
-        f"ONNX Runtime {result.peak.onnxruntime_gflops:.1f}) on {result.system.cpu_model}, "
-        f"{result.system.usable_cores} usable of {result.system.logical_cores} cores"
-    )
-    _write_outputs(args, result.records, csv_writer=report.write_local_csv, plotter="local")
+    console.show_local(result)
+    report.write_outputs(result.records, args.json, args.csv, args.plot)
     return 0
-
-
-def _write_outputs(args: argparse.Namespace, records: list, csv_writer, plotter: str) -> None:
-    from cnnserve.bench import report
-
-    if args.json:
-        report.write_json(records, args.json)
-    if args.csv:
-        csv_writer(records, args.csv)
-    if args.plot:
-        from cnnserve.bench import plots
-
-        (plots.plot_local if plotter == "local" else plots.plot_server)(records, args.plot)
 
 
 # --------------------------------------------------------------------------- server
@@ -307,9 +277,7 @@ def _zoo_flops(model: str) -> int | None:
 
 
 def run_server_command(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from cnnserve.bench import report
+    from cnnserve.bench import console, report
     from cnnserve.bench.server_bench import ServerPlan, run_server_bench, served_flops
     from cnnserve.bench.system import collect, usable_cores
 
@@ -340,18 +308,14 @@ def run_server_command(args: argparse.Namespace) -> int:
         peak = measure_peak(usable_cores())
         peak_gflops = peak.gflops
         system["matmul_peak"] = asdict(peak)
-    console = report.console()
-    with report.RichProgress(Console(stderr=True)) as progress:
+    with console.progress() as progress:
         sweep = asyncio.run(run_server_bench(plan, lambda model: flops, peak_gflops, system, progress))
     records = sweep.records
+    console.show_server(records)
     if records:
-        console.print(report.server_table(records))
-    for line in [*report.noop_overhead_lines(records), *report.client_load_lines(records)]:
-        console.print(line)
-    if records:
-        _write_outputs(args, records, csv_writer=report.write_csv, plotter="server")
+        report.write_outputs(records, args.json, args.csv, args.plot)
     if sweep.stopped:
-        print(f"cnnserve: stopped early, {len(records)} level(s) measured: {sweep.stopped}", file=sys.stderr)
+        console.show_stopped(len(records), sweep.stopped)
         return 1
     return 0
 

@@ -152,18 +152,9 @@ def run_train_command(args: argparse.Namespace) -> int:
         peak_size=args.peak_size, peak_repeats=args.peak_repeats,
     )  # fmt: skip
 
-    from rich.console import Console
-    from rich.table import Table
+    from cnnserve.bench import console
 
-    table = Table(title=f"training steps; float32 matmul peak {peak:.1f} GFLOP/s on {threads} thread(s)")
-    for column in ("model", "batch", "XLA", "examples/s", "ms/step", "GFLOP/s", "% of peak"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for p in points:
-        table.add_row(
-            p.model, str(p.batch_size), "on" if p.xla else "off", f"{p.examples_per_s:,.0f}",
-            f"{p.step_ms:.1f}", f"{p.gflops:.1f}", f"{p.peak_percent:.0f}%",
-        )  # fmt: skip
-    Console().print(table)
+    console.show_train(peak, threads, points)
     if args.json:
         record = {"peak_gflops": peak, "threads": threads, "points": [p.as_dict() for p in points]}
         args.json.write_text(json.dumps(record, indent=2) + "\n")

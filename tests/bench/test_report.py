@@ -4,6 +4,7 @@ import json
 import matplotlib.image
 import pytest
 
+from cnnserve.bench import console as terminal
 from cnnserve.bench import plots, report
 from tests.bench.sample_records import local_record, server_record
 
@@ -81,7 +82,7 @@ def test_open_loop_table_and_plot(tmp_path):
 
     records = [server_record(concurrency=None, request_rate=r) for r in (500.0, 1000.0)]
     console = Console(width=240, record=True)
-    console.print(report.server_table(records))
+    console.print(terminal.server_table(records))
     text = console.export_text()
     assert "scheduled send time" in text and "send lag p99 ms" in text and "1,000" in text
     plots.plot_server(records, tmp_path / "open.png")
@@ -92,7 +93,7 @@ def test_failed_requests_are_reported_with_the_first_status():
     from dataclasses import replace
 
     failing = replace(server_record(concurrency=8), errors=3, first_error="UNAVAILABLE: queue full")
-    lines = report.client_load_lines([server_record(concurrency=1), failing])
+    lines = terminal.client_load_lines([server_record(concurrency=1), failing])
     assert "mnist_cnn at concurrency 8: 3 failed request(s), the first: UNAVAILABLE: queue full" in lines
     assert not any("concurrency 1:" in line for line in lines)
 
@@ -130,16 +131,16 @@ def test_tables_render():
     from rich.console import Console
 
     console = Console(width=200, record=True)
-    console.print(report.local_table([local_record()]))
-    console.print(report.reference_table([local_record()]))
-    console.print(report.server_table([server_record(), server_record("noop", noop=True)]))
+    console.print(terminal.local_table([local_record()]))
+    console.print(terminal.reference_table([local_record()]))
+    console.print(terminal.server_table([server_record(), server_record("noop", noop=True)]))
     text = console.export_text()
     assert "cs231n_complex" in text and "11.5–11.8×" in text and "noop (no-op)" in text
 
 
 def test_noop_overhead_line_names_the_lowest_concurrency():
     records = [server_record("noop", concurrency=c, noop=True) for c in (4, 1)]
-    (line,) = report.noop_overhead_lines(records)
+    (line,) = terminal.noop_overhead_lines(records)
     assert "concurrency 1" in line and "2000 µs p50" in line and "600 µs" in line
 
 
@@ -147,7 +148,7 @@ def test_a_saturated_client_loop_is_called_out_with_what_to_do():
     records = [
         server_record(concurrency=c, loop_busy_pct=busy) for c, busy in ((1, 35.0), (32, 97.0), (64, None))
     ]
-    summary, warning = report.client_load_lines(records)
+    summary, warning = terminal.client_load_lines(records)
     assert (
         summary
         == "client: event loop busy at most 97% of a window, client processes at most 120% of one core"
@@ -156,3 +157,12 @@ def test_a_saturated_client_loop_is_called_out_with_what_to_do():
     assert report.perf_analyzer_row(records[1])["Client Loop Busy %"] == 97
     assert report.perf_analyzer_row(records[1])["Client CPU %"] == 120
     assert report.perf_analyzer_row(records[2])["Client Loop Busy %"] == ""
+
+
+def test_server_results_go_to_stdout_and_a_stop_to_stderr(capsys):
+    records = [server_record(concurrency=1), server_record("noop", concurrency=1, noop=True)]
+    terminal.show_server(records)
+    terminal.show_stopped(2, "UNAVAILABLE at concurrency 64")
+    out, err = capsys.readouterr()
+    assert "Through the server (closed loop)" in out and "no-op model 'noop' at concurrency 1" in out
+    assert err == "cnnserve: stopped early, 2 level(s) measured: UNAVAILABLE at concurrency 64\n"
