@@ -12,6 +12,7 @@ from cnnserve.bench.options import RuntimeOptions
 from cnnserve.contracts.names import CPU_PROVIDER as CPU
 from cnnserve.contracts.names import CUDA_PROVIDER as CUDA
 from cnnserve.serving.nchwc_padding import PaddedConv, cpu_session_model
+from cnnserve.serving.session import SessionSettings, providers, session_options
 
 _LOGGER = logging.getLogger(__name__)
 # ONNX Runtime logs an ERROR when the CUDA provider fails to load; with --device auto that is
@@ -20,25 +21,19 @@ _FATAL_ONLY = 4
 _WARNING = 2
 
 
-def session_options(options: RuntimeOptions):
-    import onnxruntime as ort
-
-    levels = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    modes = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
-    session = ort.SessionOptions()
-    session.intra_op_num_threads = options.threads
-    session.inter_op_num_threads = options.inter_op_threads
-    session.graph_optimization_level = levels[options.graph_optimization]
-    session.execution_mode = modes[options.execution_mode]
-    session.add_session_config_entry(
-        "session.intra_op.allow_spinning", "1" if options.allow_spinning else "0"
+def session_settings(options: RuntimeOptions, provider: str) -> SessionSettings:
+    """`options` as the server's session settings, so bench opens sessions as the server does."""
+    return SessionSettings(
+        provider,
+        cpu_threads=options.threads,
+        graph_optimization=options.graph_optimization,
+        allow_spinning=options.allow_spinning,
+        cuda=options.cuda,
+        io_binding=options.io_binding,
+        inter_op_threads=options.inter_op_threads,
+        execution_mode=options.execution_mode,
+        quiet=False,  # the default logger decides: silenced while CUDA is tried (--device auto)
     )
-    return session
 
 
 class OrtBackend:
@@ -50,7 +45,8 @@ class OrtBackend:
         self.variant = variant  # "onnxruntime_int8" for the QDQ export: the same runtime
         self.options = options
         wants_cuda = options.device in ("auto", "cuda") and CUDA in ort.get_available_providers()
-        providers = [(CUDA, options.cuda.provider_options()), CPU] if wants_cuda else [CPU]
+        asked = CUDA if wants_cuda else CPU
+        settings = session_settings(options, asked)
         # The server pads filters to ONNX Runtime's channel blocks on CPU; measure what it runs.
         source: str | bytes = str(path)
         self.padded_convs: list[PaddedConv] = []
@@ -59,7 +55,9 @@ class OrtBackend:
         if options.device == "auto":
             ort.set_default_logger_severity(_FATAL_ONLY)
         try:
-            self.session = ort.InferenceSession(source, session_options(options), providers=providers)
+            self.session = ort.InferenceSession(
+                source, session_options(settings), providers=providers(asked, options.cuda)
+            )
         finally:
             ort.set_default_logger_severity(_WARNING)
         # get_available_providers() lists CUDA whenever the GPU build is installed; only the
@@ -68,7 +66,9 @@ class OrtBackend:
         if wants_cuda and self.engine == CPU:  # CUDA did not stick: reopen as the CPU server would
             source, self.padded_convs = cpu_session_model(path, options.graph_optimization)
             if self.padded_convs:
-                self.session = ort.InferenceSession(source, session_options(options), providers=[CPU])
+                self.session = ort.InferenceSession(
+                    source, session_options(settings), providers=providers(CPU)
+                )
         self.device = "cuda" if self.engine == CUDA else "cpu"
         if options.device == "cuda" and self.device != "cuda":
             raise BackendUnavailable(

@@ -9,11 +9,11 @@ and a cancelled request frees its queue slot immediately. Times come from `time.
 
 Why a thread that pulls its own batches rather than an asyncio task handing each batch to an
 executor: the hand-over waits for the event loop to let go of the GIL, and under load (the loop
-busy decoding other requests) that cost 300–430 µs per batch of 64 on `mnist_cnn` — ONNX
-Runtime sat idle for a sixth of every 2.4 ms batch. The worker goes from one `run` straight to
-the next batch with no hand-over, and completions reach the loop in one `call_soon_threadsafe`
-per batch. The queue, its counters and the flags are shared under one lock; futures are only
-ever touched on the event loop's thread.
+busy decoding other requests) that wait left ONNX Runtime idle for part of every batch
+(BENCHMARKS.md has the trace). The worker goes from one `run` straight to the next batch with
+no hand-over, and completions reach the loop in one `call_soon_threadsafe` per batch. The
+queue, its counters and the flags are shared under one lock; futures are only ever touched on
+the event loop's thread.
 """
 
 from __future__ import annotations

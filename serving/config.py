@@ -15,6 +15,12 @@ from cnnserve.contracts.names import DEFAULT_MAX_QUEUE_SIZE, DEVICES, MAX_MESSAG
 from cnnserve.serving.cuda_options import CudaOptions
 
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
+LOG_FORMATS = ("text", "json")
+MIB = 1024 * 1024
+# Encoded image files a request may send: the bytes of one file and the pixels its header may
+# declare, both checked before any decoding (decompression bombs).
+MAX_IMAGE_BYTES = 16 * MIB
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 T = TypeVar("T", int, float)
 
@@ -97,8 +103,8 @@ class ServerOptions:
     workers: int = 1  # > 1: a supervisor and this many server processes on one port
     cuda: CudaOptions = field(default_factory=CudaOptions)  # device id, cuDNN search, memory limit
     log_format: str = "text"  # or "json": one object per line
-    max_image_bytes: int = 16 * 1024 * 1024  # one encoded image file
-    max_image_pixels: int = 4096 * 4096  # what an encoded image's header may declare
+    max_image_bytes: int = MAX_IMAGE_BYTES  # one encoded image file
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # what an encoded image's header may declare
     access_log: bool = False  # one line per inference request (access_log.py says why off)
 
     def __post_init__(self) -> None:
@@ -108,7 +114,7 @@ class ServerOptions:
             )
         if self.max_image_bytes < 1 or self.max_image_pixels < 1:
             raise CnnserveError("--max-image-bytes and --max-image-pixels must be >= 1")
-        if self.log_format not in ("text", "json"):
+        if self.log_format not in LOG_FORMATS:
             raise CnnserveError(f"--log-format must be text or json, got {self.log_format!r}")
         if not 1 <= self.workers <= 256:
             raise CnnserveError(f"--workers must be between 1 and 256, received {self.workers}")

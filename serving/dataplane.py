@@ -17,13 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cnnserve.contracts.names import LOGITS, PROBABILITIES
 from cnnserve.serving.access_log import AccessLog, AccessRecord, new_request_id
 from cnnserve.serving.batcher import BatchedResult
 from cnnserve.serving.errors import InvalidInput, ServingError
 from cnnserve.serving.image_decoding import ImageLimits, decode_images
 from cnnserve.serving.registry import ModelRegistry, ServedVersion
-
-LOGITS, PROBABILITIES = "logits", "probabilities"
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from cnnserve.serving.access_log import REQUEST_ID_HEADER, AccessRecord
 from cnnserve.serving.dataplane import DataPlane
 from cnnserve.serving.errors import ServingError, http_status_of
 from cnnserve.serving.lifecycle import ModelManager
-from cnnserve.serving.registry import READY
+from cnnserve.serving.registry import ModelState
 from cnnserve.serving.server_report import ServerReport
 from cnnserve.serving.v2_service import EXTENSIONS, model_config_proto, statistics_proto
 
@@ -171,7 +171,7 @@ class HttpService:
         stats = [
             proto_json(statistics_proto(v))
             for v in report.versions
-            if v.state == READY and (wanted is None or (v.name, v.version) in wanted)
+            if v.state == ModelState.READY and (wanted is None or (v.name, v.version) in wanted)
         ]
         return _json({"model_stats": stats})
 

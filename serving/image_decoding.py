@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cnnserve.serving.config import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from cnnserve.serving.errors import InvalidInput
 
 
 @dataclass(frozen=True)
 class ImageLimits:
-    max_bytes: int = 16 * 1024 * 1024
-    max_pixels: int = 4096 * 4096
+    max_bytes: int = MAX_IMAGE_BYTES
+    max_pixels: int = MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         if self.max_bytes < 1 or self.max_pixels < 1:

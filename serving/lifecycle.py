@@ -31,9 +31,8 @@ from cnnserve.serving.errors import InvalidInput, ModelControlDisabled, ModelLoa
 from cnnserve.serving.log_limit import RateLimitedLog, shown
 from cnnserve.serving.memory import return_free_memory
 from cnnserve.serving.registry import (
-    READY,
-    UNLOADING,
     ModelRegistry,
+    ModelState,
     ServedModel,
     ServedVersion,
     VersionState,
@@ -115,7 +114,7 @@ class ModelManager:
         for name, scan in scans.items():
             await self._sync(name, scan)
         self._starting = False
-        ready = sum(1 for served in self._registry.versions() if served.state == READY)
+        ready = sum(1 for served in self._registry.versions() if served.state == ModelState.READY)
         if ready == 0 and self.mode == "none":
             raise CnnserveError("no model could be loaded; see the errors above")
         return ready
@@ -214,7 +213,7 @@ class ModelManager:
                 on_disk = []
             entries += [VersionState(name, "", "") for name in on_disk if name not in listed]
             entries.sort(key=lambda entry: entry.name)
-        return [entry for entry in entries if entry.state == READY] if ready_only else entries
+        return [entry for entry in entries if entry.state == ModelState.READY] if ready_only else entries
 
     def _check_explicit(self, action: str) -> None:
         if self.mode != "explicit":
@@ -290,11 +289,11 @@ class ModelManager:
             current = model.versions.get(number)
             if current is None or reload or current.spec != on_disk[number]:
                 await self._load_version(model, on_disk[number], current)
-        wanted_ready = any(model.versions[n].state == READY for n in wanted if n in model.versions)
+        wanted_ready = any(model.versions[n].state == ModelState.READY for n in wanted if n in model.versions)
         for number, served in sorted(model.versions.items()):
             if number in wanted:
                 continue
-            if number in on_disk and not wanted_ready and served.state == READY:
+            if number in on_disk and not wanted_ready and served.state == ModelState.READY:
                 continue  # no wanted version serves yet: keep this one until one does
             await self._retire(model, served)
 
@@ -327,7 +326,7 @@ class ModelManager:
             on_batch=served.stats.record_batch,
         )
         served.batcher.start()
-        served.state = READY
+        served.state = ModelState.READY
         model.versions[spec.version] = served
         model.failures.pop(served.version, None)
         _LOGGER.info(
@@ -347,7 +346,7 @@ class ModelManager:
 
     async def _retire(self, model: ServedModel, served: ServedVersion) -> None:
         """UNLOADING: no new requests; answer the queued ones; free the session and batcher."""
-        served.state = UNLOADING
+        served.state = ModelState.UNLOADING
         await _close(served)
         if model.versions.get(served.number) is served:
             del model.versions[served.number]

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from cnnserve.contracts.errors import CnnserveError
-from cnnserve.serving.registry import READY
+from cnnserve.serving.registry import ModelState
 from cnnserve.serving.server_report import CONTROL_PATH, REPORT_PATH, ServerReport
 from cnnserve.serving.stats import FAILURE_REASONS, LATENCY_BUCKETS_US, Histogram, batch_size_buckets
 
@@ -88,7 +88,7 @@ class ServingCollector(Collector):
         for served in report.versions:
             labels = [served.name, served.version]
             info.add_metric([*labels, served.provider, served.state], 1)
-            if served.state != READY:
+            if served.state != ModelState.READY:
                 continue
             stats = served.stats
             success.add_metric(labels, stats.success.count)

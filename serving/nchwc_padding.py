@@ -3,9 +3,8 @@
 ONNX Runtime's CPU provider runs convolutions and pools in a blocked layout (NCHWc: 16 channels
 per block with AVX-512, 8 with AVX2). A Conv whose filter count is not a multiple of the block
 still runs blocked, padded inside ONNX Runtime, but the MaxPool after it does not: the output is
-converted back to NCHW and pooled there. `mnist_cnn`'s conv2 has 36 filters; padding them
-takes 4–11% off its batch in-process and gives the server 12–21% more images/s on 64-image
-requests (BENCHMARKS.md, "Filter padding").
+converted back to NCHW and pooled there. `mnist_cnn`'s conv2 has 36 filters; what padding them
+gains, in-process and through the server, is in BENCHMARKS.md ("Filter padding").
 
 The rewrite appends zero filters with zero biases up to the block. Those channels are exactly 0
 through every op on the way (ReLU, max and average pooling) to a flatten, and the MatMul after it

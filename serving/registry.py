@@ -1,8 +1,7 @@
 """The table of served model versions that every request looks up; `lifecycle.py` changes it.
 
 Each model version is a `ServedVersion` with one ONNX Runtime session, one batcher and its
-statistics. States follow Triton: LOADING (opening and warming; takes no traffic), READY,
-UNLOADING (answers what it holds, takes nothing new), UNAVAILABLE (failed, with the reason).
+statistics. Its states (`ModelState`) follow Triton's.
 A request without a version gets the newest READY version the model's policy serves.
 
 The table is only changed on the event loop's thread, and a request goes from `get()` to its
@@ -14,6 +13,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
 
 from cnnserve.contracts.model_repository import ModelConfig, VersionPolicy
 from cnnserve.serving.batcher import Batcher
@@ -24,7 +25,18 @@ from cnnserve.serving.repository import VersionSpec
 from cnnserve.serving.session import ModelSession
 from cnnserve.serving.stats import ModelStats
 
-LOADING, READY, UNLOADING, UNAVAILABLE = "LOADING", "READY", "UNLOADING", "UNAVAILABLE"
+
+class ModelState(StrEnum):
+    """A version's state, spelled as Triton's repository index spells it on the wire."""
+
+    LOADING = "LOADING"  # opening and warming; takes no traffic
+    READY = "READY"
+    UNLOADING = "UNLOADING"  # answers what it holds, takes nothing new
+    UNAVAILABLE = "UNAVAILABLE"  # failed to load, with the reason
+
+
+READY = ModelState.READY  # TEMPORARY until v2_service moves to ModelState
+
 # A request's version string: ASCII digits only (str.isdigit() also takes "²" and "١"), no
 # leading zero, and small enough to be a Triton int64 version.
 VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,17}")
@@ -36,7 +48,7 @@ class ServedVersion:
 
     spec: VersionSpec
     batching: BatchingConfig
-    state: str = LOADING
+    state: ModelState = ModelState.LOADING
     reason: str = ""
     session: ModelSession | None = None
     batcher: Batcher | None = None
@@ -82,7 +94,7 @@ class ServedModel:
         return self.config.version_policy if self.config else VersionPolicy()
 
     def ready(self) -> list[ServedVersion]:
-        return [s for _, s in sorted(self.versions.items()) if s.state == READY]
+        return [s for _, s in sorted(self.versions.items()) if s.state == ModelState.READY]
 
 
 @dataclass(frozen=True)
@@ -91,7 +103,7 @@ class VersionState:
 
     name: str
     version: str  # "" for the model as a whole
-    state: str  # "" for a model on disk that is not loaded (explicit mode)
+    state: ModelState | Literal[""]  # "" for a model on disk that is not loaded (explicit mode)
     reason: str = ""
 
 
@@ -138,15 +150,15 @@ class ModelRegistry:
         for name in sorted(self._models):
             model = self._models[name]
             if "" in model.failures:
-                entries.append(VersionState(name, "", UNAVAILABLE, model.failures[""]))
+                entries.append(VersionState(name, "", ModelState.UNAVAILABLE, model.failures[""]))
             for number in sorted(set(model.versions) | {int(v) for v in model.failures if v}):
                 served = model.versions.get(number)
                 failure = model.failures.get(str(number), "")
                 if served is None:
-                    entries.append(VersionState(name, str(number), UNAVAILABLE, failure))
-                elif failure and served.state == READY:
+                    entries.append(VersionState(name, str(number), ModelState.UNAVAILABLE, failure))
+                elif failure and served.state == ModelState.READY:
                     reason = f"serving the files loaded before; their replacement failed to load: {failure}"
-                    entries.append(VersionState(name, served.version, READY, reason))
+                    entries.append(VersionState(name, served.version, ModelState.READY, reason))
                 else:
                     entries.append(VersionState(name, served.version, served.state, served.reason))
         return entries
@@ -185,11 +197,11 @@ class ModelRegistry:
                     f"model {name!r} version {newest} failed to load: {model.failures[newest]}"
                 )
             served = model.versions[max(model.versions)]
-        if served.state == LOADING:
+        if served.state == ModelState.LOADING:
             raise ModelUnavailable(f"model {name!r} version {served.version} is still loading; retry shortly")
-        if served.state == UNLOADING:
+        if served.state == ModelState.UNLOADING:
             raise ModelUnavailable(f"model {name!r} version {served.version} is being unloaded")
-        if served.state != READY:
+        if served.state != ModelState.READY:
             raise ModelUnavailable(f"model {name!r} version {served.version} failed to load: {served.reason}")
         return served
 

@@ -17,6 +17,7 @@ import logging
 import os
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -163,14 +164,28 @@ def _write_ready_file(path: Path, grpc_port: int, metrics_port: int | None, http
     temporary.replace(path)
 
 
-async def serve(options: ServerOptions, worker: WorkerSlot | None = None) -> int:
-    """Run until SIGTERM/SIGINT; return the process exit code. As one of `--workers`, `worker`
-    says which: the port is shared, readiness is the whole server's, and the statistics and
-    report cover every worker."""
-    signals = ShutdownSignal()
-    signals.install()
-    fix_mmap_threshold()  # model memory goes back to the system when a version is unloaded
+@dataclass
+class _Server:
+    """One server process's parts, built before anything listens; `serve` runs them in order."""
 
+    options: ServerOptions
+    worker: WorkerSlot | None
+    registry: ModelRegistry
+    manager: ModelManager
+    dataplane: DataPlane
+    health: health_aio.HealthServicer
+    guard: CallGuard
+    grpc_server: grpc.aio.Server
+    grpc_port: int
+    http: HttpService
+    metrics: MetricsServer
+    http_port: int | None = None
+    metrics_port: int | None = None
+    readiness: asyncio.Task[None] | None = None  # under --workers: follows every worker's readiness
+
+
+async def _build(options: ServerOptions, worker: WorkerSlot | None) -> _Server:
+    """Services registered, the gRPC port bound; nothing started yet."""
     registry = ModelRegistry()
     manager = ModelManager(options, registry, worker.sibling_report_ports if worker else None)
     manager.check()  # a bad --repository, --models or override fails before listening
@@ -191,90 +206,115 @@ async def serve(options: ServerOptions, worker: WorkerSlot | None = None) -> int
         siblings = await asyncio.to_thread(fetch_all, worker.sibling_report_ports())
         return ServerReport.merged([own, *siblings])
 
-    server, port = create_server(
+    grpc_server, grpc_port = create_server(
         options, dataplane, manager, health, guard, reports, share_port=worker is not None
     )
-    http = HttpService(dataplane, manager, reports, options.max_message_bytes)
     metrics = MetricsServer(
         lambda: ServerReport.of(registry, worker.index if worker else None),
         _control(manager, asyncio.get_running_loop()) if worker else None,
     )
-    await server.start()
-    scheme = "TLS" if options.tls else "plaintext"
+    http = HttpService(dataplane, manager, reports, options.max_message_bytes)
+    return _Server(
+        options, worker, registry, manager, dataplane, health, guard, grpc_server, grpc_port, http, metrics
+    )
+
+
+async def _listen(server: _Server) -> None:
+    """gRPC first (ServerLive answers while models load), then metrics and HTTP."""
+    options, worker = server.options, server.worker
+    await server.grpc_server.start()
     _LOGGER.info(
         "listening on %s:%d (%s); loading models (model control: %s)",
         options.host,
-        port,
-        scheme,
+        server.grpc_port,
+        "TLS" if options.tls else "plaintext",
         options.model_control,
     )
-    try:
-        if worker is not None:  # private: the supervisor and the other workers read it
-            worker.publish_report_port(metrics.start("127.0.0.1", 0))
-            metrics_port = None
-        else:
-            metrics_port = (
-                metrics.start(options.host, options.metrics_port)
-                if options.metrics_port is not None
-                else None
-            )
-        http_port = (
-            await http.start(options.host, options.http_port, reuse_port=worker is not None)
-            if options.http_port is not None
-            else None
+    if worker is not None:  # private: the supervisor and the other workers read it
+        worker.publish_report_port(server.metrics.start("127.0.0.1", 0))
+    elif options.metrics_port is not None:
+        server.metrics_port = server.metrics.start(options.host, options.metrics_port)
+    if options.http_port is not None:
+        server.http_port = await server.http.start(
+            options.host, options.http_port, reuse_port=worker is not None
         )
-        ready = await _load(manager, signals)
-    except BaseException:
-        await server.stop(None)
-        await http.stop()
-        metrics.stop()
-        await manager.close()
-        raise
-    if ready is None:  # a signal arrived while loading: never report ready
-        _LOGGER.info("stopped before any model was served")
-        await server.stop(None)
-        await http.stop()
-        metrics.stop()
-        await manager.close()
-        return 0
-    manager.start_polling()
-    readiness = None
+
+
+async def _report_ready(server: _Server, ready_versions: int) -> None:
+    """Health SERVING, ServerReady true, the ready file and the log line: traffic may come."""
+    options, worker, dataplane = server.options, server.worker, server.dataplane
+    server.manager.start_polling()
     if worker is None:
         dataplane.ready = True
-        await _set_health(health, serving=True)
+        await _set_health(server.health, serving=True)
     else:
         worker.set_ready(True)
-        readiness = asyncio.create_task(_follow_all_workers(worker, dataplane, health))
+        server.readiness = asyncio.create_task(_follow_all_workers(worker, dataplane, server.health))
     if options.ready_file is not None:
-        _write_ready_file(options.ready_file, port, metrics_port, http_port)
-    device = manager.device.provider if manager.device else "none"
+        _write_ready_file(options.ready_file, server.grpc_port, server.metrics_port, server.http_port)
+    device = server.manager.device.provider if server.manager.device else "none"
     _LOGGER.info(
         "ready: %d model version(s) on %s; gRPC %s:%d, HTTP %s, metrics %s (cnnserve %s, pid %d)",
-        ready,
+        ready_versions,
         device,
         options.host,
-        port,
-        f"{options.host}:{http_port}" if http_port is not None else "off",
-        f"http://{options.host}:{metrics_port}/metrics" if metrics_port is not None else "off",
+        server.grpc_port,
+        f"{options.host}:{server.http_port}" if server.http_port is not None else "off",
+        f"http://{options.host}:{server.metrics_port}/metrics" if server.metrics_port is not None else "off",
         __version__,
         os.getpid(),
     )
 
+
+async def _drain(server: _Server) -> None:
+    """Not ready at once; every accepted call answered; then the listeners close (`shutdown.py`)."""
+    _LOGGER.info(
+        "shutting down: finishing accepted calls, refusing new ones (grace %.0f s)", server.options.grace_s
+    )
+    if server.worker is not None and server.readiness is not None:
+        server.worker.set_ready(False)
+        server.readiness.cancel()
+    server.dataplane.ready = False
+    await _set_health(server.health, serving=False)
+    server.manager.cancel_loading()  # no new versions go live during the drain
+    server.guard.start_draining()
+    server.http.draining = True  # new HTTP requests: 503; those in flight finish
+    server.registry.drain()  # accepted requests run now instead of waiting for fuller batches
+    await drain_and_stop(server.grpc_server, server.guard, server.options.grace_s)
+    await server.http.stop()
+    await server.manager.close()
+    server.metrics.stop()
+
+
+async def _close(server: _Server) -> None:
+    """Stop everything at once: start-up failed or was interrupted, so no call was accepted."""
+    await server.grpc_server.stop(None)
+    await server.http.stop()
+    server.metrics.stop()
+    await server.manager.close()
+
+
+async def serve(options: ServerOptions, worker: WorkerSlot | None = None) -> int:
+    """Run until SIGTERM/SIGINT; return the process exit code. As one of `--workers`, `worker`
+    says which: the port is shared, readiness is the whole server's, and the statistics and
+    report cover every worker."""
+    signals = ShutdownSignal()
+    signals.install()
+    fix_mmap_threshold()  # model memory goes back to the system when a version is unloaded
+    server = await _build(options, worker)
+    try:
+        await _listen(server)
+        ready = await _load(server.manager, signals)
+    except BaseException:
+        await _close(server)
+        raise
+    if ready is None:  # a signal arrived while loading: never report ready
+        _LOGGER.info("stopped before any model was served")
+        await _close(server)
+        return 0
+    await _report_ready(server, ready)
     await signals.wait()
-    _LOGGER.info("shutting down: finishing accepted calls, refusing new ones (grace %.0f s)", options.grace_s)
-    if worker is not None and readiness is not None:
-        worker.set_ready(False)
-        readiness.cancel()
-    dataplane.ready = False
-    await _set_health(health, serving=False)
-    manager.cancel_loading()  # no new versions go live during the drain
-    guard.start_draining()
-    http.draining = True  # new HTTP requests: 503; those in flight finish
-    registry.drain()  # accepted requests run now instead of waiting for fuller batches
-    await drain_and_stop(server, guard, options.grace_s)
-    await http.stop()
-    await manager.close()
-    metrics.stop()
+    await _drain(server)
     _LOGGER.info("stopped")
     return 0
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.request import Request, urlopen
 
-from cnnserve.serving.registry import READY, ModelRegistry
+from cnnserve.serving.registry import ModelRegistry, ModelState
 from cnnserve.serving.stats import Snapshot
 
 REPORT_PATH = "/report.json"
@@ -27,7 +27,7 @@ CONTROL_PATH = "/control"
 class VersionReport:
     name: str
     version: str
-    state: str
+    state: ModelState
     provider: str
     max_batch_size: int
     queued_requests: int
@@ -96,7 +96,7 @@ class ServerReport:
         for (name, number), parts in sorted(
             by_version.items(), key=lambda item: (item[0][0], int(item[0][1]))
         ):
-            state = READY if any(p.state == READY for p in parts) else parts[0].state
+            state = ModelState.READY if any(p.state == ModelState.READY for p in parts) else parts[0].state
             versions.append(
                 VersionReport(
                     name,
@@ -129,7 +129,8 @@ class ServerReport:
     def from_json(cls, text: str) -> ServerReport:
         raw = json.loads(text)
         versions = tuple(
-            VersionReport(**{**v, "stats": Snapshot.from_json(v["stats"])}) for v in raw["versions"]
+            VersionReport(**{**v, "state": ModelState(v["state"]), "stats": Snapshot.from_json(v["stats"])})
+            for v in raw["versions"]
         )
         failures = tuple((str(n), str(v), int(c)) for n, v, c in raw["load_failures"])
         return cls(versions, failures, tuple(ProcessReport(**p) for p in raw.get("processes", [])))

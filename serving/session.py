@@ -38,17 +38,23 @@ class DeviceChoice:
 
 
 GRAPH_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+EXECUTION_MODE = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
+_ERRORS_ONLY = 3  # ONNX Runtime's log severity: ERROR and FATAL
+_DEFAULT_LOGGER = -1  # the session logs as `ort.set_default_logger_severity` says
 
 
 @dataclass(frozen=True)
 class SessionSettings:
+    """Everything a session is opened with; the server's defaults, which `bench local` varies."""
+
     provider: str
     cpu_threads: int = 0  # 0: ONNX Runtime decides (one per physical core)
-    graph_optimization: str = "all"
+    graph_optimization: str = "all"  # a GRAPH_OPTIMIZATION key
     # Spinning threads burn the cores the gRPC and batching threads need between batches.
     allow_spinning: bool = False
     cuda: CudaOptions = field(default_factory=CudaOptions)
@@ -56,23 +62,31 @@ class SessionSettings:
     # back in one go, without an extra host staging copy per output; on CPU it buys nothing,
     # but it runs there too (so the path the GPU takes is tested on every machine).
     io_binding: bool | None = None
+    # One batch runs at a time per model, so the server's parallelism comes from intra-op
+    # threads only: one inter-op thread, sequential execution.
+    inter_op_threads: int = 1
+    execution_mode: str = "sequential"  # an EXECUTION_MODE key
+    # The server logs errors only; bench leaves it to the default logger, which it silences
+    # while it tries CUDA.
+    quiet: bool = True
 
 
 def session_options(settings: SessionSettings) -> ort.SessionOptions:
+    """The one place ONNX Runtime's SessionOptions are built, for the server and for bench."""
     options = ort.SessionOptions()
     options.graph_optimization_level = GRAPH_OPTIMIZATION[settings.graph_optimization]
-    # One batch runs at a time per model, so parallelism comes from intra-op threads only.
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.inter_op_num_threads = 1
+    options.execution_mode = EXECUTION_MODE[settings.execution_mode]
+    options.inter_op_num_threads = settings.inter_op_threads
     options.intra_op_num_threads = settings.cpu_threads
     options.add_session_config_entry(
         "session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0"
     )
-    options.log_severity_level = 3
+    options.log_severity_level = _ERRORS_ONLY if settings.quiet else _DEFAULT_LOGGER
     return options
 
 
-def _providers(provider: str, cuda: CudaOptions | None = None) -> list:
+def providers(provider: str, cuda: CudaOptions | None = None) -> list:
+    """ONNX Runtime's provider list for `provider`: CUDA with its options, and CPU behind it."""
     if provider == CUDA:
         return [(CUDA, (cuda or CudaOptions()).provider_options()), CPU]
     return [CPU]
@@ -111,7 +125,7 @@ def _probe_cuda(model: Path, cuda: CudaOptions | None = None) -> tuple[bool | No
     with _captured_stderr() as log_lines:
         try:
             session = ort.InferenceSession(
-                str(model), session_options(SessionSettings(CUDA)), _providers(CUDA, cuda)
+                str(model), session_options(SessionSettings(CUDA)), providers(CUDA, cuda)
             )
         except Exception:  # ORT raises its own Fail/InvalidProtobuf/... types: a broken model
             session = None
@@ -161,7 +175,7 @@ class ModelSession:
             source, self.padded_convs = cpu_session_model(path, settings.graph_optimization)
         try:
             self._session = ort.InferenceSession(
-                source, session_options(settings), _providers(settings.provider, settings.cuda)
+                source, session_options(settings), providers(settings.provider, settings.cuda)
             )
         except Exception as error:
             raise CnnserveError(f"ONNX Runtime cannot load {path}: {error}") from None

@@ -72,7 +72,7 @@ def test_spinning_is_off_unless_asked_for(spinning: bool) -> None:
 
 def test_serve_cli_passes_cpu_spinning_to_the_server_config() -> None:
     from cnnserve.cli import build_parser
-    from cnnserve.serving.cli import build_options
+    from cnnserve.serving.serve_cli import build_options
 
     args = build_parser().parse_args(["serve", "--repository", "models", "--cpu-spinning"])
     assert build_options(args).cpu_spinning is True
