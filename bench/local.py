@@ -3,8 +3,8 @@
 Order of work: matmul peak first (in a child process, before any runtime spins up threads),
 then per model: artefacts, FLOP count, every backend opened, and `rounds` rounds that each
 measure every backend at every batch size in turn. Interleaving is what makes the backends
-comparable on a machine whose speed drifts (10–20% here from minute to minute): a slow spell
-lands on every backend's samples alike instead of on whichever ran during it. A backend
+comparable on a machine whose speed drifts from minute to minute (a shared one does): a slow
+spell lands on every backend's samples alike instead of on whichever ran during it. A backend
 that cannot run here (missing artefact, no CUDA) is reported as skipped with the reason,
 not silently dropped; if nothing at all can run, that is an error.
 """

@@ -59,7 +59,7 @@ def plot_local(records: Sequence[LocalRecord], path: Path) -> None:
                 f"{REFERENCE_MODEL} b{REFERENCE_BATCH_SIZE}, tutorial: {figure_ref.label} "
                 f"({figure_ref.low_ms:g}–{figure_ref.high_ms:g} ms)"
             )
-            # Edged, so that a narrow band (115–118 ms) still shows on a log axis.
+            # Edged, so that a band only a few ms wide still shows on a log axis.
             axis.axhspan(figure_ref.low_ms, figure_ref.high_ms, facecolor=color, alpha=0.2, edgecolor=color,
                          linewidth=0.8, label=label)  # fmt: skip
         axis.axvline(REFERENCE_BATCH_SIZE, color="grey", linestyle=":", linewidth=0.8,
