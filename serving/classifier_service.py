@@ -10,16 +10,10 @@ from cnnserve.protos import classifier_pb2 as pb
 from cnnserve.protos import classifier_pb2_grpc
 from cnnserve.serving import converters
 from cnnserve.serving.access_log import REQUEST_ID_HEADER
-from cnnserve.serving.dataplane import DataPlane, Inference
+from cnnserve.serving.dataplane import DataPlane, Inference, InferenceCall, Tensors
 from cnnserve.serving.errors import InvalidInput, grpc_errors
 from cnnserve.serving.lifecycle import ModelManager
 from cnnserve.serving.registry import ServedVersion
-
-
-def deadline_ns(context: grpc.aio.ServicerContext) -> int | None:
-    """The call's deadline on the monotonic clock, or None if the client set none."""
-    remaining_s = context.time_remaining()
-    return None if remaining_s is None else time.monotonic_ns() + int(remaining_s * 1e9)
 
 
 class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
@@ -32,10 +26,10 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyResponse:
         started_ns = time.monotonic_ns()
-        model = self._dataplane.registry.get(request.model_name, request.model_version)
-        with self._dataplane.counted(model, started_ns):
-            top_k = self._dataplane.check_top_k(model, request.top_k)
-        inference = await self._infer(model, request, started_ns, context)
+        model, top_k = self._dataplane.checked_top_k(
+            request.model_name, request.model_version, request.top_k, started_ns
+        )
+        inference = await self._dataplane.run(_call(request, model, started_ns, context))
         return pb.ClassifyResponse(
             model_name=model.name,
             model_version=model.version,
@@ -53,8 +47,8 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictResponse:
         started_ns = time.monotonic_ns()
-        model = self._dataplane.registry.get(request.model_name, request.model_version)
-        inference = await self._infer(model, request, started_ns, context)
+        model = self._dataplane.find(request.model_name, request.model_version)
+        inference = await self._dataplane.run(_call(request, model, started_ns, context))
         return pb.PredictResponse(
             model_name=model.name,
             model_version=model.version,
@@ -83,7 +77,7 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
     async def GetModelMetadata(
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelMetadataResponse:
-        model = self._dataplane.registry.get(request.model_name, request.model_version)
+        model = self._dataplane.find(request.model_name, request.model_version)
         config = model.config
         return pb.GetModelMetadataResponse(
             model_name=model.name,
@@ -103,35 +97,36 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
             execution_provider=model.provider,
         )
 
-    async def _infer(
-        self,
-        model: ServedVersion,
-        request: pb.ClassifyRequest | pb.PredictRequest,
-        started_ns: int,
-        context: grpc.aio.ServicerContext,
-    ) -> Inference:
-        with self._dataplane.logged(
-            "grpc", model.name, model.version, _client_request_id(context), started_ns
-        ) as record:
-            if record is not None:
-                context.set_trailing_metadata(((REQUEST_ID_HEADER, record.request_id),))
-            with self._dataplane.counted(model, started_ns):
-                if request.encoded_images:
-                    if request.HasField("images"):
-                        raise InvalidInput("images: must not be set with encoded_images; send one of the two")
-                    images = await self._dataplane.decode_encoded(
-                        model, list(request.encoded_images), "encoded_images"
-                    )
-                    model = self._dataplane.registry.get(request.model_name, request.model_version)
-                elif not request.HasField("images"):
-                    raise InvalidInput(
-                        "images: missing; expected a uint8 tensor [N, H, W, C] or encoded_images"
-                    )
-                else:
-                    images = converters.decode_tensor(request.images, "images")
-                inference = await self._dataplane.infer(model, images, started_ns, deadline_ns(context))
-            self._dataplane.note(record, inference)
-            return inference
+
+def _call(
+    request: pb.ClassifyRequest | pb.PredictRequest,
+    model: ServedVersion,
+    started_ns: int,
+    context: grpc.aio.ServicerContext,
+) -> InferenceCall:
+    """The data plane's view of a Classify or Predict call: pixels or image files, and its ids."""
+
+    def tensors(model: ServedVersion, body: bytes) -> Tensors:
+        if request.encoded_images:
+            if request.HasField("images"):
+                raise InvalidInput("images: must not be set with encoded_images; send one of the two")
+            return Tensors(files=list(request.encoded_images), files_field="encoded_images")
+        if not request.HasField("images"):
+            raise InvalidInput("images: missing; expected a uint8 tensor [N, H, W, C] or encoded_images")
+        return Tensors(images=converters.decode_tensor(request.images, "images"))
+
+    return InferenceCall(
+        "grpc",
+        request.model_name,
+        request.model_version,
+        started_ns,
+        tensors,
+        deadline_ns=converters.deadline_ns(context),
+        request_id=_client_request_id(context),
+        field="images",
+        announce_id=lambda request_id: context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),)),
+        found=model,
+    )
 
 
 def _client_request_id(context: grpc.aio.ServicerContext) -> str:

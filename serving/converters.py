@@ -1,4 +1,4 @@
-"""`cnnserve.v1` protobuf ↔ numpy, for the server and the client alike.
+"""`cnnserve.v1` protobuf ↔ numpy, for the server and the client alike, and a gRPC call's deadline.
 
 Tensors travel as raw little-endian bytes plus a shape. Decoding checks what only the wire
 form can tell (dtype name, byte length); the model-specific shape checks live in the data plane.
@@ -7,8 +7,10 @@ form can tell (dtype name, byte length); the model-specific shape checks live in
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
+import grpc
 import numpy as np
 
 from cnnserve.protos import classifier_pb2 as pb
@@ -75,3 +77,9 @@ def timing(
         execution_provider=provider,
         total_us=total_us,
     )
+
+
+def deadline_ns(context: grpc.aio.ServicerContext) -> int | None:
+    """The call's deadline on the monotonic clock, or None if the client set none."""
+    remaining_s = context.time_remaining()
+    return None if remaining_s is None else time.monotonic_ns() + int(remaining_s * 1e9)

@@ -1,8 +1,10 @@
-"""The protocol-agnostic core both gRPC services call: validate, batch, infer, post-process.
+"""The protocol-agnostic core every servicer calls: find the model, run the request, count it.
 
-Servicers convert protobuf to numpy and back and call only this; everything a request can get
-wrong about the images (rank, size, count) is checked here once for both protocols, and every
-outcome is counted in the model's statistics.
+A servicer turns its wire format into an `InferenceCall` (names, deadline, and how to read its
+tensors) and the `Inference` back into its response; everything between — finding the model
+version, decoding image files, checking the images against the model, batching, counting each
+outcome in the model's statistics, the access-log line and ranking classes — happens here once
+for the Classifier, KServe V2 over gRPC and KServe V2 over HTTP.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +28,52 @@ from cnnserve.serving.registry import ModelRegistry, ServedVersion
 
 
 @dataclass(frozen=True)
+class RequestedOutput:
+    """One output a V2 request asks for: by name, as Triton classification strings (top-k > 0),
+    and (HTTP) as binary data or JSON."""
+
+    name: str
+    classification: int = 0
+    binary: bool = False
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """A request's images as its servicer read them off the wire: pixels, or image files."""
+
+    images: np.ndarray | None = None
+    files: list[bytes] | None = None  # decoded here, off the event loop
+    files_field: str = "inputs[0]"  # the files' name in error messages
+    request_id: str = ""  # an id found in the body (V2 HTTP `id`): it names the access-log line
+
+
+@dataclass(frozen=True)
+class InferenceCall:
+    """One inference call as a servicer hands it over: where it goes, and how to read it.
+
+    The callbacks are the servicer's conversions; the data plane runs them inside the model's
+    failure counting, so a malformed request counts as a failed one (as Triton counts it)."""
+
+    protocol: str  # "grpc" or "http", for the access log
+    model_name: str
+    model_version: str
+    started_ns: int
+    tensors: Callable[[ServedVersion, bytes], Tensors]  # (the version, the received body)
+    deadline_ns: int | None = None
+    request_id: str = ""  # the client's own, or "" (generated when the access log is on)
+    field: str = "inputs[0]"  # the image input's name in error messages
+    # The outputs asked for, checked against the version that will run (it may have been
+    # swapped while image files decoded).
+    outputs: Callable[[ServedVersion], Sequence[RequestedOutput]] | None = None
+    # HTTP: reads the body, inside the access log's scope and before the model is looked up.
+    receive: Callable[[], Awaitable[bytes]] | None = None
+    # gRPC: hands the access log's request id back before anything can fail (trailing metadata).
+    announce_id: Callable[[str], None] | None = None
+    # A version the servicer already looked up (Classify checks top_k against it first).
+    found: ServedVersion | None = None
+
+
+@dataclass(frozen=True)
 class Inference:
     """A served request: the model version, its output rows and the server's timing."""
 
@@ -33,6 +81,8 @@ class Inference:
     outputs: dict[str, np.ndarray]
     result: BatchedResult
     started_ns: int
+    requested: tuple[RequestedOutput, ...] = ()
+    request_id: str = ""  # the access log's, when it is on
 
     @property
     def total_us(self) -> int:
@@ -44,6 +94,17 @@ class Label:
     class_index: int
     label: str
     score: float
+
+
+def ranked(values: np.ndarray, top_k: int, labels: Sequence[str]) -> list[list[Label]]:
+    """The `top_k` classes of every row, best first (ties: lower index first), scored by `values`.
+
+    Both the Classifier's labels and V2's classification strings rank here."""
+    best = np.argsort(-values, axis=1, kind="stable")[:, :top_k]
+    return [
+        [Label(int(i), labels[i] if i < len(labels) else str(i), float(row[i])) for i in indices]
+        for row, indices in zip(values, best, strict=True)
+    ]
 
 
 class DataPlane:
@@ -63,8 +124,12 @@ class DataPlane:
         self.ready = False  # set once every model has loaded and warmed
         self.access_log = access_log or AccessLog(enabled=False)
 
+    def find(self, name: str, version: str = "") -> ServedVersion:
+        """The version that serves a request for `name` (and `version`, if given)."""
+        return self.registry.get(name, version)
+
     @contextmanager
-    def logged(
+    def _logged(
         self, protocol: str, model: str, version: str, request_id: str, started_ns: int
     ) -> Iterator[AccessRecord | None]:
         """One access-log line for the request inside the block (when the access log is on)."""
@@ -87,7 +152,7 @@ class DataPlane:
             self.access_log.write(record, "OK")
 
     @staticmethod
-    def note(record: AccessRecord | None, inference: Inference) -> None:
+    def _note(record: AccessRecord | None, inference: Inference) -> None:
         """What the access line says about a served request."""
         if record is not None:
             result = inference.result
@@ -96,7 +161,7 @@ class DataPlane:
             record.queue_us = result.queue_ns // 1000
             record.compute_us = result.compute_infer_ns // 1000
 
-    def validate_images(self, model: ServedVersion, images: np.ndarray, field: str) -> None:
+    def _validate_images(self, model: ServedVersion, images: np.ndarray, field: str) -> None:
         expected = [-1, *model.image_shape]
         shown = f"[N, {', '.join(map(str, model.image_shape))}]"
         if images.ndim != len(expected):
@@ -116,7 +181,7 @@ class DataPlane:
                 f"{field}.shape: expected {shown} for model {model.name!r}, received {list(images.shape)}"
             )
 
-    async def decode_encoded(self, model: ServedVersion, blobs: list[bytes], field: str) -> np.ndarray:
+    async def _decode_encoded(self, model: ServedVersion, blobs: list[bytes], field: str) -> np.ndarray:
         """PNG/JPEG files → the model's uint8 batch, in a worker thread (the loop keeps serving).
 
         The caller looks the model up again afterwards: the version may have been swapped while
@@ -130,7 +195,7 @@ class DataPlane:
             self._decoders, decode_images, blobs, model.image_shape, self.image_limits, field
         )
 
-    def check_top_k(self, model: ServedVersion, top_k: int, field: str = "top_k") -> int:
+    def _check_top_k(self, model: ServedVersion, top_k: int, field: str = "top_k") -> int:
         classes = self.num_classes(model)
         if top_k == 0:
             return 1
@@ -145,7 +210,7 @@ class DataPlane:
 
     @staticmethod
     @contextmanager
-    def counted(model: ServedVersion, started_ns: int) -> Iterator[None]:
+    def _counted(model: ServedVersion, started_ns: int) -> Iterator[None]:
         """Counts a failure for every request to `model` that fails inside the block, from
         decoding its tensors on: Triton counts a malformed request as a failed one too."""
         try:
@@ -157,23 +222,49 @@ class DataPlane:
             model.stats.record_failure("CANCELED", time.monotonic_ns() - started_ns)
             raise
 
-    async def infer(
-        self,
-        model: ServedVersion,
-        images: np.ndarray,
-        started_ns: int,
-        deadline_ns: int | None,
-        field: str = "images",
-    ) -> Inference:
-        """Validate and run `images` through the model's batcher; count a success.
+    def checked_top_k(
+        self, name: str, version: str, top_k: int, started_ns: int, field: str = "top_k"
+    ) -> tuple[ServedVersion, int]:
+        """The version a classification names and its checked top-k; a bad top-k counts as failed."""
+        model = self.find(name, version)
+        with self._counted(model, started_ns):
+            return model, self._check_top_k(model, top_k, field)
 
-        Callers run this inside `counted(model, started_ns)`, which counts the failures.
-        """
-        self.validate_images(model, images, field)
-        assert model.batcher is not None, "a READY model has a batcher"
-        result = await model.batcher.submit(images, deadline_ns)
-        model.stats.record_success(result, time.monotonic_ns() - started_ns)
-        return Inference(model, result.outputs, result, started_ns)
+    async def run(self, call: InferenceCall) -> Inference:
+        """Find the model, read the call's tensors, batch and run them; log and count the outcome."""
+        found = call.found
+        name, version = (found.name, found.version) if found else (call.model_name, call.model_version)
+        with self._logged(call.protocol, name, version, call.request_id, call.started_ns) as record:
+            if record is not None and call.announce_id is not None:
+                call.announce_id(record.request_id)
+            body = await call.receive() if call.receive is not None else b""
+            model = found or self.find(call.model_name, call.model_version)
+            with self._counted(model, call.started_ns):
+                tensors = call.tensors(model, body)
+                if record is not None and tensors.request_id:
+                    record.request_id = tensors.request_id[:64]
+                if tensors.files is not None:
+                    images = await self._decode_encoded(model, tensors.files, tensors.files_field)
+                    # A request reaches its batcher straight from a lookup (registry.py says why).
+                    model = self.find(call.model_name, call.model_version)
+                else:
+                    assert tensors.images is not None, "a servicer reads pixels or files"
+                    images = tensors.images
+                requested = tuple(call.outputs(model)) if call.outputs is not None else ()
+                self._validate_images(model, images, call.field)
+                assert model.batcher is not None, "a READY model has a batcher"
+                result = await model.batcher.submit(images, call.deadline_ns)
+                model.stats.record_success(result, time.monotonic_ns() - call.started_ns)
+            inference = Inference(
+                model,
+                result.outputs,
+                result,
+                call.started_ns,
+                requested,
+                record.request_id if record is not None else "",
+            )
+            self._note(record, inference)
+            return inference
 
     def top_k(self, inference: Inference, top_k: int) -> list[list[Label]]:
         """The `top_k` labels per image, best first, scored by softmax probability."""
@@ -184,12 +275,7 @@ class DataPlane:
             logits = outputs[LOGITS].astype(np.float64)
             exp = np.exp(logits - logits.max(axis=1, keepdims=True))
             probabilities = exp / exp.sum(axis=1, keepdims=True)
-        labels = inference.model.config.class_labels
-        best = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-        return [
-            [Label(int(i), labels[i] if i < len(labels) else str(i), float(row[i])) for i in indices]
-            for row, indices in zip(probabilities, best, strict=True)
-        ]
+        return ranked(probabilities, top_k, inference.model.config.class_labels)
 
     def logits(self, inference: Inference) -> np.ndarray:
         outputs = inference.outputs

@@ -25,20 +25,17 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
 
-from cnnserve import __version__
 from cnnserve.contracts.errors import CnnserveError
 from cnnserve.serving import v2_converters as convert
-from cnnserve.serving import v2_json
-from cnnserve.serving.access_log import REQUEST_ID_HEADER, AccessRecord
-from cnnserve.serving.dataplane import DataPlane
+from cnnserve.serving import v2_json, v2_models
+from cnnserve.serving.access_log import REQUEST_ID_HEADER
+from cnnserve.serving.dataplane import DataPlane, Inference, InferenceCall, RequestedOutput, Tensors
 from cnnserve.serving.errors import ServingError, http_status_of
 from cnnserve.serving.lifecycle import ModelManager
-from cnnserve.serving.registry import ModelState
+from cnnserve.serving.registry import ServedVersion
 from cnnserve.serving.server_report import ServerReport
-from cnnserve.serving.v2_service import EXTENSIONS, model_config_proto, statistics_proto
+from cnnserve.serving.v2_json import proto_json
 
 _LOGGER = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -137,21 +134,15 @@ class HttpService:
         return _json({"ready": ready}, 200 if ready else 503)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return _json({"name": "cnnserve", "version": __version__, "extensions": list(EXTENSIONS)})
+        return _json(proto_json(v2_models.server_metadata()))
 
-    def _model(self, request: web.Request):
-        return self._registry.get(request.match_info["model"], request.match_info.get("version", ""))
+    def _model(self, request: web.Request) -> ServedVersion:
+        return self._dataplane.find(request.match_info["model"], request.match_info.get("version", ""))
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         model = self._model(request)
         return _json(
-            {
-                "name": model.name,
-                "versions": self._registry.ready_versions_of(model.name),
-                "platform": model.config.platform,
-                "inputs": [_tensor_metadata(t) for t in model.config.inputs],
-                "outputs": [_tensor_metadata(t) for t in model.config.outputs],
-            }
+            proto_json(v2_models.model_metadata(model, self._registry.ready_versions_of(model.name)))
         )
 
     async def model_ready(self, request: web.Request) -> web.Response:
@@ -162,18 +153,13 @@ class HttpService:
         return _json({"ready": True})
 
     async def model_config(self, request: web.Request) -> web.Response:
-        return _json(proto_json(model_config_proto(self._model(request))))
+        return _json(proto_json(v2_models.model_config_proto(self._model(request))))
 
     async def statistics(self, request: web.Request) -> web.Response:
         name, version = request.match_info.get("model", ""), request.match_info.get("version", "")
         wanted = self._registry.statistics_keys(name, version)
         report = await self._reports()
-        stats = [
-            proto_json(statistics_proto(v))
-            for v in report.versions
-            if v.state == ModelState.READY and (wanted is None or (v.name, v.version) in wanted)
-        ]
-        return _json({"model_stats": stats})
+        return _json(proto_json(v2_models.model_statistics(report, wanted)))
 
     # ------------------------------------------------------------------ repository
 
@@ -210,85 +196,52 @@ class HttpService:
     async def infer(self, request: web.Request) -> web.Response:
         started_ns = time.monotonic_ns()
         name, version = request.match_info["model"], request.match_info.get("version", "")
-        client_id = request.headers.get(REQUEST_ID_HEADER, "")[:64]
-        with self._dataplane.logged("http", name, version, client_id, started_ns) as record:
-            response = await self._infer(request, started_ns, record)
-            if record is not None:
-                response.headers[REQUEST_ID_HEADER] = record.request_id
-            return response
+        received: list[v2_json.HttpInferRequest] = []  # the parsed body, once the data plane read it
 
-    async def _infer(
-        self, request: web.Request, started_ns: int, record: AccessRecord | None
-    ) -> web.Response:
-        body = await request.read()
-        model = self._model(request)
-        with self._dataplane.counted(model, started_ns):
+        def tensors(model: ServedVersion, body: bytes) -> Tensors:
             parsed = v2_json.parse_request(body, request.headers.get(v2_json.HEADER_LENGTH))
-            if record is not None and parsed.id:
-                record.request_id = parsed.id[:64]
+            received.append(parsed)
             blobs = v2_json.encoded_input(parsed, model.config.inputs[0])
-            if blobs is None:
-                images = v2_json.decode_input(parsed, model.config.inputs[0])
-            else:
-                images = await self._dataplane.decode_encoded(model, blobs, "inputs[0]")
-                model = self._model(request)  # it may have been swapped while decoding
-            wanted = v2_json.requested_outputs(parsed, model.config, self._dataplane.num_classes(model))
-            inference = await self._dataplane.infer(model, images, started_ns, None, field="inputs[0]")
-        self._dataplane.note(record, inference)
-        arrays = []
-        for name, top_k, binary in wanted:
-            array = inference.outputs[name]
-            if top_k:
-                array = convert.classification_strings(array, top_k, model.config.class_labels)
-            arrays.append((name, array, binary))
-        outputs, tail = v2_json.encode_outputs(arrays)
-        head = {
-            "model_name": model.name,
-            "model_version": model.version,
-            "outputs": outputs,
-            "parameters": {"execution_provider": model.provider},
-        }
-        if parsed.id:
-            head["id"] = parsed.id
-        text = json.dumps(head).encode()
-        if not tail:
-            return web.Response(body=text, content_type="application/json")
-        return web.Response(
-            body=text + tail,
-            content_type="application/octet-stream",
-            headers={v2_json.HEADER_LENGTH: str(len(text))},
+            if blobs is not None:
+                return Tensors(files=blobs, request_id=parsed.id)
+            return Tensors(images=v2_json.decode_input(parsed, model.config.inputs[0]), request_id=parsed.id)
+
+        def outputs(model: ServedVersion) -> list[RequestedOutput]:
+            return v2_json.requested_outputs(received[0], model.config, self._dataplane.num_classes(model))
+
+        inference = await self._dataplane.run(
+            InferenceCall(
+                "http",
+                name,
+                version,
+                started_ns,
+                tensors,
+                request_id=request.headers.get(REQUEST_ID_HEADER, "")[:64],
+                outputs=outputs,
+                receive=request.read,
+            )
         )
+        return _infer_response(inference, received[0].id)
 
 
-def proto_json(message: Message) -> dict:
-    """A protobuf message as Triton's HTTP endpoints write it: 64-bit integers as JSON numbers
-    (protobuf's own JSON mapping makes them strings), enums by name, scalars even when zero,
-    unset sub-messages and the unchosen members of a oneof left out."""
-    fields = {}
-    for field in message.DESCRIPTOR.fields:
-        singular_message = field.message_type is not None and field.label != FieldDescriptor.LABEL_REPEATED
-        if (field.containing_oneof is not None or singular_message) and not message.HasField(field.name):
-            continue
-        fields[field.name] = _field_json(field, getattr(message, field.name))
-    return fields
-
-
-def _field_json(field: FieldDescriptor, value: object) -> object:
-    if field.message_type is not None and field.message_type.GetOptions().map_entry:
-        value_field = field.message_type.fields_by_name["value"]
-        return {key: _scalar_json(value_field, item) for key, item in value.items()}  # type: ignore[attr-defined]
-    if field.label == FieldDescriptor.LABEL_REPEATED:
-        return [_scalar_json(field, item) for item in value]  # type: ignore[attr-defined]
-    return _scalar_json(field, value)
-
-
-def _scalar_json(field: FieldDescriptor, value: object) -> object:
-    if field.message_type is not None:
-        return proto_json(value)  # type: ignore[arg-type]
-    if field.enum_type is not None:
-        return field.enum_type.values_by_number[value].name  # type: ignore[index]
-    return value
-
-
-def _tensor_metadata(spec) -> dict:
-    return {"name": spec.name, "datatype": convert.v2_datatype(spec.dtype), "shape": list(spec.shape)}
+def _infer_response(inference: Inference, request_id: str) -> web.Response:
+    """V2's JSON header, then the binary tail of the outputs sent as binary data."""
+    model = inference.model
+    outputs, tail = v2_json.encode_outputs(convert.output_arrays(inference))
+    head = {
+        "model_name": model.name,
+        "model_version": model.version,
+        "outputs": outputs,
+        "parameters": {"execution_provider": model.provider},
+    }
+    if request_id:
+        head["id"] = request_id
+    text = json.dumps(head).encode()
+    headers = {REQUEST_ID_HEADER: inference.request_id} if inference.request_id else {}
+    if not tail:
+        return web.Response(body=text, content_type="application/json", headers=headers)
+    return web.Response(
+        body=text + tail,
+        content_type="application/octet-stream",
+        headers={v2_json.HEADER_LENGTH: str(len(text)), **headers},
+    )

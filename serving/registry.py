@@ -35,8 +35,6 @@ class ModelState(StrEnum):
     UNAVAILABLE = "UNAVAILABLE"  # failed to load, with the reason
 
 
-READY = ModelState.READY  # TEMPORARY until v2_service moves to ModelState
-
 # A request's version string: ASCII digits only (str.isdigit() also takes "²" and "١"), no
 # leading zero, and small enough to be a Triton int64 version.
 VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,17}")

@@ -16,6 +16,7 @@ from cnnserve.contracts.model_repository import ModelConfig, TensorSpec
 from cnnserve.protos import grpc_service_pb2 as pb
 from cnnserve.protos import model_config_pb2 as config_pb
 from cnnserve.serving.converters import array_from_bytes, wire_shape
+from cnnserve.serving.dataplane import Inference, Label, RequestedOutput, ranked
 from cnnserve.serving.errors import InvalidInput
 from cnnserve.serving.image_decoding import split_bytes_tensor
 from cnnserve.serving.log_limit import shown
@@ -121,11 +122,11 @@ def _shown(shape: Sequence[int]) -> str:
 
 def requested_outputs(
     request: pb.ModelInferRequest, config: ModelConfig, classes: int
-) -> list[tuple[str, int]]:
-    """(output name, classification top-k or 0) per requested output; all outputs if none named."""
+) -> list[RequestedOutput]:
+    """The outputs a request asks for (top-k > 0: as classification strings); all if none named."""
     names = [t.name for t in config.outputs]
     if not request.outputs:
-        return [(name, 0) for name in names]
+        return [RequestedOutput(name) for name in names]
     wanted = []
     for i, output in enumerate(request.outputs):
         if output.name not in names:
@@ -139,7 +140,7 @@ def requested_outputs(
                     f"outputs[{i}].parameters[{CLASSIFICATION!r}]: expected an int64 in 1..{classes}, "
                     f"received {_parameter_value(parameter)!r}"
                 )
-        wanted.append((output.name, top_k))
+        wanted.append(RequestedOutput(output.name, top_k))
     return wanted
 
 
@@ -148,19 +149,27 @@ def _parameter_value(parameter: pb.InferParameter) -> object:
     return getattr(parameter, choice) if choice else None
 
 
-def classification_strings(values: np.ndarray, top_k: int, labels: Sequence[str]) -> np.ndarray:
+def classification_strings(rows: list[list[Label]], labels: Sequence[str]) -> np.ndarray:
     """Triton's classification extension: "value:index:label" strings, best first, [N, top_k]."""
-    best = np.argsort(-values, axis=1, kind="stable")[:, :top_k]
-    rows = [
-        [_classification(float(row[i]), int(i), labels) for i in indices]
-        for row, indices in zip(values, best, strict=True)
-    ]
-    return np.array(rows, dtype=object)
+    return np.array([[_classification(x, labels) for x in row] for row in rows], dtype=object)
 
 
-def _classification(value: float, index: int, labels: Sequence[str]) -> bytes:
-    text = f"{value:f}:{index}" + (f":{labels[index]}" if index < len(labels) else "")
+def _classification(x: Label, labels: Sequence[str]) -> bytes:
+    """No ":label" for a class the config names no label for."""
+    text = f"{x.score:f}:{x.class_index}" + (f":{x.label}" if x.class_index < len(labels) else "")
     return text.encode()
+
+
+def output_arrays(inference: Inference) -> list[tuple[RequestedOutput, np.ndarray]]:
+    """Each requested output's rows; classification outputs as Triton's strings (both protocols)."""
+    labels = inference.model.config.class_labels
+    arrays = []
+    for output in inference.requested:
+        array = inference.outputs[output.name]
+        if output.classification:
+            array = classification_strings(ranked(array, output.classification, labels), labels)
+        arrays.append((output, array))
+    return arrays
 
 
 def serialize_bytes(array: np.ndarray) -> bytes:
@@ -179,7 +188,13 @@ def output_tensor(name: str, array: np.ndarray) -> tuple[pb.ModelInferResponse.I
     return tensor, little.tobytes()
 
 
-def tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
-    return pb.ModelMetadataResponse.TensorMetadata(
-        name=spec.name, datatype=v2_datatype(spec.dtype), shape=list(spec.shape)
-    )
+def infer_response(inference: Inference, request_id: str) -> pb.ModelInferResponse:
+    """A served ModelInfer request: each requested output as raw bytes, and where it ran."""
+    model = inference.model
+    response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request_id)
+    response.parameters["execution_provider"].string_param = model.provider
+    for output, array in output_arrays(inference):
+        tensor, raw = output_tensor(output.name, array)
+        response.outputs.append(tensor)
+        response.raw_output_contents.append(raw)
+    return response

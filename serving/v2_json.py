@@ -15,9 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from cnnserve.contracts.model_repository import ModelConfig, TensorSpec
 from cnnserve.serving.converters import array_from_bytes, wire_shape
+from cnnserve.serving.dataplane import RequestedOutput
 from cnnserve.serving.errors import InvalidInput
 from cnnserve.serving.image_decoding import split_bytes_tensor
 from cnnserve.serving.log_limit import shown
@@ -140,14 +143,12 @@ def decode_input(request: HttpInferRequest, spec: TensorSpec) -> np.ndarray:
     return values.astype(spec.dtype).reshape(shape)
 
 
-def requested_outputs(
-    request: HttpInferRequest, config: ModelConfig, classes: int
-) -> list[tuple[str, int, bool]]:
-    """(output name, classification top-k or 0, binary) per requested output; all if none named."""
+def requested_outputs(request: HttpInferRequest, config: ModelConfig, classes: int) -> list[RequestedOutput]:
+    """The outputs a request asks for (as classification strings, as binary data); all if none named."""
     names = [t.name for t in config.outputs]
     all_binary = bool(request.parameters.get("binary_data_output", False))
     if not request.outputs:
-        return [(name, 0, all_binary) for name in names]
+        return [RequestedOutput(name, 0, all_binary) for name in names]
     wanted = []
     for i, output in enumerate(request.outputs):
         name = output.get("name")
@@ -160,14 +161,15 @@ def requested_outputs(
                 f"outputs[{i}].parameters[{CLASSIFICATION!r}]: expected an integer in 1..{classes}, "
                 f"received {shown(top_k)}"
             )
-        wanted.append((str(name), int(top_k), bool(parameters.get("binary_data", all_binary))))
+        wanted.append(RequestedOutput(str(name), int(top_k), bool(parameters.get("binary_data", all_binary))))
     return wanted
 
 
-def encode_outputs(arrays: Sequence[tuple[str, np.ndarray, bool]]) -> tuple[list[dict], bytes]:
+def encode_outputs(arrays: Sequence[tuple[RequestedOutput, np.ndarray]]) -> tuple[list[dict], bytes]:
     """JSON output objects, and the binary tail of those sent as binary data."""
     tensors, tail = [], []
-    for name, array, binary in arrays:
+    for output, array in arrays:
+        name, binary = output.name, output.binary
         datatype = "BYTES" if array.dtype == object else v2_datatype(array.dtype.name)
         tensor: dict = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary:
@@ -188,3 +190,33 @@ def encode_outputs(arrays: Sequence[tuple[str, np.ndarray, bool]]) -> tuple[list
 
 def numpy_dtype(datatype: str) -> str | None:
     return V2_TO_NUMPY.get(datatype)
+
+
+def proto_json(message: Message) -> dict:
+    """A protobuf message as Triton's HTTP endpoints write it: 64-bit integers as JSON numbers
+    (protobuf's own JSON mapping makes them strings), enums by name, scalars even when zero,
+    unset sub-messages and the unchosen members of a oneof left out."""
+    fields = {}
+    for field in message.DESCRIPTOR.fields:
+        singular_message = field.message_type is not None and field.label != FieldDescriptor.LABEL_REPEATED
+        if (field.containing_oneof is not None or singular_message) and not message.HasField(field.name):
+            continue
+        fields[field.name] = _field_json(field, getattr(message, field.name))
+    return fields
+
+
+def _field_json(field: FieldDescriptor, value: object) -> object:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        value_field = field.message_type.fields_by_name["value"]
+        return {key: _scalar_json(value_field, item) for key, item in value.items()}  # type: ignore[attr-defined]
+    if field.label == FieldDescriptor.LABEL_REPEATED:
+        return [_scalar_json(field, item) for item in value]  # type: ignore[attr-defined]
+    return _scalar_json(field, value)
+
+
+def _scalar_json(field: FieldDescriptor, value: object) -> object:
+    if field.message_type is not None:
+        return proto_json(value)  # type: ignore[arg-type]
+    if field.enum_type is not None:
+        return field.enum_type.values_by_number[value].name  # type: ignore[index]
+    return value

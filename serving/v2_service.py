@@ -14,22 +14,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
-from cnnserve import __version__
 from cnnserve.protos import grpc_service_pb2 as pb
 from cnnserve.protos import grpc_service_pb2_grpc
-from cnnserve.protos import model_config_pb2 as config_pb
 from cnnserve.serving import v2_converters as convert
-from cnnserve.serving.access_log import REQUEST_ID_HEADER, AccessRecord
-from cnnserve.serving.classifier_service import deadline_ns
-from cnnserve.serving.dataplane import DataPlane
+from cnnserve.serving import v2_models
+from cnnserve.serving.access_log import REQUEST_ID_HEADER
+from cnnserve.serving.converters import deadline_ns
+from cnnserve.serving.dataplane import DataPlane, InferenceCall, RequestedOutput, Tensors
 from cnnserve.serving.errors import InvalidInput, ServingError, grpc_errors, status_of
 from cnnserve.serving.lifecycle import ModelManager
 from cnnserve.serving.log_limit import shown
-from cnnserve.serving.registry import READY, ServedVersion
-from cnnserve.serving.server_report import ServerReport, VersionReport
-from cnnserve.serving.session import CUDA
-
-EXTENSIONS = ("classification", "model_configuration", "statistics", "model_repository")
+from cnnserve.serving.registry import ServedVersion
+from cnnserve.serving.server_report import ServerReport
 
 
 class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -58,7 +54,7 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
         try:
-            self._registry.get(request.name, request.version)
+            self._dataplane.find(request.name, request.version)
         except ServingError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
@@ -67,20 +63,14 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="cnnserve", version=__version__, extensions=EXTENSIONS)
+        return v2_models.server_metadata()
 
     @grpc_errors
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        model = self._registry.get(request.name, request.version)
-        return pb.ModelMetadataResponse(
-            name=model.name,
-            versions=self._registry.ready_versions_of(model.name),
-            platform=model.config.platform,
-            inputs=[convert.tensor_metadata(t) for t in model.config.inputs],
-            outputs=[convert.tensor_metadata(t) for t in model.config.outputs],
-        )
+        model = self._dataplane.find(request.name, request.version)
+        return v2_models.model_metadata(model, self._registry.ready_versions_of(model.name))
 
     @grpc_errors
     async def ModelInfer(
@@ -142,8 +132,8 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
-        model = self._registry.get(request.name, request.version)
-        return pb.ModelConfigResponse(config=model_config_proto(model))
+        model = self._dataplane.find(request.name, request.version)
+        return pb.ModelConfigResponse(config=v2_models.model_config_proto(model))
 
     @grpc_errors
     async def ModelStatistics(
@@ -151,13 +141,7 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelStatisticsResponse:
         wanted = self._registry.statistics_keys(request.name, request.version)
         report = await self._reports()  # the whole server's, every worker's merged
-        return pb.ModelStatisticsResponse(
-            model_stats=[
-                statistics_proto(v)
-                for v in report.versions
-                if v.state == READY and (wanted is None or (v.name, v.version) in wanted)
-            ]
-        )
+        return v2_models.model_statistics(report, wanted)
 
     @grpc_errors
     async def RepositoryIndex(
@@ -192,44 +176,32 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _infer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext, unary: bool = False
     ) -> pb.ModelInferResponse:
-        started_ns = time.monotonic_ns()
-        with self._dataplane.logged(
-            "grpc", request.model_name, request.model_version, request.id, started_ns
-        ) as record:
-            if record is not None and unary:
-                context.set_trailing_metadata(((REQUEST_ID_HEADER, record.request_id),))
-            return await self._infer_logged(request, context, started_ns, record)
-
-    async def _infer_logged(
-        self,
-        request: pb.ModelInferRequest,
-        context: grpc.aio.ServicerContext,
-        started_ns: int,
-        record: AccessRecord | None,
-    ) -> pb.ModelInferResponse:
-        model = self._registry.get(request.model_name, request.model_version)
-        with self._dataplane.counted(model, started_ns):
+        def tensors(model: ServedVersion, body: bytes) -> Tensors:
             blobs = convert.encoded_input(request, model.config.inputs[0])
-            if blobs is None:
-                images = convert.decode_input(request, model.config.inputs[0])
-            else:
-                images = await self._dataplane.decode_encoded(model, blobs, "inputs[0]")
-                model = self._registry.get(request.model_name, request.model_version)
-            wanted = convert.requested_outputs(request, model.config, self._dataplane.num_classes(model))
-            inference = await self._dataplane.infer(
-                model, images, started_ns, deadline_ns(context), field="inputs[0]"
+            if blobs is not None:
+                return Tensors(files=blobs)
+            return Tensors(images=convert.decode_input(request, model.config.inputs[0]))
+
+        def outputs(model: ServedVersion) -> list[RequestedOutput]:
+            return convert.requested_outputs(request, model.config, self._dataplane.num_classes(model))
+
+        def announce(request_id: str) -> None:
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+
+        inference = await self._dataplane.run(
+            InferenceCall(
+                "grpc",
+                request.model_name,
+                request.model_version,
+                time.monotonic_ns(),
+                tensors,
+                deadline_ns=deadline_ns(context),
+                request_id=request.id,
+                outputs=outputs,
+                announce_id=announce if unary else None,  # a stream's calls share one trailer
             )
-        self._dataplane.note(record, inference)
-        response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
-        response.parameters["execution_provider"].string_param = model.provider
-        for name, top_k in wanted:
-            array = inference.outputs[name]
-            if top_k:
-                array = convert.classification_strings(array, top_k, model.config.class_labels)
-            tensor, raw = convert.output_tensor(name, array)
-            response.outputs.append(tensor)
-            response.raw_output_contents.append(raw)
-        return response
+        )
+        return convert.infer_response(inference, request.id)
 
 
 def _no_parameters(parameters: object, action: str, allowed: tuple[str, ...] = ()) -> None:
@@ -240,106 +212,3 @@ def _no_parameters(parameters: object, action: str, allowed: tuple[str, ...] = (
             f"parameters: {', '.join(shown(n) for n in unsupported[:4])} not supported for model {action}; "
             "edit config.json in the repository instead"
         )
-
-
-def _version_policy(model: ServedVersion) -> config_pb.ModelVersionPolicy:
-    policy = model.config.version_policy
-    if policy.kind == "latest":
-        return config_pb.ModelVersionPolicy(
-            latest=config_pb.ModelVersionPolicy.Latest(num_versions=policy.num_versions)
-        )
-    if policy.kind == "specific":
-        return config_pb.ModelVersionPolicy(
-            specific=config_pb.ModelVersionPolicy.Specific(versions=list(policy.versions))
-        )
-    return config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All())
-
-
-def model_config_proto(model: ServedVersion) -> config_pb.ModelConfig:
-    """Triton's view of a model: dims exclude the batch dimension because max_batch_size > 0."""
-    config = model.config
-    on_gpu = model.provider == CUDA
-    return config_pb.ModelConfig(
-        name=model.name,
-        platform=config.platform,
-        backend="onnxruntime",
-        max_batch_size=model.batching.max_batch_size,
-        version_policy=_version_policy(model),
-        input=[
-            config_pb.ModelInput(
-                name=t.name,
-                data_type=convert.NUMPY_TO_CONFIG.get(t.dtype, config_pb.TYPE_INVALID),
-                format=config_pb.ModelInput.FORMAT_NHWC,
-                dims=list(t.shape[1:]),
-            )
-            for t in config.inputs
-        ],
-        output=[
-            config_pb.ModelOutput(
-                name=t.name,
-                data_type=convert.NUMPY_TO_CONFIG.get(t.dtype, config_pb.TYPE_INVALID),
-                dims=list(t.shape[1:]),
-            )
-            for t in config.outputs
-        ],
-        dynamic_batching=config_pb.ModelDynamicBatching(
-            max_queue_delay_microseconds=int(model.batching.max_queue_delay_s * 1e6),
-            default_queue_policy=config_pb.ModelQueuePolicy(max_queue_size=model.batching.max_queue_size),
-        ),
-        instance_group=[
-            config_pb.ModelInstanceGroup(
-                name=f"{model.name}_0",
-                kind=config_pb.ModelInstanceGroup.KIND_GPU
-                if on_gpu
-                else config_pb.ModelInstanceGroup.KIND_CPU,
-                count=1,
-                gpus=[0] if on_gpu else [],
-            )
-        ],
-        default_model_filename=config.model_file,
-        parameters=_parameters(model),
-    )
-
-
-def _parameters(model: ServedVersion) -> dict[str, config_pb.ModelParameter]:
-    """Triton's free-form parameters: where the model really runs, and its FLOPs per image when
-    the export recorded them (`cnnserve bench server` reads both)."""
-    parameters = {"execution_provider": config_pb.ModelParameter(string_value=model.provider)}
-    flops = model.config.provenance.flops_per_image
-    if flops is not None and flops > 0:
-        parameters["flops_per_image"] = config_pb.ModelParameter(string_value=str(flops))
-    return parameters
-
-
-def statistics_proto(model: VersionReport) -> pb.ModelStatistics:
-    stats = model.stats
-
-    def duration(count: int, ns: int) -> pb.StatisticDuration:
-        return pb.StatisticDuration(count=count, ns=ns)
-
-    fail_count = sum(d.count for d in stats.fail.values())
-    fail_ns = sum(d.ns for d in stats.fail.values())
-    return pb.ModelStatistics(
-        name=model.name,
-        version=model.version,
-        last_inference=stats.last_inference_ms,
-        inference_count=stats.inference_count,
-        execution_count=stats.execution_count,
-        inference_stats=pb.InferStatistics(
-            success=duration(stats.success.count, stats.success.ns),
-            fail=duration(fail_count, fail_ns),
-            queue=duration(stats.queue.count, stats.queue.ns),
-            compute_input=duration(stats.compute_input.count, stats.compute_input.ns),
-            compute_infer=duration(stats.compute_infer.count, stats.compute_infer.ns),
-            compute_output=duration(stats.compute_output.count, stats.compute_output.ns),
-        ),
-        batch_stats=[
-            pb.InferBatchStatistics(
-                batch_size=size,
-                compute_input=duration(b.count, b.input_ns),
-                compute_infer=duration(b.count, b.infer_ns),
-                compute_output=duration(b.count, b.output_ns),
-            )
-            for size, b in sorted(stats.batch_stats.items())
-        ],
-    )
