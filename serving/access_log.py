@@ -22,6 +22,7 @@ from cnnserve.serving.log_limit import RateLimitedLog
 _ACCESS = logging.getLogger("cnnserve.access")
 _FLOODS = RateLimitedLog(_ACCESS, interval_s=1.0)
 REQUEST_ID_HEADER = "x-request-id"
+MAX_REQUEST_ID_CHARS = 64  # a client's own id is cut to this before it is logged and echoed
 CLIENT_ERRORS = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION"})
 
 

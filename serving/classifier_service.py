@@ -9,7 +9,7 @@ import grpc
 from cnnserve.protos import classifier_pb2 as pb
 from cnnserve.protos import classifier_pb2_grpc
 from cnnserve.serving import converters
-from cnnserve.serving.access_log import REQUEST_ID_HEADER
+from cnnserve.serving.access_log import MAX_REQUEST_ID_CHARS, REQUEST_ID_HEADER
 from cnnserve.serving.dataplane import DataPlane, Inference, InferenceCall, Tensors
 from cnnserve.serving.errors import InvalidInput, grpc_errors
 from cnnserve.serving.lifecycle import ModelManager
@@ -133,7 +133,7 @@ def _client_request_id(context: grpc.aio.ServicerContext) -> str:
     """The client's own `x-request-id` metadata, cut to a sane length, or "" (one is generated)."""
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_HEADER and isinstance(value, str):
-            return value[:64]
+            return value[:MAX_REQUEST_ID_CHARS]
     return ""
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnnserve.contracts.names import LOGITS, PROBABILITIES
-from cnnserve.serving.access_log import AccessLog, AccessRecord, new_request_id
+from cnnserve.serving.access_log import MAX_REQUEST_ID_CHARS, AccessLog, AccessRecord, new_request_id
 from cnnserve.serving.batcher import BatchedResult
 from cnnserve.serving.errors import InvalidInput, ServingError
 from cnnserve.serving.image_decoding import ImageLimits, decode_images
@@ -242,7 +242,7 @@ class DataPlane:
             with self._counted(model, call.started_ns):
                 tensors = call.tensors(model, body)
                 if record is not None and tensors.request_id:
-                    record.request_id = tensors.request_id[:64]
+                    record.request_id = tensors.request_id[:MAX_REQUEST_ID_CHARS]
                 if tensors.files is not None:
                     images = await self._decode_encoded(model, tensors.files, tensors.files_field)
                     # A request reaches its batcher straight from a lookup (registry.py says why).

@@ -29,7 +29,7 @@ from aiohttp import web
 from cnnserve.contracts.errors import CnnserveError
 from cnnserve.serving import v2_converters as convert
 from cnnserve.serving import v2_json, v2_models
-from cnnserve.serving.access_log import REQUEST_ID_HEADER
+from cnnserve.serving.access_log import MAX_REQUEST_ID_CHARS, REQUEST_ID_HEADER
 from cnnserve.serving.dataplane import DataPlane, Inference, InferenceCall, RequestedOutput, Tensors
 from cnnserve.serving.errors import ServingError, http_status_of
 from cnnserve.serving.lifecycle import ModelManager
@@ -216,7 +216,7 @@ class HttpService:
                 version,
                 started_ns,
                 tensors,
-                request_id=request.headers.get(REQUEST_ID_HEADER, "")[:64],
+                request_id=request.headers.get(REQUEST_ID_HEADER, "")[:MAX_REQUEST_ID_CHARS],
                 outputs=outputs,
                 receive=request.read,
             )

@@ -78,3 +78,10 @@ def test_serve_cli_passes_cpu_spinning_to_the_server_config() -> None:
     assert build_options(args).cpu_spinning is True
     args = build_parser().parse_args(["serve", "--repository", "models"])
     assert build_options(args).cpu_spinning is False
+
+
+def test_bench_offers_the_graph_optimizations_and_execution_modes_the_builder_knows() -> None:
+    from cnnserve.bench.options import EXECUTION_MODES, GRAPH_OPTIMIZATIONS
+
+    assert tuple(session.GRAPH_OPTIMIZATION) == GRAPH_OPTIMIZATIONS
+    assert tuple(session.EXECUTION_MODE) == EXECUTION_MODES
