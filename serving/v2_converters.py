@@ -15,7 +15,7 @@ import numpy as np
 from cnnserve.contracts.model_repository import ModelConfig, TensorSpec
 from cnnserve.protos import grpc_service_pb2 as pb
 from cnnserve.protos import model_config_pb2 as config_pb
-from cnnserve.serving.converters import array_from_bytes, wire_shape
+from cnnserve.serving.converters import array_from_bytes, dtype_name, wire_shape
 from cnnserve.serving.dataplane import Inference, Label, RequestedOutput, ranked
 from cnnserve.serving.errors import InvalidInput
 from cnnserve.serving.image_decoding import split_bytes_tensor
@@ -183,7 +183,7 @@ def output_tensor(name: str, array: np.ndarray) -> tuple[pb.ModelInferResponse.I
         return tensor, serialize_bytes(array)
     little = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
     tensor = pb.ModelInferResponse.InferOutputTensor(
-        name=name, datatype=v2_datatype(array.dtype.name), shape=list(array.shape)
+        name=name, datatype=v2_datatype(dtype_name(array.dtype)), shape=list(array.shape)
     )
     return tensor, little.tobytes()
 

@@ -19,7 +19,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from cnnserve.contracts.model_repository import ModelConfig, TensorSpec
-from cnnserve.serving.converters import array_from_bytes, wire_shape
+from cnnserve.serving.converters import array_from_bytes, dtype_name, wire_shape
 from cnnserve.serving.dataplane import RequestedOutput
 from cnnserve.serving.errors import InvalidInput
 from cnnserve.serving.image_decoding import split_bytes_tensor
@@ -170,7 +170,7 @@ def encode_outputs(arrays: Sequence[tuple[RequestedOutput, np.ndarray]]) -> tupl
     tensors, tail = [], []
     for output, array in arrays:
         name, binary = output.name, output.binary
-        datatype = "BYTES" if array.dtype == object else v2_datatype(array.dtype.name)
+        datatype = "BYTES" if array.dtype == object else v2_datatype(dtype_name(array.dtype))
         tensor: dict = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary:
             raw = (
