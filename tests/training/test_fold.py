@@ -21,6 +21,7 @@ from cnnserve.training.fold import FoldError, fold_model
 from cnnserve.training.fold_check import batchnorm_arithmetic, verify_fold
 from cnnserve.training.fold_run import fold_run
 from cnnserve.training.models import ZOO, build_model, get_spec
+from tests.training.idx_files import write_idx
 
 EPSILON = 0.05
 BATCHES = (1, 256)
@@ -240,9 +241,17 @@ def test_fold_run_writes_inference_savedmodel_and_report(inception_run, capsys):
     assert written["batchnorm_ops_after"] == 0
 
 
-def test_fold_cli(inception_run, capsys):
-    assert main(["fold", str(inception_run), "--parity-images", "64"]) == 0
+def test_fold_cli(inception_run, tmp_path, capsys):
+    # --data-dir with the first 1,000 real test images in the dataset's own IDX files, so the
+    # folded model's test pass is a tenth of the full split (the full one ran just above).
+    data = load_dataset("fashion_mnist")
+    for prefix, split, count in (("train", data.train, 600), ("t10k", data.test, 1000)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", split.images[:count, ..., 0], gzipped=True)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", split.labels[:count], gzipped=True)
+    assert main(["fold", str(inception_run), "--parity-images", "64", "--data-dir", str(tmp_path)]) == 0
     assert "into stem_conv" in capsys.readouterr().out
+    written = json.loads((inception_run / REPORT_FILE).read_text())["fold"]
+    assert written["test_images"] == 1000 and written["parity"]["images"] == 64
 
 
 def test_fold_run_errors(tmp_path, capsys):
