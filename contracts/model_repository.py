@@ -148,10 +148,8 @@ class Provenance:
     purpose: str | None = None
 
     def to_dict(self) -> dict:
-        """The `extra` object as today's files have it: export's fields, or the noop marker."""
-        if self.noop:
-            return {"noop": True, "purpose": self.purpose}
-        return {
+        """The `extra` object as the files have it: export's fields, or the noop marker."""
+        exported = {
             "model": self.model,
             "format": self.format,
             "quantize": self.quantize,
@@ -162,6 +160,10 @@ class Provenance:
             "float_test_accuracy": self.float_test_accuracy,
             "flops_per_image": self.flops_per_image,
         }
+        if self.noop:  # the marker, and only what was recorded beside it
+            recorded = {key: value for key, value in exported.items() if value is not None}
+            return {"noop": True, "purpose": self.purpose, **recorded}
+        return exported
 
     @classmethod
     def from_dict(cls, raw: object) -> Provenance:
