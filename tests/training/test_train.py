@@ -63,8 +63,7 @@ def test_loss_falls_and_accuracy_beats_chance(inception_run: Path):
 
 def test_moving_averages_are_updated_during_training(tmp_path: Path):
     """The source documents' trap: the moving-average updates must really run in training."""
-    run = _train(tmp_path, "inception_bn", steps=3, batch_size=32, synthetic_size=256, precise_bn_batches=0,
-                 val_size=0)  # fmt: skip
+    run = _train(tmp_path, "inception_bn", steps=3, batch_size=32, synthetic_size=256, precise_bn_batches=0)
     model = keras.saving.load_model(run / "model.keras", compile=False)
     bn = model.get_layer("stem_bn")
     # Three updates with momentum 0.99 from (mean 0, variance 1): 1 − 0.99³ of the way to the batch.
