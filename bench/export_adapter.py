@@ -1,10 +1,10 @@
-"""The benchmark's only door into `training/fold*.py` and `export/` (issue 3's code).
+"""The benchmark's only door into BatchNorm folding (training's public API) and the exporters.
 
 `--synthetic` builds zoo models with random weights and must turn them into the very artefacts
 `cnnserve export` writes: fold, save the inference SavedModel, convert to ONNX (tf2onnx plus
-the exporter's graph clean-up) and TFLite. Reusing the exporter's functions, parity checks
-included, keeps the synthetic figures honest; keeping every call to them in this one module
-means a change on the export side is absorbed here and nowhere else.
+the exporter's graph clean-up) and TFLite. Reusing the exporter's functions keeps the synthetic
+figures honest; keeping every call to them in this one module means a change on the export
+side is absorbed here and nowhere else.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnserve.contracts.errors import CnnserveError
-from cnnserve.contracts.names import CPU_PROVIDER
+from cnnserve.contracts.names import CPU_PROVIDER, INPUT_NAME, LOGITS
 
 SYNTHETIC_PARITY_IMAGES = 64
 SYNTHETIC_CALIBRATION_IMAGES = 64
@@ -40,33 +40,29 @@ def repository_name(model: str, fmt: str, quantize: str | None = None) -> str:
 
 def fold(model):
     """The inference-only Keras model, every BatchNormalization folded away."""
-    from cnnserve.training.fold import fold_model
+    from cnnserve.training.api import fold_model
 
     return fold_model(model).model
 
 
-def _synthetic_source(model_name: str, input_shape: tuple[int, int, int], savedmodel: Path, workdir: Path):
-    """An `ExportSource` over `savedmodel` whose test/train splits are synthetic images.
-
-    `train` feeds int8 calibration; `test` feeds the relative ONNX check.
-    """
+def _synthetic_source(model_name: str, input_shape: tuple[int, int, int], savedmodel: Path, folded):
+    """An `ExportSource` over `savedmodel` (folded from `folded`) whose splits are synthetic
+    images: `train` feeds int8 calibration, `test` the relative ONNX check."""
     from cnnserve.contracts.run_dir import RunInfo
     from cnnserve.export.source import ExportSource
-    from cnnserve.training.data import synthetic_split
+    from cnnserve.training.api import synthetic_split
 
     info = RunInfo(
         model=model_name, dataset="synthetic", class_names=tuple(str(i) for i in range(10)),
         input_shape=input_shape, optimizer="none", learning_rate=0.0, batch_size=1, steps=0,
         epochs=0, seed=0,
     )  # fmt: skip
-    source = ExportSource(
-        workdir, info, savedmodel, {"test_accuracy": 0.0}, parity_images=SYNTHETIC_PARITY_IMAGES
-    )
-    # `test` and `train` are cached properties that would read the run's dataset from disk;
-    # a synthetic model has no run, so the cache is filled with synthetic images instead.
-    source.__dict__["test"] = synthetic_split(input_shape, SYNTHETIC_PARITY_IMAGES, seed=1)
-    source.__dict__["train"] = synthetic_split(input_shape, SYNTHETIC_CALIBRATION_IMAGES, seed=2)
-    return source
+    return ExportSource.from_model(
+        info, savedmodel, folded,
+        test=synthetic_split(input_shape, SYNTHETIC_PARITY_IMAGES, seed=1),
+        train=synthetic_split(input_shape, SYNTHETIC_CALIBRATION_IMAGES, seed=2),
+        parity_images=SYNTHETIC_PARITY_IMAGES,
+    )  # fmt: skip
 
 
 def export_synthetic(
@@ -83,22 +79,18 @@ def export_synthetic(
     absolute tolerance is set for trained logits and random weights give logits hundreds of
     times larger. A relative check of the ONNX model stands in for them (`check_relative`).
     """
-    import onnx
-
-    from cnnserve.export.onnx_export import convert as convert_onnx
-    from cnnserve.export.onnx_optimize import optimize
+    from cnnserve.export.onnx_export import write_onnx
+    from cnnserve.export.onnx_quantize import quantize_int8
     from cnnserve.export.tflite_export import convert as convert_tflite
-    from cnnserve.training.fold_run import save_inference_savedmodel
+    from cnnserve.training.api import save_inference_savedmodel
 
     input_shape = tuple(int(d) for d in keras_model.inputs[0].shape[1:])
     savedmodel = workdir / "model.savedmodel"
     folded = fold(keras_model)
     save_inference_savedmodel(folded, savedmodel)
-    source = _synthetic_source(model_name, input_shape, savedmodel, workdir)  # type: ignore[arg-type]
-    source.__dict__["folded_model"] = folded  # no run directory to reload it from
+    source = _synthetic_source(model_name, input_shape, savedmodel, folded)  # type: ignore[arg-type]
     onnx_path = workdir / "model.onnx"
-    optimized, _ = optimize(convert_onnx(source))
-    onnx.save(optimized, str(onnx_path))
+    write_onnx(source, onnx_path, {"model": model_name, "dataset": "synthetic"})
     check_relative(onnx_path, source)
     tflite_path = int8_path = None
     if tflite:
@@ -109,8 +101,6 @@ def export_synthetic(
         int8_path.write_bytes(convert_tflite(source, "int8", SYNTHETIC_CALIBRATION_IMAGES))
     onnx_int8_path = None
     if onnx_int8:
-        from cnnserve.export.onnx_quantize import quantize_int8
-
         onnx_int8_path = workdir / "model_int8.onnx"
         quantize_int8(onnx_path, onnx_int8_path, source.train.images)
     return ExportedFiles(savedmodel, onnx_path, tflite_path, int8_path, onnx_int8_path)
@@ -123,7 +113,7 @@ def check_relative(onnx_path: Path, source, tolerance: float = RELATIVE_TOLERANC
     images = source.test.images
     expected = np.asarray(source.predict_logits(images), np.float64)
     session = ort.InferenceSession(str(onnx_path), providers=[CPU_PROVIDER])
-    got = np.asarray(session.run(["logits"], {"images": images})[0], np.float64)
+    got = np.asarray(session.run([LOGITS], {INPUT_NAME: images})[0], np.float64)
     error = float(np.max(np.abs(got - expected)) / max(1.0, float(np.max(np.abs(expected)))))
     if error > tolerance:
         raise CnnserveError(

@@ -12,7 +12,9 @@ Layout of RUN/:
     inference.savedmodel/ the folded model (`cnnserve fold`, or `cnnserve train` at its end)
     export_report.json    `fold` (written by the fold) and `exports` (one entry per export)
 Later stages read a run only through `load_run_info`, so a folder that is not a run gets one
-clear error instead of a stack trace from deep inside Keras. Standard library only.
+clear error instead of a stack trace from deep inside Keras. The typed records here (`RunInfo`,
+its `RunProvenance`, the report's `FoldSection`) read and write today's files key for key.
+Standard library and the numpy-only parity record.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.parity import PARITY_LIMIT, Parity
 
 RUN_INFO_FILE = "run.json"
 MODEL_FILE = "model.keras"
@@ -35,6 +39,41 @@ FOLDED_DIR = "inference.savedmodel"
 REPORT_FILE = "export_report.json"
 REPORT_LOCK = ".export_report.lock"
 FORMAT_VERSION = 1
+# The sections of RUN/export_report.json and their one writer each.
+FOLD_SECTION = "fold"  # training: `cnnserve fold` (cnnserve.training.fold_run)
+EXPORTS_SECTION = "exports"  # export: one entry per exported version (cnnserve.export.run_report)
+
+
+@dataclass(frozen=True)
+class RunProvenance:
+    """How the run got its data: run.json's `extra` object, typed.
+
+    Read by the later stages to load the same test and training images again."""
+
+    data_dir: str | None = None  # --data-dir, resolved; None: the dataset's default location
+    val_size: int = 0
+    synthetic_size: int | None = None  # --synthetic-size, for the synthetic dataset only
+    train_size: int = 0
+    distribute: str = "none"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: object) -> RunProvenance | None:
+        """None for an empty `extra` (a run written without one)."""
+        if not isinstance(raw, Mapping):
+            raise TypeError(f"extra: expected an object, received {raw!r}")
+        if not raw:
+            return None
+        data_dir, synthetic = raw.get("data_dir"), raw.get("synthetic_size")
+        return cls(
+            data_dir=None if data_dir is None else str(data_dir),
+            val_size=int(raw.get("val_size") or 0),
+            synthetic_size=None if synthetic is None else int(synthetic),
+            train_size=int(raw.get("train_size") or 0),
+            distribute=str(raw.get("distribute") or "none"),
+        )
 
 
 @dataclass(frozen=True)
@@ -52,11 +91,15 @@ class RunInfo:
     test_accuracy: float | None = None
     cnnserve_version: str = ""
     created: str = ""
-    extra: dict = field(default_factory=dict)
+    provenance: RunProvenance | None = None  # written as "extra" ({} when None)
     format_version: int = FORMAT_VERSION
 
     def save(self, run_dir: Path) -> None:
-        (run_dir / RUN_INFO_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        extra = self.provenance.to_dict() if self.provenance is not None else {}
+        fields = {key: value for key, value in asdict(self).items() if key != "format_version"}
+        fields = {**fields, "extra": extra, "format_version": self.format_version}
+        del fields["provenance"]
+        (run_dir / RUN_INFO_FILE).write_text(json.dumps(fields, indent=2) + "\n")
 
 
 def load_run_info(run_dir: Path) -> RunInfo:
@@ -72,8 +115,9 @@ def load_run_info(run_dir: Path) -> RunInfo:
         raw = json.loads(path.read_text())
         raw["class_names"] = tuple(raw["class_names"])
         raw["input_shape"] = tuple(raw["input_shape"])
+        raw["provenance"] = RunProvenance.from_dict(raw.pop("extra", {}))
         info = RunInfo(**raw)
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise CnnserveError(f"{path} is damaged ({error}); retrain with 'cnnserve train'") from None
     if not (run_dir / MODEL_FILE).is_file():
         raise CnnserveError(f"{run_dir} has no {MODEL_FILE}; the run did not finish, retrain it")
@@ -119,3 +163,103 @@ def update_report(
         report = read_report(run_dir)
         report[section] = merge(report.get(section)) if merge is not None else content
         write_json_atomic(run_dir / REPORT_FILE, report)
+
+
+# --------------------------------------------------------------------------- the fold section
+
+
+class FoldKind(StrEnum):
+    """Where a BatchNorm's per-channel affine went."""
+
+    BACKWARD = "backward"  # into the conv/dense in front of it
+    FORWARD = "forward"  # into the next conv/dense, through layers it commutes with
+    AFFINE = "affine"  # kept as one per-channel multiply-add
+
+
+@dataclass(frozen=True)
+class BatchNormFold:
+    """Where one BatchNorm went, and why: one entry of the fold section's `batchnorm` list."""
+
+    layer: str
+    kind: FoldKind
+    destination: str  # "into conv1", "forward into fc1 through pool1, flatten", "kept as affine"
+    reason: str
+    epsilon: float
+    target: str | None = None
+    through: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "kind": self.kind.value, "through": list(self.through)}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping) -> BatchNormFold:
+        target = raw.get("target")
+        return cls(
+            layer=str(raw["layer"]),
+            kind=FoldKind(raw["kind"]),
+            destination=str(raw["destination"]),
+            reason=str(raw["reason"]),
+            epsilon=float(raw["epsilon"]),
+            target=None if target is None else str(target),
+            through=tuple(str(name) for name in raw.get("through", ())),
+        )
+
+
+@dataclass(frozen=True)
+class FoldSection:
+    """The `fold` section of RUN/export_report.json: what `cnnserve fold` did and verified."""
+
+    model: str
+    savedmodel: str  # folder name inside RUN
+    layers_before: int
+    layers_after: int
+    batchnorm_ops_before: int  # BN ops found on the trained model's inference graph
+    batchnorm: tuple[BatchNormFold, ...]
+    parity: Parity  # folded against trained, on real test images
+    test_accuracy: float  # folded model, full test split
+    test_images: int
+    created: str  # ISO 8601, UTC
+    batchnorm_ops_after: int = 0
+    parity_limit: str = PARITY_LIMIT
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "savedmodel": self.savedmodel,
+            "layers_before": self.layers_before,
+            "layers_after": self.layers_after,
+            "batchnorm_ops_before": self.batchnorm_ops_before,
+            "batchnorm_ops_after": self.batchnorm_ops_after,
+            "batchnorm": [fold.to_dict() for fold in self.batchnorm],
+            "parity": {**self.parity.to_dict(), "limit": self.parity_limit},
+            "test_accuracy": self.test_accuracy,
+            "test_images": self.test_images,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping) -> FoldSection:
+        return cls(
+            model=str(raw["model"]),
+            savedmodel=str(raw["savedmodel"]),
+            layers_before=int(raw["layers_before"]),
+            layers_after=int(raw["layers_after"]),
+            batchnorm_ops_before=int(raw["batchnorm_ops_before"]),
+            batchnorm=tuple(BatchNormFold.from_dict(entry) for entry in raw["batchnorm"]),
+            parity=Parity.from_dict(raw["parity"]),
+            test_accuracy=float(raw["test_accuracy"]),
+            test_images=int(raw["test_images"]),
+            created=str(raw["created"]),
+            batchnorm_ops_after=int(raw.get("batchnorm_ops_after", 0)),
+            parity_limit=str(raw["parity"].get("limit", PARITY_LIMIT)),
+        )
+
+
+def read_fold_section(run_dir: Path) -> FoldSection | None:
+    """The fold section of RUN/export_report.json; None when the run was never folded or the
+    section is damaged (the caller folds again)."""
+    section = read_report(run_dir).get(FOLD_SECTION)
+    try:
+        return FoldSection.from_dict(section) if isinstance(section, Mapping) else None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None

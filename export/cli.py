@@ -1,4 +1,4 @@
-"""`cnnserve fold RUN` and `cnnserve export RUN --format ...`.
+"""`cnnserve export RUN --format ...` (`cnnserve fold` is training's, in `cnnserve.training.cli`).
 
 TensorFlow and the converters are imported inside the handlers, so `cnnserve --help` and the
 server never load them.
@@ -9,26 +9,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cnnserve.training.quiet_tf import import_tensorflow_quietly
+from cnnserve.training.api import import_tensorflow_quietly
 
 FORMAT_NAMES = ("savedmodel", "onnx", "tflite")
 QUANTIZE_NAMES = ("float16", "int8")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    fold = commands.add_parser(
-        "fold",
-        help="fold BatchNorm: write RUN/inference.savedmodel and RUN/export_report.json",
-        description="Removes every BatchNormalization from RUN/model.keras, verifies the folded "
-        "model on real test images and writes RUN/inference.savedmodel.",
-    )
-    fold.add_argument("run", type=Path, metavar="RUN", help="run directory from 'cnnserve train'")
-    fold.add_argument("--data-dir", type=Path, help="dataset folder, if the run used --data-dir")
-    fold.add_argument(
-        "--parity-images", type=int, default=1000, help="test images to verify on (default 1000)"
-    )
-    fold.set_defaults(handler=run_fold)
-
     export = commands.add_parser(
         "export",
         help="export a run to ONNX, TFLite or SavedModel in a model repository",
@@ -73,15 +60,6 @@ def _check_positive(name: str, value: int) -> None:
         raise CnnserveError(f"{name} must be a positive integer, received {value}")
 
 
-def run_fold(args: argparse.Namespace) -> int:
-    _check_positive("--parity-images", args.parity_images)
-    import_tensorflow_quietly()
-    from cnnserve.training.fold_run import fold_run
-
-    fold_run(args.run, data_dir=args.data_dir, parity_images=args.parity_images)
-    return 0
-
-
 def run_export(args: argparse.Namespace) -> int:
     from cnnserve.contracts.errors import CnnserveError
     from cnnserve.contracts.model_repository import VersionPolicy
@@ -123,32 +101,31 @@ def print_export(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    report = result.report
+    report = result.report  # an ExportReport
+    export = report.export
     label = result.format + (f" {result.quantize}" if result.quantize else "")
     table = Table(title=f"export {label}: {result.model_name} v{result.version}")
     table.add_column("what")
     table.add_column("value", overflow="fold")
     table.add_row("written", str(result.path))
-    table.add_row("size", f"{report['bytes'] / 1e6:.2f} MB")
-    if "nodes_before" in report:
-        table.add_row("ONNX nodes", f"{report['nodes_before']} → {report['nodes_after']} after clean-up")
-    parity = report["parity"]
+    table.add_row("size", f"{export.size_bytes / 1e6:.2f} MB")
+    if export.nodes is not None:
+        table.add_row("ONNX nodes", f"{export.nodes[0]} → {export.nodes[1]} after clean-up")
+    parity = report.parity
     table.add_row(
         "parity vs folded SavedModel",
-        f"max |Δlogit| {parity['max_abs_logit_diff']:.2e}, top-1 agreement "
-        f"{parity['top1_agreement']:.2%} ({parity['images']} test images, batch sizes "
-        f"{', '.join(map(str, parity['batch_sizes']))})",
+        f"max |Δlogit| {parity.max_abs_logit_diff:.2e}, top-1 agreement "
+        f"{parity.top1_agreement:.2%} ({parity.images} test images, batch sizes "
+        f"{', '.join(map(str, parity.batch_sizes))})",
     )
-    accuracy = f"{report['test_accuracy']:.4f}"
-    if "float_test_accuracy" in report and result.quantize:
-        accuracy += (
-            f" (float {report['float_test_accuracy']:.4f}, {-report['accuracy_drop_points']:+.2f} points)"
-        )
+    accuracy = f"{report.test_accuracy:.4f}"
+    if export.float_test_accuracy is not None and result.quantize:
+        accuracy += f" (float {export.float_test_accuracy:.4f}, {-export.accuracy_drop_points:+.2f} points)"
     table.add_row("test accuracy", accuracy)
-    if report.get("int8_ops"):
-        table.add_row("int8 ops", _op_counts(report["int8_ops"]))
-    if report.get("float_ops"):
-        table.add_row("ops left in float", ", ".join(sorted(set(report["float_ops"]))))
+    if export.int8_ops:
+        table.add_row("int8 ops", _op_counts(list(export.int8_ops)))
+    if export.float_ops:
+        table.add_row("ops left in float", ", ".join(sorted(set(export.float_ops))))
     Console().print(table)
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from cnnserve.contracts.names import CPU_PROVIDER, INPUT_NAME, LOGITS, OUTPUT_NAMES
 from cnnserve.export.onnx_optimize import OptimizeReport, optimize
 from cnnserve.export.onnx_quantize import Int8Settings, QuantizedGraph, quantize_int8
 from cnnserve.export.source import ExportSource
@@ -30,29 +31,50 @@ class OnnxExport:
     float_parity: Parity | None = None  # int8: the float ONNX it was quantized from (checked)
     float_accuracy: float | None = None  # int8: the folded float32 model on the same images
     int8: QuantizedGraph | None = None
+    size_bytes: int = field(init=False)  # of the file as written, before it moves into place
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size_bytes", self.path.stat().st_size)
 
     @property
     def accuracy_drop_points(self) -> float:
         return 100.0 * ((self.float_accuracy or self.test_accuracy) - self.test_accuracy)
 
+    @property
+    def float_test_accuracy(self) -> float | None:
+        return self.float_accuracy
+
+    @property
+    def nodes(self) -> tuple[int, int]:
+        """Graph nodes (before, after) the clean-up passes."""
+        return self.optimize.nodes_before, self.optimize.nodes_after
+
+    @property
+    def int8_ops(self) -> tuple[str, ...]:
+        return self.int8.int8_ops if self.int8 is not None else ()
+
+    @property
+    def float_ops(self) -> tuple[str, ...]:
+        return self.int8.float_op_names if self.int8 is not None else ()
+
     def to_dict(self) -> dict:
         report = {
             "file": self.path.name,
-            "bytes": self.path.stat().st_size,
+            "bytes": self.size_bytes,
             "opset": OPSET,
             "nodes_before": self.optimize.nodes_before,
             "nodes_after": self.optimize.nodes_after,
             "ops_before": self.optimize.ops_before,
             "ops_after": self.optimize.ops_after,
             "passes": self.optimize.passes,
-            "parity": asdict(self.parity),
+            "parity": self.parity.to_dict(),
             "test_accuracy": self.test_accuracy,
         }
         if self.int8 is not None:
             assert self.float_parity is not None
             report |= {
                 "quantize": "int8",
-                "float_parity": asdict(self.float_parity),
+                "float_parity": self.float_parity.to_dict(),
                 "float_test_accuracy": self.float_accuracy,
                 "accuracy_drop_points": self.accuracy_drop_points,
                 **self.int8.to_dict(),
@@ -77,7 +99,7 @@ def _finish(model, source: ExportSource, metadata: dict[str, str]) -> None:
 
     inputs = [tensor.name for tensor in model.graph.input]
     outputs = [tensor.name for tensor in model.graph.output]
-    if inputs != ["images"] or sorted(outputs) != ["logits", "probabilities"]:
+    if inputs != [INPUT_NAME] or sorted(outputs) != sorted(OUTPUT_NAMES):
         raise ExportError(f"converted ONNX model has inputs {inputs}, outputs {outputs}")
     for tensor in [*model.graph.input, *model.graph.output]:
         tensor.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
@@ -91,13 +113,24 @@ def _finish(model, source: ExportSource, metadata: dict[str, str]) -> None:
     onnx.checker.check_model(model, full_check=True)
 
 
+def write_onnx(source: ExportSource, path: Path, metadata: dict[str, str]) -> OptimizeReport:
+    """Converts, cleans up and checks the float ONNX model and writes it to `path`, unverified
+    (`export_onnx` verifies it; bench checks models with random weights its own way)."""
+    import onnx
+
+    model, report = optimize(convert(source))
+    _finish(model, source, {**metadata, "class_labels": json.dumps(list(source.info.class_names))})
+    onnx.save(model, str(path))
+    return report
+
+
 def _predictor(path: Path):
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), providers=[CPU_PROVIDER])
 
     def predict(images: np.ndarray) -> np.ndarray:
-        return session.run(["logits"], {"images": images})[0]
+        return session.run([LOGITS], {INPUT_NAME: images})[0]
 
     return predict
 
@@ -112,20 +145,16 @@ def export_onnx(
 ) -> OnnxExport:
     """Writes the float model to `path`, or with `quantize="int8"` its int8 QDQ version
     (refused when it loses more than `max_accuracy_drop_points` of test accuracy)."""
-    import onnx
-
     if quantize not in (None, "int8"):
         raise ExportError(f"ONNX export quantizes to int8 only, received --quantize {quantize}")
-    model, report = optimize(convert(source))
-    _finish(model, source, {**metadata, "class_labels": json.dumps(list(source.info.class_names))})
     if quantize is None:
-        onnx.save(model, str(path))
+        report = write_onnx(source, path, metadata)
         predict = _predictor(path)
         parity = check_parity("ONNX", source, predict)
         return OnnxExport(path, report, parity, accuracy(predict, source.test))
     with tempfile.TemporaryDirectory(prefix="cnnserve-onnx-") as workdir:
         float_path = Path(workdir) / "float.onnx"
-        onnx.save(model, str(float_path))
+        report = write_onnx(source, float_path, metadata)
         float_parity = check_parity("ONNX", source, _predictor(float_path))
         graph = quantize_int8(float_path, path, source.train.images[:calibration_images], Int8Settings())
     predict = _predictor(path)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from cnnserve.export.onnx_passes.lrn import LRN_MARK  # in the name of every decomposed LRN's node
 from cnnserve.export.verify import ExportError
 
 # What gets quantized: the compute ops and the data movement between them (so the int8
@@ -39,7 +40,6 @@ QUANTIZED_OPS = (
     "Conv", "MatMul", "Gemm", "Relu", "Clip", "MaxPool", "AveragePool",
     "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat",
 )  # fmt: skip
-LRN_MARK = "_decomposed"  # onnx_optimize.decompose_lrn names every node of an LRN with it
 CALIBRATION_BATCH = 32
 _QDQ = {"QuantizeLinear", "DequantizeLinear"}
 _ARITHMETIC = {"Conv", "MatMul", "Gemm", "Add", "Mul", "Div", "Sub", "Sqrt", "Pow", "Softmax", "ReduceMean"}
@@ -66,11 +66,21 @@ class QuantizedGraph:
     calibration_images: int
     settings: Int8Settings
 
+    @property
+    def int8_ops(self) -> tuple[str, ...]:
+        """One op type per int8 node, like the TFLite int8 report."""
+        return tuple(op for op, count in self.quantized_ops.items() for _ in range(count))
+
+    @property
+    def float_op_names(self) -> tuple[str, ...]:
+        """One op type per float32 arithmetic node."""
+        return tuple(op for op, count in self.float_ops.items() for _ in range(count))
+
     def to_dict(self) -> dict:
         return {
             # As lists of op names (one per node), like the TFLite int8 report.
-            "int8_ops": [op for op, count in self.quantized_ops.items() for _ in range(count)],
-            "float_ops": [op for op, count in self.float_ops.items() for _ in range(count)],
+            "int8_ops": list(self.int8_ops),
+            "float_ops": list(self.float_op_names),
             "excluded_nodes": list(self.excluded_nodes),
             "calibration_images": self.calibration_images,
             "calibration": "minmax",

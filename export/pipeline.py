@@ -16,14 +16,13 @@ from cnnserve.contracts.model_repository import (
     TensorSpec,
     VersionPolicy,
 )
-from cnnserve.contracts.parity import Parity
 from cnnserve.contracts.run_dir import load_run_info
 from cnnserve.export.leftovers import Leftover, clean_repository
 from cnnserve.export.repository import RepositoryError, VersionWriter
-from cnnserve.export.run_report import record_export
+from cnnserve.export.run_report import ExportReport, FormatExport, record_export
 from cnnserve.export.source import ExportSource, load_source
 from cnnserve.export.tflite_export import CALIBRATION_IMAGES, QUANTIZE_CHOICES
-from cnnserve.training.fold_check import PARITY_IMAGES
+from cnnserve.training.api import PARITY_IMAGES, zoo_flops_per_image
 
 FORMATS = {
     "onnx": "onnxruntime_onnx",
@@ -42,7 +41,7 @@ class ExportResult:
     version: int
     path: Path  # the model file or directory inside the repository
     config: ModelConfig
-    report: dict  # what went into RUN/export_report.json
+    report: ExportReport  # what went into RUN/export_report.json
     leftovers: tuple[Leftover, ...] = ()  # what earlier, killed exports left, and what was done
 
 
@@ -139,7 +138,7 @@ def export_run(
             max_queue_delay_ms=max_queue_delay_ms,
             version_policy=version_policy or _current_policy(writer.model_dir),
             source_run=str(run_dir.resolve()),
-            test_accuracy=details["test_accuracy"],
+            test_accuracy=details.test_accuracy,
             provenance=Provenance(
                 model=info.model,
                 format=fmt,
@@ -147,39 +146,28 @@ def export_run(
                 version=writer.version,
                 dataset=info.dataset,
                 created=created,
-                parity=Parity.from_dict(details["parity"]),
+                parity=details.parity,
                 float_test_accuracy=source.test_accuracy,
-                flops_per_image=_flops_per_image(info.model),
+                # So `cnnserve bench server` can report GFLOP/s without building the model.
+                flops_per_image=zoo_flops_per_image(info.model),
             ),
         )
         final = writer.commit(config)
-    report = {"format": fmt, "quantize": quantize, **details,
-              "repository": str(Path(repository).resolve()), "name": name,
-              "version": writer.version, "created": created}  # fmt: skip
+    report = ExportReport(fmt, quantize, details, str(Path(repository).resolve()), name,  # type: ignore[arg-type]
+                          writer.version, created)  # fmt: skip
     record_export(run_dir, report)
     return ExportResult(fmt, quantize, name, writer.version, final / target.name, config, report, leftovers)
 
 
-def _flops_per_image(zoo_model: str) -> int | None:
-    """2 × multiply-adds of the conv and dense layers, from the zoo definition the run trained.
-
-    Recorded so that `cnnserve bench server` can report GFLOP/s for what a server serves
-    without building the model (and importing TensorFlow) on the client."""
-    from cnnserve.training.models import ZOO, build_model, flops_per_image
-
-    return flops_per_image(build_model(zoo_model)) if zoo_model in ZOO else None
-
-
-def _export(fmt, quantize, source, target, provenance, calibration_images, max_drop) -> dict:
+def _export(fmt, quantize, source, target, provenance, calibration_images, max_drop) -> FormatExport:
     if fmt == "onnx":
         from cnnserve.export.onnx_export import export_onnx
 
-        return export_onnx(source, target, provenance, quantize, calibration_images, max_drop).to_dict()
+        return export_onnx(source, target, provenance, quantize, calibration_images, max_drop)
     if fmt == "tflite":
         from cnnserve.export.tflite_export import export_tflite
 
-        return export_tflite(source, target, quantize, calibration_images, max_drop).to_dict()
+        return export_tflite(source, target, quantize, calibration_images, max_drop)
     from cnnserve.export.savedmodel_export import export_savedmodel
 
-    result = export_savedmodel(source, target).to_dict()
-    return {**result, "test_accuracy": source.test_accuracy}
+    return export_savedmodel(source, target)

@@ -1,17 +1,75 @@
-"""The `exports` section of RUN/export_report.json: one entry per exported model version.
+"""The `exports` section of RUN/export_report.json: one entry per exported model version, and its
+one writer (`record_export`).
 
 An entry is identified by where it was written (repository, model name, version): exporting
 the run into a scratch repository adds an entry beside the real one instead of replacing it,
 and re-exporting one version (`--overwrite`) replaces its entry. The `fold` section belongs to
-`cnnserve fold`; both go through `contracts.run_dir.update_report`, which locks the file.
+`cnnserve fold` (training); both go through `contracts.run_dir.update_report`, which locks the
+file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Protocol
 
-SECTION = "exports"
+from cnnserve.contracts.parity import Parity
+from cnnserve.contracts.run_dir import EXPORTS_SECTION, update_report
+
+SECTION = EXPORTS_SECTION
+ExportFormat = Literal["onnx", "savedmodel", "tflite"]
+
+
+class FormatExport(Protocol):
+    """What each exporter returns (`OnnxExport`, `TfliteExport`, `SavedModelExport`): the
+    measured facts a report shows, and `to_dict`, the format's part of the written entry."""
+
+    @property
+    def parity(self) -> Parity: ...  # the written file against the folded SavedModel
+    @property
+    def test_accuracy(self) -> float: ...
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def float_test_accuracy(self) -> float | None: ...  # quantized: the float model's
+    @property
+    def accuracy_drop_points(self) -> float | None: ...
+    @property
+    def nodes(self) -> tuple[int, int] | None: ...  # ONNX: graph nodes before, after clean-up
+    @property
+    def int8_ops(self) -> tuple[str, ...]: ...  # one op type per node running in int8
+    @property
+    def float_ops(self) -> tuple[str, ...]: ...  # quantized: arithmetic left in float32
+
+    def to_dict(self) -> dict: ...
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """One entry of the `exports` section: what was exported where, and what it measured."""
+
+    format: ExportFormat
+    quantize: str | None  # as asked (the format's own entry may name it more precisely)
+    export: FormatExport
+    repository: str  # resolved path
+    name: str
+    version: int
+    created: str  # ISO 8601, UTC
+
+    @property
+    def parity(self) -> Parity:
+        return self.export.parity
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.export.test_accuracy
+
+    def to_dict(self) -> dict:
+        """The entry as written: the format's fields between the identity and the slot."""
+        return {"format": self.format, "quantize": self.quantize, **self.export.to_dict(),
+                "repository": self.repository, "name": self.name, "version": self.version,
+                "created": self.created}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -43,9 +101,8 @@ def merge_exports(section: object, entry: dict) -> list[dict]:
     return [*kept, entry]
 
 
-def record_export(run_dir: Path, entry: dict) -> None:
-    from cnnserve.contracts.run_dir import update_report
-
+def record_export(run_dir: Path, report: ExportReport) -> None:
+    entry = report.to_dict()
     update_report(run_dir, SECTION, merge=lambda section: merge_exports(section, entry))
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +17,37 @@ from cnnserve.export.verify import ExportError, Parity, check_parity
 class SavedModelExport:
     path: Path
     parity: Parity
+    test_accuracy: float  # the folded model's: the files are the folded SavedModel's own
+    size_bytes: int = field(init=False)  # of the files as written, before they move into place
+
+    def __post_init__(self) -> None:
+        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        object.__setattr__(self, "size_bytes", size)
+
+    # Nothing is converted or quantized: the fields the other formats report do not apply.
+    @property
+    def accuracy_drop_points(self) -> None:
+        return None
+
+    @property
+    def float_test_accuracy(self) -> None:
+        return None
+
+    @property
+    def nodes(self) -> None:
+        return None
+
+    @property
+    def int8_ops(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def float_ops(self) -> tuple[str, ...]:
+        return ()
 
     def to_dict(self) -> dict:
-        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
-        return {"file": self.path.name, "bytes": size, "parity": asdict(self.parity)}
+        return {"file": self.path.name, "bytes": self.size_bytes, "parity": self.parity.to_dict(),
+                "test_accuracy": self.test_accuracy}  # fmt: skip
 
 
 def export_savedmodel(source: ExportSource, path: Path) -> SavedModelExport:
@@ -42,4 +69,4 @@ def export_savedmodel(source: ExportSource, path: Path) -> SavedModelExport:
         signature = loaded.signatures[SERVING_SIGNATURE]
         return signature(images=tf.constant(images))["logits"].numpy()
 
-    return SavedModelExport(path, check_parity("SavedModel", source, predict))
+    return SavedModelExport(path, check_parity("SavedModel", source, predict), source.test_accuracy)

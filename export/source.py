@@ -1,12 +1,13 @@
-"""What every exporter converts from: the run's folded inference SavedModel, never the training graph.
+"""What every exporter converts from: a folded inference SavedModel, never the training graph.
 
-`load_source` refolds the run when its folded SavedModel is missing or older than `model.keras`,
-and loads the real test images (and training images for int8 calibration) the run was made on.
+Built from a run (`ExportSource.from_run`, or `load_source`, which refolds the run when its
+folded SavedModel is missing or older than `model.keras`, and reads the run's real test images
+and, for int8 calibration, its training images), or directly from a folded model and the
+images to check and calibrate it on (`ExportSource.from_model`, for models that have no run).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -15,22 +16,59 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from cnnserve.contracts.names import SERVING_SIGNATURE
-from cnnserve.contracts.run_dir import FOLDED_DIR, MODEL_FILE, REPORT_FILE, RunInfo, load_run_info
-from cnnserve.training.data import Split
-from cnnserve.training.fold_check import PARITY_IMAGES, run_batched
-from cnnserve.training.fold_run import fold_run, load_test_split
+from cnnserve.contracts.names import INPUT_NAME, LOGITS, PROBABILITIES, SERVING_SIGNATURE
+from cnnserve.contracts.run_dir import (
+    FOLDED_DIR,
+    MODEL_FILE,
+    FoldSection,
+    RunInfo,
+    load_run_info,
+    read_fold_section,
+)
+from cnnserve.training.api import PARITY_IMAGES, Split, fold_run, fold_saved_run, load_split, run_batched
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class ExportSource:
-    run_dir: Path
+    """The folded model, its SavedModel and the images exports are checked (and calibrated) on.
+
+    `test` and `train` are the given splits, or the run's own, read on first use; so is the
+    folded Keras model (rebuilt from RUN/model.keras) when it is not given."""
+
+    run_dir: Path  # the run, or for a model without one the folder its SavedModel is in
     info: RunInfo
     savedmodel_dir: Path
-    fold_report: dict
+    fold: FoldSection | None = None  # the run's fold section; None for a model without a run
     data_dir: Path | None = None
     parity_images: int = PARITY_IMAGES
-    _reference: dict[int, np.ndarray] = field(default_factory=dict)
+    given_test: Split | None = field(default=None, repr=False)
+    given_train: Split | None = field(default=None, repr=False)
+    given_folded_model: object | None = field(default=None, repr=False)  # a keras.Model
+    _reference: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_run(
+        cls, run_dir: Path, data_dir: Path | None = None, parity_images: int = PARITY_IMAGES
+    ) -> ExportSource:
+        """The run's folded SavedModel and fold section as they are on disk (see `load_source`)."""
+        run_dir = Path(run_dir)
+        return cls(run_dir, load_run_info(run_dir), run_dir / FOLDED_DIR, read_fold_section(run_dir),
+                   data_dir, parity_images)  # fmt: skip
+
+    @classmethod
+    def from_model(
+        cls,
+        info: RunInfo,
+        savedmodel_dir: Path,
+        folded_model: object,
+        test: Split,
+        train: Split,
+        parity_images: int = PARITY_IMAGES,
+    ) -> ExportSource:
+        """A folded model without a run: `savedmodel_dir` is its `save_inference_savedmodel`,
+        `test` the images exports are checked on, `train` the int8 calibration images."""
+        return cls(savedmodel_dir.parent, info, savedmodel_dir, None, None, parity_images,
+                   test, train, folded_model)  # fmt: skip
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -38,7 +76,7 @@ class ExportSource:
 
     @property
     def input_spec(self) -> tf.TensorSpec:
-        return tf.TensorSpec([None, *self.input_shape], tf.uint8, name="images")
+        return tf.TensorSpec([None, *self.input_shape], tf.uint8, name=INPUT_NAME)
 
     @cached_property
     def loaded(self):
@@ -56,14 +94,14 @@ class ExportSource:
         @tf.function(input_signature=[self.input_spec])
         def serve(images):
             outputs = serving(images=images)
-            return {"logits": outputs["logits"], "probabilities": outputs["probabilities"]}
+            return {LOGITS: outputs[LOGITS], PROBABILITIES: outputs[PROBABILITIES]}
 
         return serve
 
     @cached_property
     def predict_logits(self) -> Callable[[np.ndarray], np.ndarray]:
         serve = self.serving_function()
-        return lambda images: serve(tf.constant(images))["logits"].numpy()
+        return lambda images: serve(tf.constant(images))[LOGITS].numpy()
 
     def reference_logits(self, batch: int) -> np.ndarray:
         """The folded model's logits on the parity images, run at this batch size."""
@@ -75,11 +113,9 @@ class ExportSource:
     @cached_property
     def folded_model(self):
         """The folded Keras model, for exporters that must trace the graph again (TFLite's LRN)."""
-        import keras
-
-        from cnnserve.training.fold import fold_model
-
-        return fold_model(keras.models.load_model(self.run_dir / MODEL_FILE, compile=False)).model
+        if self.given_folded_model is not None:
+            return self.given_folded_model
+        return fold_saved_run(self.run_dir)
 
     @cached_property
     def has_lrn(self) -> bool:
@@ -90,15 +126,26 @@ class ExportSource:
 
     @cached_property
     def test(self) -> Split:
-        return load_test_split(self.run_dir, self.data_dir)
+        return (
+            self.given_test
+            if self.given_test is not None
+            else load_split(self.run_dir, "test", self.data_dir)
+        )
 
     @cached_property
     def train(self) -> Split:
-        return load_test_split(self.run_dir, self.data_dir, train=True)
+        if self.given_train is not None:
+            return self.given_train
+        return load_split(self.run_dir, "train", self.data_dir)
 
-    @property
+    @cached_property
     def test_accuracy(self) -> float:
-        return float(self.fold_report["test_accuracy"])
+        """The folded model's accuracy on the test split: the fold's record for a run, measured
+        on the given test images otherwise."""
+        if self.fold is not None:
+            return self.fold.test_accuracy
+        logits = run_batched(self.predict_logits, self.test.images, 256)
+        return float(np.mean(logits.argmax(axis=1) == self.test.labels))
 
 
 def load_source(
@@ -106,24 +153,15 @@ def load_source(
 ) -> ExportSource:
     """The run's folded SavedModel; folds first (printing the table) when it is missing or stale."""
     run_dir = Path(run_dir)
-    info = load_run_info(run_dir)
-    savedmodel = run_dir / FOLDED_DIR
-    report = _fold_section(run_dir)
+    source = ExportSource.from_run(run_dir, data_dir, parity_images)
+    saved = source.savedmodel_dir / "saved_model.pb"
     stale = (
-        not (savedmodel / "saved_model.pb").is_file()
-        or report is None
-        or (run_dir / MODEL_FILE).stat().st_mtime > (savedmodel / "saved_model.pb").stat().st_mtime
+        not saved.is_file()
+        or source.fold is None
+        or (run_dir / MODEL_FILE).stat().st_mtime > saved.stat().st_mtime
     )
     if stale:
         fold_run(run_dir, data_dir=data_dir, parity_images=parity_images)
-        report = _fold_section(run_dir)
-    assert report is not None
-    return ExportSource(run_dir, info, savedmodel, report, data_dir, parity_images)
-
-
-def _fold_section(run_dir: Path) -> dict | None:
-    path = run_dir / REPORT_FILE
-    try:
-        return json.loads(path.read_text()).get("fold") if path.is_file() else None
-    except json.JSONDecodeError:
-        return None
+        source = ExportSource.from_run(run_dir, data_dir, parity_images)
+    assert source.fold is not None
+    return source

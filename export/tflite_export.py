@@ -1,11 +1,11 @@
 """Folded SavedModel → TFLite: float32, float16, or int8 calibrated on real training images.
 
 Models with LRN are converted from the folded model traced again with the LRN layers
-decomposed into ops XNNPACK runs (see `LocalResponseNormalization`): TFLite's own LRN is a
-serial reference kernel, 4x slower on `cifar10_convnet`. In int8 models those decomposed layers
-stay float32 (QuantizationDebugger's node denylist): quantized, their Sqrt and Div run on slow
-int8 reference kernels (47.5 ms per batch of 64, against 26.8 with TFLite's LRN and 6.8 with the
-float decomposition). Parity is checked against the folded SavedModel either way.
+decomposed into ops XNNPACK runs (training's `with_decomposed_lrn`): TFLite's own LRN is a
+serial reference kernel. In int8 models those decomposed layers stay float32
+(QuantizationDebugger's node denylist): quantized, their Sqrt and Div would run on slow int8
+reference kernels (BENCHMARKS.md, "TFLite and LRN"). Parity is checked against the folded
+SavedModel either way.
 
 int8 is full-integer post-training quantization: every other op with an int8 kernel runs in
 int8; the report lists the ops left in float (the uint8 → float Cast at the input, the LRN
@@ -20,21 +20,24 @@ import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from cnnserve.contracts.names import SERVING_SIGNATURE
 from cnnserve.export.source import ExportSource
 from cnnserve.export.verify import ExportError, Parity, accuracy, check_parity, measure_parity
-from cnnserve.training.fold_run import save_inference_savedmodel
-from cnnserve.training.layers import LocalResponseNormalization
+from cnnserve.training.api import LocalResponseNormalization, save_inference_savedmodel, with_decomposed_lrn
 
 QUANTIZE_CHOICES = ("float16", "int8")
 CALIBRATION_IMAGES = 300
 # Ops that carry no arithmetic: their float inputs are not "left in float".
 _PLUMBING = {"QUANTIZE", "DEQUANTIZE", "SHAPE", "STRIDED_SLICE", "PACK", "RESHAPE"}
+
+
+LrnForm = Literal["decomposed", "decomposed, float32"]
 
 
 @dataclass(frozen=True)
@@ -45,18 +48,34 @@ class TfliteExport:
     test_accuracy: float
     float_accuracy: float  # the folded float32 model on the same images
     float_ops: tuple[str, ...]  # arithmetic ops still computed in float32
-    lrn: str | None = None  # "decomposed" for models with LRN ("decomposed, float32" in int8)
+    lrn: LrnForm | None = None  # how a model with LRN runs it (int8 keeps it float32)
+    size_bytes: int = field(init=False)  # of the file as written, before it moves into place
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size_bytes", self.path.stat().st_size)
 
     @property
     def accuracy_drop_points(self) -> float:
         return 100.0 * (self.float_accuracy - self.test_accuracy)
 
+    @property
+    def float_test_accuracy(self) -> float:
+        return self.float_accuracy
+
+    @property
+    def nodes(self) -> None:
+        return None
+
+    @property
+    def int8_ops(self) -> tuple[str, ...]:
+        return ()
+
     def to_dict(self) -> dict:
         return {
             "file": self.path.name,
-            "bytes": self.path.stat().st_size,
+            "bytes": self.size_bytes,
             "quantize": self.quantize or "float32",
-            "parity": asdict(self.parity),
+            "parity": self.parity.to_dict(),
             "test_accuracy": self.test_accuracy,
             "float_test_accuracy": self.float_accuracy,
             "accuracy_drop_points": self.accuracy_drop_points,
@@ -71,16 +90,8 @@ def _convertible_savedmodel(source: ExportSource) -> Iterator[Path]:
     if not source.has_lrn:
         yield source.savedmodel_dir
         return
-    model = source.folded_model
-    lrn_layers = [layer for layer in model.layers if isinstance(layer, LocalResponseNormalization)]
     with tempfile.TemporaryDirectory(prefix="cnnserve-tflite-") as workdir:
-        try:
-            for layer in lrn_layers:
-                layer.decomposed = True
-            save_inference_savedmodel(model, Path(workdir) / "model")
-        finally:
-            for layer in lrn_layers:
-                layer.decomposed = False
+        save_inference_savedmodel(with_decomposed_lrn(source.folded_model), Path(workdir) / "model")
         yield Path(workdir) / "model"
 
 
@@ -199,7 +210,9 @@ def export_tflite(
     else:
         parity = measure_parity(source, predict)  # reported; accuracy is the bar for quantized
     float_accuracy = source.test_accuracy
-    lrn = ("decomposed, float32" if quantize == "int8" else "decomposed") if source.has_lrn else None
+    lrn: LrnForm | None = None
+    if source.has_lrn:
+        lrn = "decomposed, float32" if quantize == "int8" else "decomposed"
     result = TfliteExport(
         path, quantize, parity, accuracy(predict, source.test), float_accuracy,
         predict.float_ops() if quantize == "int8" else (), lrn,

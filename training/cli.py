@@ -1,4 +1,4 @@
-"""`cnnserve models` and `cnnserve train`."""
+"""`cnnserve models`, `cnnserve train` and `cnnserve fold`."""
 
 from __future__ import annotations
 
@@ -71,6 +71,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     train.add_argument("--no-progress", action="store_true", help="per-epoch lines only")
     train.set_defaults(handler=run_train)
+
+    fold = commands.add_parser(
+        "fold",
+        help="fold BatchNorm: write RUN/inference.savedmodel and RUN/export_report.json",
+        description="Removes every BatchNormalization from RUN/model.keras, verifies the folded "
+        "model on real test images and writes RUN/inference.savedmodel.",
+    )
+    fold.add_argument("run", type=Path, metavar="RUN", help="run directory from 'cnnserve train'")
+    fold.add_argument("--data-dir", type=Path, help="dataset folder, if the run used --data-dir")
+    fold.add_argument(
+        "--parity-images", type=int, default=1000, help="test images to verify on (default 1000)"
+    )
+    fold.set_defaults(handler=run_fold)
 
 
 def zoo_table() -> list[dict]:
@@ -146,4 +159,14 @@ def run_train(args: argparse.Namespace) -> int:
         distribute=args.distribute,
     )
     train(config)
+    return 0
+
+
+def run_fold(args: argparse.Namespace) -> int:
+    if args.parity_images < 1:
+        raise CnnserveError(f"--parity-images must be a positive integer, received {args.parity_images}")
+    import_tensorflow_quietly()
+    from cnnserve.training.fold_run import fold_run
+
+    fold_run(args.run, data_dir=args.data_dir, parity_images=args.parity_images)
     return 0

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers
 
 from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.run_dir import BatchNormFold, FoldKind
 from cnnserve.training import layers as cnn_layers
+from cnnserve.training.inference_layers import CentralCrop, ChannelAffine
 
 # Layers that compute the same thing after folding, cloned from their config and weights.
 CLONED = (
@@ -48,61 +49,7 @@ class FoldError(CnnserveError):
     """The model cannot be folded, or the folded model does not match the trained one."""
 
 
-# --------------------------------------------------------------------------- layers
-
-
-@keras.saving.register_keras_serializable(package="cnnserve")
-class ChannelAffine(keras.layers.Layer):
-    """`x·scale + offset` per channel: what is left of a BatchNorm that could not be folded."""
-
-    def __init__(self, channels: int, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.channels = channels
-        self.scale = self.add_weight(name="scale", shape=(channels,), initializer="ones", trainable=False)
-        self.offset = self.add_weight(name="offset", shape=(channels,), initializer="zeros", trainable=False)
-
-    def call(self, inputs):
-        return inputs * self.scale + self.offset
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "channels": self.channels}
-
-
-@keras.saving.register_keras_serializable(package="cnnserve")
-class CentralCrop(keras.layers.Layer):
-    """`CifarAugmentation` at inference: the central window, cast to float; no random ops."""
-
-    def __init__(self, crop: int, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.crop = crop
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.crop, self.crop, input_shape[3])
-
-    def call(self, inputs):
-        top = (inputs.shape[1] - self.crop) // 2
-        left = (inputs.shape[2] - self.crop) // 2
-        window = inputs[:, top : top + self.crop, left : left + self.crop, :]
-        return tf.cast(window, self.compute_dtype)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "crop": self.crop}
-
-
 # --------------------------------------------------------------------------- the plan
-
-
-@dataclass(frozen=True)
-class BatchNormFold:
-    """Where one BatchNorm went, and why."""
-
-    layer: str
-    kind: str  # "backward" | "forward" | "affine"
-    destination: str  # "into conv1", "forward into fc1 through pool1, flatten", "kept as affine"
-    reason: str
-    epsilon: float
-    target: str | None = None
-    through: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -251,21 +198,21 @@ def plan_folds(model: keras.Model) -> tuple[list[BatchNormFold], dict[str, _Affi
         epsilon = float(bn.epsilon)
         if not _channels_last_axis(bn):
             why = f"normalizes axis {bn.axis}, not the channel axis"
-            folds.append(BatchNormFold(bn.name, "affine", "kept as affine", why, epsilon))
+            folds.append(BatchNormFold(bn.name, FoldKind.AFFINE, "kept as affine", why, epsilon))
             continue
         target, why_not_back = _plan_backward(graph, bn)
         if target is not None:
-            folds.append(BatchNormFold(bn.name, "backward", f"into {target.name}", why_not_back,
+            folds.append(BatchNormFold(bn.name, FoldKind.BACKWARD, f"into {target.name}", why_not_back,
                                        epsilon, target.name))  # fmt: skip
             continue
         target, through, why = _plan_forward(graph, bn, affine)
         if target is not None:
             via = f" through {_names(through)}" if through else ""
-            folds.append(BatchNormFold(bn.name, "forward", f"forward into {target.name}{via}",
+            folds.append(BatchNormFold(bn.name, FoldKind.FORWARD, f"forward into {target.name}{via}",
                                        f"{why_not_back}; {why}", epsilon, target.name,
                                        tuple(layer.name for layer in through)))  # fmt: skip
             continue
-        folds.append(BatchNormFold(bn.name, "affine", "kept as affine",
+        folds.append(BatchNormFold(bn.name, FoldKind.AFFINE, "kept as affine",
                                    f"{why_not_back}; {why}", epsilon))  # fmt: skip
     return folds, affines
 
@@ -326,7 +273,7 @@ def fold_model(model: keras.Model) -> FoldedModel:
             continue
         target = model.get_layer(fold.target)
         kernel, bias = rewrites.get(target.name) or _kernel_bias(target)
-        rewrite = fold_backward if fold.kind == "backward" else fold_forward
+        rewrite = fold_backward if fold.kind is FoldKind.BACKWARD else fold_forward
         rewrites[target.name] = rewrite(target, kernel, bias, affines[fold.layer])
 
     new: dict[int, keras.KerasTensor] = {}
@@ -346,13 +293,13 @@ def fold_model(model: keras.Model) -> FoldedModel:
         if isinstance(layer, layers.BatchNormalization):
             fold = by_layer[layer.name]
             source = new[id(graph.input_of(layer))]
-            if fold.kind == "affine":
+            if fold.kind is FoldKind.AFFINE:
                 affine = affines[layer.name]
                 clone = ChannelAffine(affine.scale.size, name=f"{layer.name}_affine")
                 source = clone(source)
                 clone.set_weights([affine.scale.astype(np.float32), affine.offset.astype(np.float32)])
             new[id(output)] = source
-            if fold.kind != "forward":
+            if fold.kind is not FoldKind.FORWARD:
                 matching[layer.name] = (output, source)
             continue
         if isinstance(layer, cnn_layers.CifarAugmentation):
@@ -373,7 +320,7 @@ def fold_model(model: keras.Model) -> FoldedModel:
     for fold in folds:
         # Backward: the target's new output is the BN's (recorded under the BN's name).
         # Forward: the layers between BN and target carry values without the affine.
-        for name in (fold.target,) if fold.kind == "backward" else fold.through:
+        for name in (fold.target,) if fold.kind is FoldKind.BACKWARD else fold.through:
             matching.pop(name, None)
     outputs = [new[id(tensor)] for tensor in model.outputs]
     folded = keras.Model(new[id(model.inputs[0])], outputs[0], name=model.name)

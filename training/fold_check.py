@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from cnnserve.contracts.parity import MAX_ABS_LOGIT_DIFF, PARITY_LIMIT, REL_LOGIT_DIFF, Parity
+from cnnserve.contracts.run_dir import FoldKind
 from cnnserve.training.fold import FoldedModel, FoldError
 
 PARITY_IMAGES = 1000
@@ -136,7 +137,7 @@ def verify_fold(
 ) -> Parity:
     """Numerical and structural checks; raises FoldError naming the layer at fault."""
     bn_names = [f.layer for f in folded.folds]
-    affine_names = [f"{f.layer}_affine" for f in folded.folds if f.kind == "affine"]
+    affine_names = [f"{f.layer}_affine" for f in folded.folds if f.kind is FoldKind.AFFINE]
     leftovers = batchnorm_arithmetic(folded.model, bn_names, affine_names)
     if leftovers:
         raise FoldError(f"BatchNorm arithmetic left in the folded graph: {'; '.join(leftovers)}")

@@ -47,11 +47,10 @@ class PerImageStandardization(keras.layers.Layer):
 class LocalResponseNormalization(keras.layers.Layer):
     """tf.nn.local_response_normalization across channels (AlexNet / cuda-convnet).
 
-    `decomposed = True` (set by the TFLite exporter, never saved) computes the same function
-    from ops XNNPACK runs: x² → a 1x1 convolution with a banded weight → x / d^β. TFLite's own
-    LRN is a serial reference kernel that XNNPACK cannot take: `cifar10_convnet` ran at 24.6 ms
-    per batch of 64 with it and 5.9 ms decomposed (int8 exports keep these ops in float32).
-    TensorFlow keeps its fused LRN kernel.
+    `decomposed=True` computes the same function from ops XNNPACK runs: x² → a 1x1 convolution
+    with a banded weight → x / d^β, for converters whose own LRN kernel is slow (TFLite's is a
+    serial reference kernel XNNPACK cannot take). It is a tracing choice, not part of the
+    model: it is not saved, and `with_decomposed_lrn` builds the decomposed copy of a model.
     """
 
     def __init__(
@@ -60,6 +59,7 @@ class LocalResponseNormalization(keras.layers.Layer):
         bias: float = 1.0,
         alpha: float = 0.001 / 9.0,
         beta: float = 0.75,
+        decomposed: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -67,7 +67,7 @@ class LocalResponseNormalization(keras.layers.Layer):
         self.bias = bias
         self.alpha = alpha
         self.beta = beta
-        self.decomposed = False
+        self.decomposed = decomposed
 
     def call(self, inputs):
         if self.decomposed:
@@ -96,6 +96,20 @@ class LocalResponseNormalization(keras.layers.Layer):
             "alpha": self.alpha,
             "beta": self.beta,
         }
+
+
+def with_decomposed_lrn(model: keras.Model) -> keras.Model:
+    """A copy of `model` (same layer names and weights) whose LRN layers are decomposed; `model`
+    itself is left as it is."""
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, LocalResponseNormalization):
+            return LocalResponseNormalization(**layer.get_config(), decomposed=True)
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

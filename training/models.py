@@ -304,3 +304,8 @@ def flops_per_image(model: keras.Model) -> int:
         elif isinstance(layer, layers.Dense):
             total += 2 * layer.input.shape[-1] * layer.units
     return total
+
+
+def zoo_flops_per_image(name: str) -> int | None:
+    """`flops_per_image` of zoo model `name` as defined (None for a name not in the zoo)."""
+    return flops_per_image(build_model(name)) if name in ZOO else None

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from cnnserve import __version__
 from cnnserve.contracts.errors import CnnserveError
-from cnnserve.contracts.run_dir import METRICS_FILE, MODEL_FILE, RunInfo
+from cnnserve.contracts.run_dir import METRICS_FILE, MODEL_FILE, RunInfo, RunProvenance
 from cnnserve.training import report
 from cnnserve.training.checkpoints import TrainingRecord, TrainState, latest_checkpoint, restore_checkpoint
 from cnnserve.training.data import Dataset, load_dataset
@@ -439,13 +439,13 @@ def _finish(
         test_accuracy=test_eval.accuracy,
         cnnserve_version=__version__,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        extra={
-            "data_dir": str(config.data_dir.resolve()) if config.data_dir else None,
-            "val_size": len(dataset.val) if dataset.val is not None else 0,
-            "synthetic_size": config.synthetic_size if dataset.name == "synthetic" else None,
-            "train_size": len(dataset.train),
-            "distribute": config.distribute,
-        },
+        provenance=RunProvenance(
+            data_dir=str(config.data_dir.resolve()) if config.data_dir else None,
+            val_size=len(dataset.val) if dataset.val is not None else 0,
+            synthetic_size=config.synthetic_size if dataset.name == "synthetic" else None,
+            train_size=len(dataset.train),
+            distribute=config.distribute,
+        ),
     ).save(out)
     logger.finish(test_eval.accuracy, test_eval.loss, train_eval.accuracy, training_time_s, out)
     logger.console.print(

@@ -92,7 +92,7 @@ def test_onnx_export(name, zoo_runs, zoo_sources, tmp_path):
     assert metadata["model"] == name
 
     # The clean-up removed the Flatten shape arithmetic and never added nodes.
-    report = result.report
+    report = result.report.to_dict()
     assert report["nodes_after"] <= report["nodes_before"] == sum(report["ops_before"].values())
     assert "Shape" not in report["ops_after"] and "Gather" not in report["ops_after"]
     assert report["parity"]["max_abs_logit_diff"] <= MAX_ABS_LOGIT_DIFF
@@ -130,14 +130,14 @@ def test_tflite_float32_export(name, zoo_runs, zoo_sources, tmp_path):
     source = zoo_sources[name]
     result = export_run(zoo_runs[name], "tflite", repository=tmp_path, source=source)
     assert result.model_name == f"{name}_tflite"
-    assert result.report["parity"]["max_abs_logit_diff"] <= MAX_ABS_LOGIT_DIFF
+    assert result.report.to_dict()["parity"]["max_abs_logit_diff"] <= MAX_ABS_LOGIT_DIFF
     predict = TflitePredictor(result.path)
     images = source.test.images[:SECOND_BATCH]
     np.testing.assert_allclose(predict(images), _reference(source, images), atol=MAX_ABS_LOGIT_DIFF)
     assert ModelConfig.load(tmp_path / result.model_name).platform == "tflite"
     # LRN models run a decomposed LRN that XNNPACK takes, not TFLite's serial reference kernel.
     has_lrn = name in ("cifar10_convnet", "alexnet_bn")
-    assert result.report["lrn"] == ("decomposed" if has_lrn else None)
+    assert result.report.to_dict()["lrn"] == ("decomposed" if has_lrn else None)
     assert "LOCAL_RESPONSE_NORMALIZATION" not in _tflite_ops(result.path)
 
 
@@ -163,8 +163,8 @@ def test_tflite_float16_export(zoo_runs, zoo_sources, tmp_path):
         max_accuracy_drop_points=100.0,  # random weights on synthetic images: nothing to keep
     )  # fmt: skip
     assert result.model_name == "alexnet_bn_tflite_float16"
-    assert result.report["quantize"] == "float16"
-    assert result.report["parity"]["top1_agreement"] >= 0.98
+    assert result.report.to_dict()["quantize"] == "float16"
+    assert result.report.to_dict()["parity"]["top1_agreement"] >= 0.98
 
 
 def test_int8_keeps_the_decomposed_lrn_in_float32(zoo_runs, zoo_sources, tmp_path):
@@ -175,21 +175,21 @@ def test_int8_keeps_the_decomposed_lrn_in_float32(zoo_runs, zoo_sources, tmp_pat
         zoo_runs["cifar10_convnet"], "tflite", quantize="int8", repository=tmp_path, source=source,
         calibration_images=32, max_accuracy_drop_points=100.0,  # random weights: nothing to keep
     )  # fmt: skip
-    assert result.report["lrn"] == "decomposed, float32"
+    assert result.report.to_dict()["lrn"] == "decomposed, float32"
     ops = _tflite_ops(result.path)
     assert "LOCAL_RESPONSE_NORMALIZATION" not in ops
     assert ops.count("CONV_2D") == 4  # conv1, conv2 and the two banded sums
     # Two LRNs in float: each x², its banded Conv2D, two square roots, their product, the division.
-    float_ops = result.report["float_ops"]
+    float_ops = result.report.to_dict()["float_ops"]
     assert float_ops.count("SQRT") == 4 and float_ops.count("DIV") == 2 and float_ops.count("CONV_2D") == 2
-    assert result.report["parity"]["top1_agreement"] >= 0.9
+    assert result.report.to_dict()["parity"]["top1_agreement"] >= 0.9
 
 
 def test_int8_on_fashion_mnist_keeps_accuracy(fashion_run, tmp_path):
     """Full-integer int8 calibrated on real training images loses at most 1 point."""
     float_result = export_run(fashion_run, "tflite", repository=tmp_path)
     result = export_run(fashion_run, "tflite", quantize="int8", repository=tmp_path)
-    report = result.report
+    report = result.report.to_dict()
     assert report["float_test_accuracy"] > 0.75  # the briefly trained model really learned
     assert report["accuracy_drop_points"] <= 1.0
     assert report["test_accuracy"] == pytest.approx(report["float_test_accuracy"], abs=0.01)

@@ -37,11 +37,11 @@ def _plain_logits(path, images: np.ndarray) -> np.ndarray:
 
 def test_int8_keeps_accuracy_and_is_quantized(int8_repository):
     repository, float_result, result = int8_repository
-    report = result.report
+    report = result.report.to_dict()
     assert result.model_name == "mnist_cnn_int8" and result.path == repository / "mnist_cnn_int8/1/model.onnx"
     assert report["float_test_accuracy"] > 0.75  # the briefly trained model really learned
     assert report["accuracy_drop_points"] <= 1.0
-    assert report["test_accuracy"] == pytest.approx(float_result.report["test_accuracy"], abs=0.01)
+    assert report["test_accuracy"] == pytest.approx(float_result.report.to_dict()["test_accuracy"], abs=0.01)
     assert report["float_parity"]["top1_agreement"] == 1.0  # the float ONNX it came from was exact
     assert report["parity"]["top1_agreement"] >= 0.97 and report["parity"]["images"] == 1000
     # Both convolutions and both dense layers run in int8; the in-graph scaling, biases and
@@ -128,7 +128,7 @@ def test_int8_keeps_the_lrn_layers_in_float(zoo_runs, zoo_sources, tmp_path):
         source=zoo_sources["cifar10_convnet"], calibration_images=32,
         max_accuracy_drop_points=100.0,  # random weights on synthetic images: nothing to keep
     )  # fmt: skip
-    report = result.report
+    report = result.report.to_dict()
     assert len(report["excluded_nodes"]) == 2 * 6  # two LRNs: x², banded Conv, √, √√, product, division
     float_ops, int8_ops = report["float_ops"], report["int8_ops"]
     # 4 square roots and 2 divisions in the LRNs, 1 of each in the per-image standardization.

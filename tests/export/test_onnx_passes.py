@@ -7,12 +7,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from cnnserve.export.onnx_optimize import (
-    merge_sibling_convs,
-    rank_match_scalar_constants,
-    relu_before_max_pool,
-    remove_dead_nodes,
-)
+from cnnserve.export.onnx_passes.broadcast import rank_match_scalar_constants
+from cnnserve.export.onnx_passes.cleanup import remove_dead_nodes
+from cnnserve.export.onnx_passes.convs import merge_sibling_convs, relu_before_max_pool
 
 
 def _model(nodes, inputs, outputs, initializers) -> onnx.ModelProto:

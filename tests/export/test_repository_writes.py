@@ -189,8 +189,8 @@ def test_report_keeps_one_entry_per_repository_and_version(zoo_runs, zoo_sources
         (str(real.resolve()), 1), (str(scratch_repo.resolve()), 1), (str(scratch_repo.resolve()), 2)
     ]  # fmt: skip
     (real_entry,) = find_exports(report, repository=str(real.resolve()), version=1)
-    assert real_entry["created"] == again.report["created"] >= first.report["created"]
-    assert real_entry["nodes_after"] == again.report["nodes_after"]
+    assert real_entry["created"] == again.report.created >= first.report.created
+    assert real_entry["nodes_after"] == again.report.to_dict()["nodes_after"]
     # The fold writes its own section without touching the exports.
     update_report(run, "fold", {**report["fold"], "note": "refolded"})
     after = json.loads((run / REPORT_FILE).read_text())
