@@ -84,7 +84,7 @@ class QuantizedGraph:
             "excluded_nodes": list(self.excluded_nodes),
             "calibration_images": self.calibration_images,
             "calibration": "minmax",
-            "format": "QDQ",
+            "quantization_format": "QDQ",  # not "format": that key is the export format (onnx)
             "activations": "uint8",
             "weights": "int8, 7-bit range" if self.settings.reduce_range else "int8",
             **{key: value for key, value in asdict(self.settings).items() if key != "reduce_range"},

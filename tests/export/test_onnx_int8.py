@@ -49,6 +49,8 @@ def test_int8_keeps_accuracy_and_is_quantized(int8_repository):
     assert sorted(report["int8_ops"]) == ["Conv", "Conv", "MatMul", "MatMul", "MaxPool", "MaxPool", "Reshape"]
     assert set(report["float_ops"]) == {"Add", "Mul", "Softmax"}
     assert report["calibration_images"] == 300 and report["per_channel"] is True
+    # The entry names its export format, and the quantizer's format under its own key.
+    assert (report["format"], report["quantize"], report["quantization_format"]) == ("onnx", "int8", "QDQ")
     assert result.path.stat().st_size < float_result.path.stat().st_size / 3
 
     model = onnx.load(str(result.path))
