@@ -18,6 +18,7 @@ from pathlib import Path
 from cnnserve.bench import export_adapter
 from cnnserve.contracts.errors import CnnserveError
 from cnnserve.contracts.model_repository import CONFIG_FILE, ModelConfig, model_versions
+from cnnserve.contracts.run_dir import MODEL_FILE
 
 _LOGGER = logging.getLogger(__name__)
 # variant → (export format, quantize)
@@ -28,7 +29,6 @@ EXPORT_FORMATS: dict[str, tuple[str, str | None]] = {
     "tflite_float32": ("tflite", None),
     "tflite_int8": ("tflite", "int8"),
 }
-RUN_MODEL_FILE = "model.keras"
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def from_repository(repository: Path, model: str, variants: tuple[str, ...]) -> 
     configs = [config for config, _ in found.values()]
     files = {variant: path for variant, (_, path) in found.items() if variant in variants}
     if "tensorflow_unfolded" in variants:
-        runs = [Path(c.source_run) / RUN_MODEL_FILE for c in configs if c.source_run]
+        runs = [Path(c.source_run) / MODEL_FILE for c in configs if c.source_run]
         run_file = next((path for path in runs if path.is_file()), None)
         if run_file is None:
             missing["tensorflow_unfolded"] = "the repository does not name a training run with a model.keras"
@@ -109,7 +109,7 @@ def synthetic(model: str, variants: tuple[str, ...], workdir: Path) -> ModelArti
     workdir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     if "tensorflow_unfolded" in variants:
-        files["tensorflow_unfolded"] = workdir / RUN_MODEL_FILE
+        files["tensorflow_unfolded"] = workdir / MODEL_FILE
         keras_model.save(files["tensorflow_unfolded"])
     _LOGGER.info("converting synthetic %s (fold, ONNX, TFLite)", model)
     exported = export_adapter.export_synthetic(
