@@ -50,7 +50,7 @@ demo: setup
 	    --batch-sizes 1,64 --min-time-s 1 --plot $(DEMO_DIR)/bench_local.png
 
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 # The CPU benchmark set behind BENCHMARKS.md (models, in-process, through the server) into
 # $(BENCH_OUT)/*.json, and $(BENCH_OUT)/tables.md rendered from them; bench-peers puts Seldon
