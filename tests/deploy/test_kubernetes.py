@@ -63,8 +63,11 @@ def server_problems(deployment: dict[str, Any]) -> list[str]:
     if not security.get("runAsNonRoot"):
         problems.append("runAsNonRoot is not set")
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    if ports != {"grpc": args.port, "metrics": args.metrics_port}:
-        problems.append(f"container ports {ports} != --port {args.port}, --metrics-port {args.metrics_port}")
+    if ports != {"grpc": args.port, "http": args.http_port, "metrics": args.metrics_port}:
+        problems.append(
+            f"container ports {ports} != --port {args.port}, --http-port {args.http_port}, "
+            f"--metrics-port {args.metrics_port}"
+        )
     if not set(ports.values()) <= config.expose:
         problems.append(f"container ports {sorted(ports.values())} not all EXPOSEd ({sorted(config.expose)})")
     if args.host != "0.0.0.0":
@@ -176,6 +179,8 @@ def test_services_hpa_pdb_and_volume_point_at_the_deployment() -> None:
         assert spec["selector"].items() <= labels.items()
         grpc = next(port for port in spec["ports"] if port["name"] == "grpc")
         assert grpc["targetPort"] in port_names and grpc["appProtocol"] == "kubernetes.io/h2c"
+    http = next(port for port in found["Service/cnnserve"]["spec"]["ports"] if port["name"] == "http")
+    assert http["targetPort"] in port_names and http["port"] == 8000
     assert found["Service/cnnserve"]["spec"]["type"] == "ClusterIP"
     assert found["Service/cnnserve-headless"]["spec"]["clusterIP"] == "None"
     target = found["HorizontalPodAutoscaler/cnnserve"]["spec"]["scaleTargetRef"]
