@@ -16,6 +16,10 @@ MAX_ABS_LOGIT_DIFF = 1e-4
 # 4e-4 from summation order alone. numpy.allclose's rule: |Δ| ≤ 1e-4 + 1e-5·|logit|.
 REL_LOGIT_DIFF = 1e-5
 PARITY_LIMIT = f"{MAX_ABS_LOGIT_DIFF:g} + {REL_LOGIT_DIFF:g}·|logit|"
+# Verified on this many real test images, at each batch size (batch size against batch size:
+# oneDNN picks a different summation order per batch size). The fold and export CLIs default to it.
+PARITY_IMAGES = 1000
+PARITY_BATCH_SIZES = (1, 256)
 
 
 @dataclass(frozen=True)

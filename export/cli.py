@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cnnserve.contracts.parity import PARITY_IMAGES
 from cnnserve.training.api import import_tensorflow_quietly
 
 FORMAT_NAMES = ("savedmodel", "onnx", "tflite")
@@ -42,7 +43,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="for config.json: how long the server may hold a request to fill a batch (0)",
     )  # fmt: skip
     export.add_argument(
-        "--parity-images", type=int, default=1000, help="test images to verify on (default 1000)"
+        "--parity-images",
+        type=int,
+        default=PARITY_IMAGES,
+        help=f"test images to verify on (default {PARITY_IMAGES})",
     )
     export.add_argument(
         "--version-policy",

@@ -16,13 +16,14 @@ from cnnserve.contracts.model_repository import (
     TensorSpec,
     VersionPolicy,
 )
+from cnnserve.contracts.parity import PARITY_IMAGES
 from cnnserve.contracts.run_dir import load_run_info
 from cnnserve.export.leftovers import Leftover, clean_repository
 from cnnserve.export.repository import RepositoryError, VersionWriter
 from cnnserve.export.run_report import ExportReport, FormatExport, record_export
 from cnnserve.export.source import ExportSource, load_source
 from cnnserve.export.tflite_export import CALIBRATION_IMAGES, QUANTIZE_CHOICES
-from cnnserve.training.api import PARITY_IMAGES, zoo_flops_per_image
+from cnnserve.training.api import zoo_flops_per_image
 
 FORMATS = {
     "onnx": "onnxruntime_onnx",

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from cnnserve.contracts.names import INPUT_NAME, LOGITS, PROBABILITIES, SERVING_SIGNATURE
+from cnnserve.contracts.parity import PARITY_IMAGES
 from cnnserve.contracts.run_dir import (
     FOLDED_DIR,
     MODEL_FILE,
@@ -25,7 +26,7 @@ from cnnserve.contracts.run_dir import (
     load_run_info,
     read_fold_section,
 )
-from cnnserve.training.api import PARITY_IMAGES, Split, fold_run, fold_saved_run, load_split, run_batched
+from cnnserve.training.api import Split, fold_run, fold_saved_run, load_split, run_batched
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import numpy as np
 
 from cnnserve.contracts.errors import CnnserveError
-from cnnserve.contracts.parity import PARITY_LIMIT, Parity
+from cnnserve.contracts.parity import PARITY_BATCH_SIZES, PARITY_LIMIT, Parity
 from cnnserve.export.source import ExportSource
-from cnnserve.training.api import PARITY_BATCH_SIZES, Split, run_batched
+from cnnserve.training.api import Split, run_batched
 
 __all__ = ["ExportError", "Parity", "accuracy", "check_parity", "measure_parity"]
 

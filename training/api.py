@@ -15,8 +15,6 @@ if TYPE_CHECKING:
     from cnnserve.training.data import Split, synthetic_split
     from cnnserve.training.fold import FoldedModel, FoldError, fold_model
     from cnnserve.training.fold_check import (
-        PARITY_BATCH_SIZES,
-        PARITY_IMAGES,
         keras_predictor,
         run_batched,
     )
@@ -41,8 +39,6 @@ _PUBLIC = {
     "FoldReport": "cnnserve.training.fold_run",
     "fold_run": "cnnserve.training.fold_run",
     "fold_saved_run": "cnnserve.training.fold_run",
-    "PARITY_BATCH_SIZES": "cnnserve.training.fold_check",
-    "PARITY_IMAGES": "cnnserve.training.fold_check",
     "keras_predictor": "cnnserve.training.fold_check",
     "run_batched": "cnnserve.training.fold_check",
     # the folded SavedModel every later stage reads
@@ -55,8 +51,6 @@ _PUBLIC = {
     "import_tensorflow_quietly": "cnnserve.training.quiet_tf",
 }
 __all__ = [
-    "PARITY_BATCH_SIZES",
-    "PARITY_IMAGES",
     "FoldError",
     "FoldReport",
     "FoldedModel",

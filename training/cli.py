@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.parity import PARITY_IMAGES
 from cnnserve.training.data import DATASETS
 from cnnserve.training.quiet_tf import import_tensorflow_quietly
 
@@ -81,7 +82,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     fold.add_argument("run", type=Path, metavar="RUN", help="run directory from 'cnnserve train'")
     fold.add_argument("--data-dir", type=Path, help="dataset folder, if the run used --data-dir")
     fold.add_argument(
-        "--parity-images", type=int, default=1000, help="test images to verify on (default 1000)"
+        "--parity-images",
+        type=int,
+        default=PARITY_IMAGES,
+        help=f"test images to verify on (default {PARITY_IMAGES})",
     )
     fold.set_defaults(handler=run_fold)
 

@@ -15,12 +15,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cnnserve.contracts.parity import MAX_ABS_LOGIT_DIFF, PARITY_LIMIT, REL_LOGIT_DIFF, Parity
+from cnnserve.contracts.parity import (
+    MAX_ABS_LOGIT_DIFF,
+    PARITY_BATCH_SIZES,
+    PARITY_LIMIT,
+    REL_LOGIT_DIFF,
+    Parity,
+)
 from cnnserve.contracts.run_dir import FoldKind
 from cnnserve.training.fold import FoldedModel, FoldError
 
-PARITY_IMAGES = 1000
-PARITY_BATCH_SIZES = (1, 256)
 # Ops that are BatchNorm arithmetic wherever they appear.
 BN_OP_TYPES = frozenset(
     {"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3", "BatchNormWithGlobalNormalization"}

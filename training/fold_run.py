@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cnnserve.contracts.parity import PARITY_LIMIT, Parity
+from cnnserve.contracts.parity import PARITY_BATCH_SIZES, PARITY_IMAGES, PARITY_LIMIT, Parity
 from cnnserve.contracts.run_dir import (
     FOLD_SECTION,
     FOLDED_DIR,
@@ -32,8 +32,6 @@ from cnnserve.contracts.run_dir import (
 from cnnserve.training.data import Split
 from cnnserve.training.fold import FoldError, fold_model
 from cnnserve.training.fold_check import (
-    PARITY_BATCH_SIZES,
-    PARITY_IMAGES,
     batchnorm_arithmetic,
     keras_predictor,
     run_batched,
