@@ -6,6 +6,9 @@ and the same `fit` loop as `cnnserve train` (source optimizer, loss and batch si
 FLOPs are counted as 3× the forward pass (the backward pass computes gradients for both the
 inputs and the weights of each layer); the peak is `peak.measure_peak`, measured in the same run.
 `--jit-compile both` times Keras's default (no XLA on CPU) and XLA on the same model.
+`--onednn both` times each model with TensorFlow's Eigen kernels and with oneDNN's, one child
+process per setting (TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, when it loads), back to back
+and against one peak, so a slow spell of a shared machine lands on both.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +28,7 @@ import numpy as np
 from cnnserve.contracts.errors import CnnserveError
 
 JIT_MODES = ("off", "on", "both")
+ONEDNN_MODES = ("on", "off", "both")
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,7 @@ class TrainPoint:
     gflops: float
     peak_percent: float
     forward_flops_per_image: int
+    onednn: bool | None = None  # TensorFlow's own answer: were oneDNN's kernels on?
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,6 +69,7 @@ def measure_model(
     from cnnserve.training.data import Split
     from cnnserve.training.models import flops_per_image, get_spec
     from cnnserve.training.pipeline import training_pipeline
+    from cnnserve.training.quiet_tf import onednn_enabled
     from cnnserve.training.train import compile_for_training
 
     spec = get_spec(name)
@@ -83,7 +92,7 @@ def measure_model(
     gflops = 3 * forward * batch * steps / seconds / 1e9
     return TrainPoint(
         name, batch, xla, steps, seconds, batch * steps / seconds, 1000 * seconds / steps, gflops,
-        100 * gflops / peak_gflops, forward,
+        100 * gflops / peak_gflops, forward, onednn_enabled(),
     )  # fmt: skip
 
 
@@ -96,13 +105,14 @@ def run_train_bench(
     min_time_s: float = 10.0,
     peak_size: int = 2048,
     peak_repeats: int = 10,
+    peak_gflops: float | None = None,
 ) -> tuple[float, list[TrainPoint]]:
     """Returns (matmul peak GFLOP/s, one point per model and XLA setting)."""
     from cnnserve.bench.peak import measure_peak
 
     if jit not in JIT_MODES:
         raise CnnserveError(f"--jit-compile must be one of {', '.join(JIT_MODES)}, received {jit!r}")
-    peak = measure_peak(threads, peak_size, peak_repeats).gflops
+    peak = peak_gflops or measure_peak(threads, peak_size, peak_repeats).gflops
     settings = {"off": (False,), "on": (True,), "both": (False, True)}[jit]
     points = [
         measure_model(name, batch_size, xla, warmup_steps, min_time_s, peak)
@@ -129,6 +139,12 @@ def register(stages: argparse._SubParsersAction) -> None:
     train.add_argument("--min-time-s", type=float, default=10.0, help="shortest timed fit per model")
     train.add_argument("--peak-size", type=int, default=2048, help="largest matmul of the peak measurement")
     train.add_argument("--peak-repeats", type=int, default=10, help="timed matmuls per size for the peak")
+    train.add_argument("--peak-gflops", type=float, help="use this matmul peak instead of measuring one")
+    train.add_argument(
+        "--onednn", choices=ONEDNN_MODES,
+        help="TensorFlow's oneDNN kernels: on, off, or both (each setting in its own process); "
+        "default: the environment's TF_ENABLE_ONEDNN_OPTS, else on",
+    )  # fmt: skip
     train.add_argument("--json", type=Path, help="write the points as JSON")
     train.set_defaults(handler=run_train_command)
 
@@ -137,7 +153,15 @@ def run_train_command(args: argparse.Namespace) -> int:
     threads = args.threads or os.cpu_count() or 1
     if threads < 1 or (args.batch_size is not None and args.batch_size < 1) or args.min_time_s <= 0:
         raise CnnserveError("--threads, --batch-size and --min-time-s must be positive")
+    if args.peak_gflops is not None and args.peak_gflops <= 0:
+        raise CnnserveError(f"--peak-gflops must be positive, received {args.peak_gflops:g}")
     os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)  # before TensorFlow loads
+    from cnnserve.training import ONEDNN_VARIABLE
+
+    if args.onednn in ("on", "off"):
+        if "tensorflow" in sys.modules:
+            raise CnnserveError("--onednn: TensorFlow was loaded before the setting could apply")
+        os.environ[ONEDNN_VARIABLE] = "1" if args.onednn == "on" else "0"
     from cnnserve.training.quiet_tf import import_tensorflow_quietly
 
     import_tensorflow_quietly()
@@ -147,10 +171,13 @@ def run_train_command(args: argparse.Namespace) -> int:
     unknown = [name for name in names if name not in ZOO]
     if unknown:
         raise CnnserveError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(ZOO)} or 'all'")
-    peak, points = run_train_bench(
-        names, args.batch_size, args.jit_compile, threads, min_time_s=args.min_time_s,
-        peak_size=args.peak_size, peak_repeats=args.peak_repeats,
-    )  # fmt: skip
+    if args.onednn == "both":
+        peak, points = _each_onednn_setting(args, names, threads)
+    else:
+        peak, points = run_train_bench(
+            names, args.batch_size, args.jit_compile, threads, min_time_s=args.min_time_s,
+            peak_size=args.peak_size, peak_repeats=args.peak_repeats, peak_gflops=args.peak_gflops,
+        )  # fmt: skip
 
     from cnnserve.bench import console
 
@@ -159,3 +186,29 @@ def run_train_command(args: argparse.Namespace) -> int:
         record = {"peak_gflops": peak, "threads": threads, "points": [p.as_dict() for p in points]}
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     return 0
+
+
+def _each_onednn_setting(
+    args: argparse.Namespace, names: list[str], threads: int
+) -> tuple[float, list[TrainPoint]]:
+    """Per model, Eigen then oneDNN, each a `bench train` child of its own against one peak."""
+    from cnnserve.bench.peak import measure_peak
+
+    peak = args.peak_gflops or measure_peak(threads, args.peak_size, args.peak_repeats).gflops
+    points: list[TrainPoint] = []
+    with tempfile.TemporaryDirectory(prefix="cnnserve-bench-train-") as folder:
+        for name in names:
+            for setting in ("off", "on"):
+                out = Path(folder) / f"{name}-{setting}.json"
+                command = [
+                    sys.executable, "-m", "cnnserve", "bench", "train", "--model", name, "--onednn", setting,
+                    "--jit-compile", args.jit_compile, "--threads", str(threads), "--min-time-s",
+                    str(args.min_time_s), "--peak-gflops", str(peak), "--json", str(out),
+                    *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
+                ]  # fmt: skip
+                child = subprocess.run(command, capture_output=True, text=True)
+                if child.returncode != 0:
+                    tail = (child.stderr or child.stdout).strip().splitlines()[-5:]
+                    raise CnnserveError(f"{name} with --onednn {setting} failed: " + " | ".join(tail))
+                points += [TrainPoint(**p) for p in json.loads(out.read_text())["points"]]
+    return peak, points

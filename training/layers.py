@@ -185,3 +185,46 @@ class CifarAugmentation(keras.layers.Layer):
             "contrast_range": list(self.contrast_range),
             "seed": self.seed,
         }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """Keras's BatchNormalization whose training steps on NHWC feature maps run TensorFlow's
+    fused kernel (FusedBatchNormV3, oneDNN's on CPU) and its fused gradient.
+
+    Keras 3 computes a training step's moments and the normalisation as separate ops; the fused
+    kernel does both in one pass over the maps, which trained inception_bn about 1.2× faster
+    (BENCHMARKS.md). The statistics are Keras's: the moving variance is updated with the batch's
+    biased variance (the kernel returns the unbiased one, which is rescaled), with the same
+    momentum formula. Inference, masks, renorm, synchronised (multi-worker) BN, other dtypes and
+    inputs that are not 4-D channels-last take Keras's own path, and the layer is a
+    `BatchNormalization` to everything that folds, recalibrates or counts it.
+    """
+
+    def _fusable(self, inputs, training, mask) -> bool:
+        return bool(
+            training
+            and self.trainable
+            and mask is None
+            and not self.renorm
+            and not self.synchronized
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and inputs.dtype == tf.float32
+            and self.compute_dtype == "float32"
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, training, mask):
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        gamma = self.gamma if self.scale else tf.ones([channels], tf.float32)
+        beta = self.beta if self.center else tf.zeros([channels], tf.float32)
+        outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True
+        )
+        count = tf.cast(tf.size(inputs) // channels, tf.float32)
+        variance = unbiased_variance * (count - 1.0) / tf.maximum(count, 1.0)
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        return outputs

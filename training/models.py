@@ -16,6 +16,7 @@ from keras import initializers, layers, regularizers
 from cnnserve.contracts.errors import CnnserveError
 from cnnserve.training.layers import (
     CifarAugmentation,
+    FusedBatchNormalization,
     LocalResponseNormalization,
     MeanImageSubtraction,
     PerImageStandardization,
@@ -63,7 +64,8 @@ def _truncated(stddev: float) -> initializers.Initializer:
 
 
 def _bn(name: str, momentum: float = 0.99) -> layers.BatchNormalization:
-    return layers.BatchNormalization(momentum=momentum, epsilon=BN_EPSILON, name=name)
+    # Keras's BatchNormalization, trained with TensorFlow's fused kernel (layers.py says why).
+    return FusedBatchNormalization(momentum=momentum, epsilon=BN_EPSILON, name=name)
 
 
 # --------------------------------------------------------------------------- 1. mnist_cnn

@@ -25,3 +25,12 @@ def import_tensorflow_quietly() -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def onednn_enabled() -> bool | None:
+    """Whether the loaded TensorFlow runs oneDNN's kernels (its own answer; None if it cannot say)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())

@@ -30,3 +30,26 @@ def test_bench_train_measures_a_model_against_the_peak(tmp_path: Path, capsys):
 def test_bench_train_unknown_model_is_a_one_line_error(capsys):
     assert main(["bench", "train", "--model", "vgg"]) == 2
     assert "unknown model(s) vgg" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_onednn_both_times_each_setting_in_its_own_process(tmp_path: Path):
+    """Eigen then oneDNN per model, each as TensorFlow itself reports it, against one given peak."""
+    out = tmp_path / "train.json"
+    args = ["bench", "train", "--model", "mnist_cnn", "--batch-size", "32", "--min-time-s", "0.2",
+            "--onednn", "both", "--peak-gflops", "100"]  # fmt: skip
+    assert main([*args, "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["peak_gflops"] == 100
+    assert [(p["model"], p["onednn"]) for p in record["points"]] == [
+        ("mnist_cnn", False),
+        ("mnist_cnn", True),
+    ]
+    for point in record["points"]:
+        assert point["batch_size"] == 32 and point["steps"] >= 2
+        assert point["peak_percent"] == pytest.approx(point["gflops"])  # of the given 100 GFLOP/s
+
+
+def test_bench_train_refuses_a_non_positive_peak(capsys):
+    assert main(["bench", "train", "--model", "mnist_cnn", "--peak-gflops", "0"]) == 2
+    assert "--peak-gflops must be positive" in capsys.readouterr().err
