@@ -53,11 +53,12 @@ start_server delay2 --max-queue-delay-ms 2
 bench mnist_delay2 --model mnist_cnn --protocol v2 --concurrency 1,32 --noop-model ''
 stop_server
 
-# ONNX Runtime's session options through the server.
-for option in spinning threads1; do
+# ONNX Runtime's session options through the server, and the standard library's event loop.
+for option in spinning threads1 asyncio; do
   case $option in
     spinning) flags=(--cpu-spinning) ;;
     threads1) flags=(--cpu-threads 1) ;;
+    asyncio) flags=(--event-loop asyncio) ;;
   esac
   start_server "$option" "${flags[@]}"
   bench "opt_${option}" --model mnist_cnn --protocol v2 --concurrency 1,32 --noop-model ''

@@ -29,6 +29,8 @@ SERVER_RUNS = (
     ("opt_spinning_64", "`mnist_cnn`, V2, 64 images/request, `--cpu-spinning`"),
     ("opt_threads1", "`mnist_cnn`, V2, server started with `--cpu-threads 1`"),
     ("opt_threads1_64", "`mnist_cnn`, V2, 64 images/request, `--cpu-threads 1`"),
+    ("opt_asyncio", "`mnist_cnn`, V2, server started with `--event-loop asyncio` (the default is uvloop)"),
+    ("opt_asyncio_64", "`mnist_cnn`, V2, 64 images/request, `--event-loop asyncio`"),
 )
 OPEN_RUNS = (("mnist_open", "`mnist_cnn`, V2, open loop (Poisson arrivals)"),)
 

@@ -215,7 +215,8 @@ class Batcher:
         now = self._clock()
         if deadline_ns is not None and deadline_ns <= now:
             raise DeadlineExceeded(f"deadline passed before the request reached {self.name!r}")
-        pending = _Pending(images, asyncio.get_running_loop().create_future(), now, deadline_ns)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(images, loop.create_future(), now, deadline_ns)
         with self._lock:
             if self._closed:
                 raise ShuttingDown(f"model {self.name!r} is shutting down; retry on another replica")
@@ -228,21 +229,34 @@ class Batcher:
             self._queued_requests += 1
             self._queued_images += pending.rows
             self._lock.notify()
+        # One timer per request with a deadline (asyncio.wait_for would add a waiter future
+        # and two callbacks to every call on the loop's thread).
+        timer = (
+            None if deadline_ns is None else loop.call_later((deadline_ns - now) / 1e9, self._expire, pending)
+        )
         try:
-            if deadline_ns is None:
-                return await pending.future
-            return await asyncio.wait_for(pending.future, (deadline_ns - now) / 1e9)
-        except TimeoutError:
-            self._withdraw(pending)
-            waited_ms = (self._clock() - pending.enqueued_ns) / 1e6
-            raise DeadlineExceeded(
-                f"deadline exceeded after {waited_ms:.1f} ms waiting for model {self.name!r}"
-            ) from None
+            return await pending.future
         except asyncio.CancelledError:
             self._withdraw(pending)  # the caller is gone: free its slot now
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     # ----------------------------------------------------------------- event loop's thread
+
+    def _expire(self, pending: _Pending) -> None:
+        """The request's deadline passed before its outputs came: answer DEADLINE_EXCEEDED now;
+        its queue slot is freed and rows not yet batched are skipped."""
+        if pending.future.done():
+            return
+        with self._lock:
+            pending.abandoned = True
+            self._uncount(pending)
+        waited_ms = (self._clock() - pending.enqueued_ns) / 1e6
+        pending.future.set_exception(
+            DeadlineExceeded(f"deadline exceeded after {waited_ms:.1f} ms waiting for model {self.name!r}")
+        )
 
     def _withdraw(self, pending: _Pending) -> None:
         """The caller gave up: free its queue slot now; rows not yet batched are skipped."""

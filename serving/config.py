@@ -16,6 +16,7 @@ from cnnserve.serving.cuda_options import CudaOptions
 
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 LOG_FORMATS = ("text", "json")
+EVENT_LOOPS = ("uvloop", "asyncio")
 MIB = 1024 * 1024
 # Encoded image files a request may send: the bytes of one file and the pixels its header may
 # declare, both checked before any decoding (decompression bombs).
@@ -106,6 +107,8 @@ class ServerOptions:
     max_image_bytes: int = MAX_IMAGE_BYTES  # one encoded image file
     max_image_pixels: int = MAX_IMAGE_PIXELS  # what an encoded image's header may declare
     access_log: bool = False  # one line per inference request (access_log.py says why off)
+    # uvloop runs the same gRPC and HTTP handlers with less event-loop cost per call (BENCHMARKS.md).
+    event_loop: str = "uvloop"
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
@@ -114,6 +117,8 @@ class ServerOptions:
             )
         if self.max_image_bytes < 1 or self.max_image_pixels < 1:
             raise CnnserveError("--max-image-bytes and --max-image-pixels must be >= 1")
+        if self.event_loop not in EVENT_LOOPS:
+            raise CnnserveError(f"--event-loop must be uvloop or asyncio, got {self.event_loop!r}")
         if self.log_format not in LOG_FORMATS:
             raise CnnserveError(f"--log-format must be text or json, got {self.log_format!r}")
         if not 1 <= self.workers <= 256:

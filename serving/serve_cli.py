@@ -13,7 +13,15 @@ from pathlib import Path
 
 from cnnserve.contracts.errors import CnnserveError
 from cnnserve.contracts.names import DEFAULT_MAX_QUEUE_SIZE, DEVICES
-from cnnserve.serving.config import LOG_FORMATS, MIB, MODEL_CONTROL_MODES, Override, ServerOptions, TlsConfig
+from cnnserve.serving.config import (
+    EVENT_LOOPS,
+    LOG_FORMATS,
+    MIB,
+    MODEL_CONTROL_MODES,
+    Override,
+    ServerOptions,
+    TlsConfig,
+)
 from cnnserve.serving.cuda_options import CudaOptions
 
 # ServerOptions' own defaults, by field name: what an unset flag means.
@@ -186,6 +194,12 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         help=f"seconds between repository scans (default: {DEFAULTS['poll_interval_s']:g})",
     )
     serve.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default=DEFAULTS["event_loop"],
+        help=f"asyncio event loop the gRPC and HTTP handlers run on (default: {DEFAULTS['event_loop']})",
+    )
+    serve.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
         default=DEFAULTS["log_format"],
@@ -246,6 +260,7 @@ def build_options(args: argparse.Namespace) -> ServerOptions:
         workers=_workers(args.workers),
         cuda=_cuda(args),
         log_format=args.log_format,
+        event_loop=args.event_loop,
         max_image_bytes=args.max_image_bytes,
         max_image_pixels=args.max_image_pixels,
         access_log=args.access_log,

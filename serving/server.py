@@ -224,10 +224,11 @@ async def _listen(server: _Server) -> None:
     options, worker = server.options, server.worker
     await server.grpc_server.start()
     _LOGGER.info(
-        "listening on %s:%d (%s); loading models (model control: %s)",
+        "listening on %s:%d (%s, %s event loop); loading models (model control: %s)",
         options.host,
         server.grpc_port,
         "TLS" if options.tls else "plaintext",
+        options.event_loop,
         options.model_control,
     )
     if worker is not None:  # private: the supervisor and the other workers read it
@@ -360,4 +361,18 @@ def _control(manager: ModelManager, loop: asyncio.AbstractEventLoop) -> Callable
 
 
 def run(options: ServerOptions, worker: WorkerSlot | None = None) -> int:
-    return asyncio.run(serve(options, worker))
+    with asyncio.Runner(loop_factory=event_loop_factory(options.event_loop)) as runner:
+        return runner.run(serve(options, worker))
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's loop (libuv) or the standard library's; grpc.aio and aiohttp run on either."""
+    if name == "asyncio":
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:
+        raise CnnserveError(
+            "--event-loop uvloop: uvloop is not installed; pass --event-loop asyncio"
+        ) from None
+    return uvloop.new_event_loop

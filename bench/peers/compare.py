@@ -30,7 +30,7 @@ import peer_configs  # this folder's module, beside the script
 
 from cnnserve.bench.serve_process import LOOPBACK, ServerProcess, free_port, start_cnnserve
 
-SERVERS = ("cnnserve", "mlserver", "kserve")
+SERVERS = ("cnnserve", "mlserver", "kserve", "ceiling")
 PEERS_DIR = Path(os.environ.get("CNNSERVE_PEERS_DIR", Path.home() / ".cache" / "cnnserve-peers"))
 START_TIMEOUT_S = 180.0
 IN_PROCESS_BATCH = 64
@@ -143,6 +143,12 @@ def launch(name: str, settings: Settings, model: peer_configs.ModelFile) -> tupl
         argv = peer_configs.kserve_argv(model, grpc_port, free_port())
         command = [str(_peer_python(settings, "kserve")), str(script), *argv]
         server = ServerProcess(name, command, logs / "kserve.log", own_session=True)
+    elif name == "ceiling":
+        script = Path(__file__).resolve().parent / "ceiling_server.py"
+        command = [sys.executable, str(script), "--host", LOOPBACK, "--port", str(grpc_port),
+                   "--model", model.name, "--image-shape", ",".join(map(str, model.image_shape)),
+                   "--classes", str(model.classes)]  # fmt: skip
+        server = ServerProcess(name, command, logs / "ceiling.log", own_session=True)
     else:
         raise SystemExit(f"compare.py: unknown server {name!r}; choose from {', '.join(SERVERS)}")
     server.start()
@@ -187,7 +193,7 @@ def measure_in_process(path: Path, batch_size: int = IN_PROCESS_BATCH, min_time_
 
 
 def peer_versions(settings: Settings, name: str) -> dict[str, str]:
-    if name == "cnnserve":
+    if name in ("cnnserve", "ceiling"):
         from cnnserve.bench.system import library_versions
 
         return library_versions()
@@ -285,6 +291,8 @@ def _label(name: str, entry: dict) -> str:
         return f"Seldon MLServer {versions.get('mlserver', '?')} (ORT {ort}, {batching})"
     if name == "kserve":
         return f"KServe {versions.get('kserve', '?')} ModelServer (ORT {ort}, no batching)"
+    if name == "ceiling":
+        return f"grpc.aio servicer, fixed reply, no model (grpcio {versions.get('grpcio', '?')}; the ceiling)"
     return f"cnnserve {versions.get('cnnserve', '?')} (ORT {versions.get('onnxruntime-gpu', '?')})"
 
 

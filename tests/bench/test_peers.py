@@ -68,7 +68,7 @@ def test_kserve_argv_uses_only_model_server_flags(model):
 
 
 def test_peer_runtimes_compile():
-    for name in ("mlserver_onnx.py", "kserve_onnx.py", "extract_schemas.py"):
+    for name in ("mlserver_onnx.py", "kserve_onnx.py", "extract_schemas.py", "ceiling_server.py"):
         py_compile.compile(str(PEERS / name), doraise=True)
 
 
@@ -98,14 +98,18 @@ def test_table_command_prints_a_recorded_run(capsys):
 @pytest.mark.slow
 def test_the_driver_measures_cnnserve_end_to_end(noop_repository, tmp_path):
     """The driver's own path (start, answer check, the load generator, stop, in-process ORT) on
-    cnnserve alone: the peers need their virtualenvs, which only `make bench-peers` builds."""
-    settings = compare.Settings(noop_repository, "noop", ("cnnserve",), (1, 2), 0.3, 0.2, tmp_path / "peers",
-                                tmp_path, channels=2, in_process_s=0.2)  # fmt: skip
+    cnnserve and the fixed-reply ceiling, which run in this venv: the peers need their
+    virtualenvs, which only `make bench-peers` builds."""
+    settings = compare.Settings(noop_repository, "noop", ("cnnserve", "ceiling"), (1, 2), 0.3, 0.2,
+                                tmp_path / "peers", tmp_path, channels=2, in_process_s=0.2)  # fmt: skip
     result = compare.run(settings)
-    records = result["servers"]["cnnserve"]["records"]
-    assert [(r["concurrency"], r["errors"]) for r in records] == [(1, 0), (2, 0)]
-    assert all(r["requests"] > 0 and r["protocol"] == "v2" for r in records)
-    assert records[1]["channels"] == 2
+    for name in ("cnnserve", "ceiling"):
+        records = result["servers"][name]["records"]
+        assert [(r["concurrency"], r["errors"]) for r in records] == [(1, 0), (2, 0)]
+        assert all(r["requests"] > 0 and r["protocol"] == "v2" for r in records)
+        assert records[1]["channels"] == 2
+    (row,) = [line for line in compare.table(result, 1, 2).splitlines() if "fixed reply" in line]
+    assert "grpcio 1.85.1" in row
     assert result["in_process"]["batch_size"] == 64 and result["in_process"]["images_per_s"] > 0
     assert result["onnx"]["path"] == str((noop_repository / "noop" / "1" / "model.onnx").resolve())
 

@@ -1,0 +1,157 @@
+"""Two `cnnserve serve` configurations side by side: the same load, alternated, several rounds.
+
+Both servers run at once on free loopback ports (the idle one costs next to nothing) and each
+round measures A then B with `cnnserve bench server`'s V2 load generator at the same levels, so
+a slow spell of a shared machine lands on both, and the spread over rounds shows the noise.
+Writes one JSON and prints a markdown table: per level, each round's A and B and the median of
+B over A.
+
+    .venv/bin/python -m cnnserve.bench.server_ab --repository bench_results/models --model mnist_cnn \\
+        --a "--event-loop asyncio" --b "--event-loop uvloop" --rounds 3 --json runs/ab/event_loop.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cnnserve.bench.serve_process import LOOPBACK, start_cnnserve
+from cnnserve.bench.server_bench import ServerPlan, run_server_bench
+
+
+@dataclass(frozen=True)
+class Level:
+    concurrency: int
+    images_per_request: int
+
+    @property
+    def label(self) -> str:
+        return f"c={self.concurrency}, {self.images_per_request} img/req"
+
+
+def parse_levels(text: str) -> tuple[Level, ...]:
+    """`1,32,2x64`: concurrency, or concurrency x images per request."""
+    levels = []
+    for item in text.split(","):
+        concurrency, _, images = item.partition("x")
+        try:
+            levels.append(Level(int(concurrency), int(images or 1)))
+        except ValueError:
+            raise SystemExit(f"server_ab: --levels takes C or CxIMAGES items, received {item!r}") from None
+    if not levels or min(min(lv.concurrency, lv.images_per_request) for lv in levels) < 1:
+        raise SystemExit(
+            f"server_ab: --levels must name at least one level of positive numbers, received {text!r}"
+        )
+    return tuple(levels)
+
+
+def measure(target: str, model: str, level: Level, duration_s: float, warmup_s: float) -> dict:
+    plan = ServerPlan(
+        target=target, model=model, protocol="v2", concurrency=(level.concurrency,),
+        images_per_request=level.images_per_request, duration_s=duration_s, warmup_s=warmup_s,
+    )  # fmt: skip
+    sweep = asyncio.run(run_server_bench(plan))
+    if sweep.stopped:
+        raise SystemExit(f"server_ab: {target}: {sweep.stopped}")
+    (record,) = sweep.records
+    return record.to_dict()
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict:
+    levels = parse_levels(args.levels)
+    common = ["--repository", str(args.repository), "--models", args.model, "--host", LOOPBACK, "--port", "0",
+              "--http-port", "off", "--metrics-port", "off", "--model-control", "none"]  # fmt: skip
+    flags = {"a": shlex.split(args.a), "b": shlex.split(args.b)}
+    result: dict = {
+        "kind": "server_ab",
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": args.model,
+        "a": args.a,
+        "b": args.b,
+        "levels": [asdict(level) for level in levels],
+        "duration_s": args.duration,
+        "rounds": [],
+    }
+    servers = {}
+    try:
+        for side in ("a", "b"):
+            servers[side] = start_cnnserve([*common, *flags[side]], workdir, name=f"server_{side}")
+        for index in range(args.rounds):
+            print(f"server_ab: round {index + 1} of {args.rounds}", file=sys.stderr)
+            records = {side: [] for side in ("a", "b")}
+            for level in levels:
+                for side in ("a", "b"):
+                    target = servers[side][1].grpc_target
+                    records[side].append(measure(target, args.model, level, args.duration, args.warmup))
+            result["rounds"].append(records)
+    finally:
+        for server, _ in servers.values():
+            server.stop()
+    return result
+
+
+def table(result: dict) -> str:
+    """Per level: req/s and p50 of A and B in each round, then the median ratio B / A."""
+    a, b = result["a"] or "(defaults)", result["b"] or "(defaults)"
+    lines = [
+        f"A: `{a}`; B: `{b}`; {result['model']}, V2, {len(result['rounds'])} round(s) of "
+        f"{result['duration_s']:g} s per level, A then B.",
+        "",
+        "| level | A req/s by round | B req/s by round | B / A req/s (median) | A p50 ms | B p50 ms "
+        "| B / A p50 (median) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for index, level in enumerate(result["levels"]):
+        pairs = [(r["a"][index], r["b"][index]) for r in result["rounds"]]
+        rps = statistics.median(y["requests_per_s"] / x["requests_per_s"] for x, y in pairs)
+        p50 = statistics.median(y["p50_ms"] / x["p50_ms"] for x, y in pairs)
+        label = Level(**level).label
+        cells = [
+            " / ".join(f"{pair[side][field]:{spec}}" for pair in pairs)
+            for field, spec in (("requests_per_s", ",.0f"), ("p50_ms", ".2f"))
+            for side in (0, 1)
+        ]
+        lines.append(
+            f"| {label} | {cells[0]} | {cells[1]} | {rps:.2f}× | {cells[2]} | {cells[3]} | {p50:.2f}× |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, default=Path("bench_results/models"))
+    parser.add_argument("--model", default="mnist_cnn")
+    parser.add_argument("--a", default="", help="serve flags of server A, one string")
+    parser.add_argument("--b", default="", help="serve flags of server B, one string")
+    parser.add_argument("--levels", default="1,32,2x64", help="C or CxIMAGES items (default: 1,32,2x64)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--json", type=Path, help="write the run here")
+    parser.add_argument("--table", type=Path, metavar="JSON", help="only print the table of a recorded run")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return 0
+    if args.rounds < 1:
+        raise SystemExit("server_ab: --rounds must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="cnnserve-ab-") as workdir:
+        result = run(args, Path(workdir))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

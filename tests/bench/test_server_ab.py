@@ -1,0 +1,72 @@
+"""bench/server_ab.py: two real servers, one per event loop, measured in alternation, and its table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cnnserve.bench import server_ab
+
+
+def test_levels_parse_concurrency_and_images_per_request():
+    assert server_ab.parse_levels("1,32,2x64") == (
+        server_ab.Level(1, 1),
+        server_ab.Level(32, 1),
+        server_ab.Level(2, 64),
+    )
+    with pytest.raises(SystemExit, match="C or CxIMAGES items, received 'x'"):
+        server_ab.parse_levels("1,x")
+    with pytest.raises(SystemExit, match="positive numbers"):
+        server_ab.parse_levels("0")
+
+
+@pytest.mark.slow
+def test_both_event_loops_serve_and_the_table_reads_the_rounds(noop_repository: Path, tmp_path: Path, capsys):
+    out = tmp_path / "ab.json"
+    argv = ["--repository", str(noop_repository), "--model", "noop", "--a", "--event-loop asyncio",
+            "--b", "--event-loop uvloop", "--levels", "1,2x4", "--rounds", "2", "--duration", "0.3",
+            "--warmup", "0.1", "--json", str(out)]  # fmt: skip
+    assert server_ab.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert len(result["rounds"]) == 2
+    for records in result["rounds"]:
+        for side in ("a", "b"):
+            got = [(r["concurrency"], r["images_per_request"], r["errors"]) for r in records[side]]
+            assert got == [(1, 1, 0), (2, 4, 0)]
+            assert all(r["requests"] > 0 for r in records[side])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.startswith("| c=")]
+    assert [row.split(" | ")[0] for row in rows] == ["| c=1, 1 img/req", "| c=2, 4 img/req"]
+    first = result["rounds"][0]
+    ratio = first["b"][0]["requests_per_s"] / first["a"][0]["requests_per_s"]
+    second = result["rounds"][1]
+    median = (ratio + second["b"][0]["requests_per_s"] / second["a"][0]["requests_per_s"]) / 2
+    assert f"{median:.2f}×" in rows[0]
+
+
+def test_the_server_logs_its_event_loop(noop_repository: Path, tmp_path: Path):
+    from cnnserve.bench.serve_process import start_cnnserve
+
+    for loop in ("asyncio", "uvloop"):
+        server, _ = start_cnnserve(
+            ["--repository", str(noop_repository), "--models", "noop", "--port", "0", "--http-port", "off",
+             "--metrics-port", "off", "--model-control", "none", "--event-loop", loop],
+            tmp_path, name=loop,
+        )  # fmt: skip
+        assert server.stop() == 0
+        assert f"plaintext, {loop} event loop" in (tmp_path / f"{loop}.log").read_text()
+
+
+def test_the_table_of_the_recorded_event_loop_run():
+    """BENCHMARKS.md's event-loop table is this recorded run, rendered."""
+    result = json.loads((Path(__file__).parent / "data" / "event_loop_ab.json").read_text())
+    rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
+    assert len(rows) == len(result["levels"]) == 3
+    for index, row in enumerate(rows):
+        pairs = [(r["a"][index], r["b"][index]) for r in result["rounds"]]
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == " / ".join(f"{a['requests_per_s']:,.0f}" for a, _ in pairs)
+        ratios = sorted(b["requests_per_s"] / a["requests_per_s"] for a, b in pairs)
+        assert cells[3] == f"{ratios[1]:.2f}×"  # the median of three rounds
