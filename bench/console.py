@@ -209,13 +209,13 @@ def train_table(peak_gflops: float, threads: int, points: Sequence[TrainPoint]) 
     table = Table(
         title=f"training steps; float32 matmul peak {peak_gflops:.1f} GFLOP/s on {threads} thread(s)"
     )
-    for column in ("model", "batch", "XLA", "oneDNN", "examples/s", "ms/step", "GFLOP/s", "% of peak"):
+    for column in ("model", "batch", "XLA", "oneDNN", "BN", "examples/s", "ms/step", "GFLOP/s", "% of peak"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for p in points:
         onednn = "?" if p.onednn is None else "on" if p.onednn else "off"
         table.add_row(
-            p.model, str(p.batch_size), "on" if p.xla else "off", onednn, f"{p.examples_per_s:,.0f}",
-            f"{p.step_ms:.1f}", f"{p.gflops:.1f}", f"{p.peak_percent:.0f}%",
+            p.model, str(p.batch_size), "on" if p.xla else "off", onednn, p.batchnorm,
+            f"{p.examples_per_s:,.0f}", f"{p.step_ms:.1f}", f"{p.gflops:.1f}", f"{p.peak_percent:.0f}%",
         )  # fmt: skip
     return table
 

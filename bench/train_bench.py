@@ -29,6 +29,7 @@ from cnnserve.contracts.errors import CnnserveError
 
 JIT_MODES = ("off", "on", "both")
 ONEDNN_MODES = ("on", "off", "both")
+BATCHNORM_MODES = ("fused", "keras", "both")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class TrainPoint:
     peak_percent: float
     forward_flops_per_image: int
     onednn: bool | None = None  # TensorFlow's own answer: were oneDNN's kernels on?
+    batchnorm: str = "fused"  # the zoo's fused-kernel BatchNorm, Keras's own, or "none" in the model
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,8 +63,34 @@ def _timed_fit(model, stream, steps: int) -> float:
     return ends[-1] - ends[0]
 
 
+def with_keras_batchnorm(model):
+    """`model` rebuilt with Keras's own BatchNormalization where the zoo has the fused one
+    (fresh weights: only the speed is compared)."""
+    import keras
+
+    from cnnserve.training.layers import FusedBatchNormalization
+
+    def clone(layer):
+        kind = keras.layers.BatchNormalization if type(layer) is FusedBatchNormalization else type(layer)
+        return kind.from_config(layer.get_config())
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def has_batchnorm(model) -> bool:
+    import keras
+
+    return any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+
+
 def measure_model(
-    name: str, batch_size: int | None, xla: bool, warmup_steps: int, min_time_s: float, peak_gflops: float
+    name: str,
+    batch_size: int | None,
+    xla: bool,
+    warmup_steps: int,
+    min_time_s: float,
+    peak_gflops: float,
+    batchnorm: str = "fused",
 ) -> TrainPoint:
     import keras
 
@@ -76,6 +104,10 @@ def measure_model(
     batch = batch_size or spec.defaults.batch_size
     keras.utils.set_random_seed(0)
     model = spec.build()
+    if not has_batchnorm(model):
+        batchnorm = "none"
+    elif batchnorm == "keras":
+        model = with_keras_batchnorm(model)
     compile_for_training(model, spec, spec.defaults.learning_rate, jit_compile=xla)
     rng = np.random.default_rng(0)
     count = max(4 * batch, 2048)
@@ -92,7 +124,7 @@ def measure_model(
     gflops = 3 * forward * batch * steps / seconds / 1e9
     return TrainPoint(
         name, batch, xla, steps, seconds, batch * steps / seconds, 1000 * seconds / steps, gflops,
-        100 * gflops / peak_gflops, forward, onednn_enabled(),
+        100 * gflops / peak_gflops, forward, onednn_enabled(), batchnorm,
     )  # fmt: skip
 
 
@@ -106,19 +138,29 @@ def run_train_bench(
     peak_size: int = 2048,
     peak_repeats: int = 10,
     peak_gflops: float | None = None,
+    batchnorm: str = "fused",
 ) -> tuple[float, list[TrainPoint]]:
-    """Returns (matmul peak GFLOP/s, one point per model and XLA setting)."""
+    """Returns (matmul peak GFLOP/s, one point per model, XLA and BatchNorm setting; a model
+    without BatchNorm is measured once, whatever `batchnorm` says)."""
     from cnnserve.bench.peak import measure_peak
 
     if jit not in JIT_MODES:
         raise CnnserveError(f"--jit-compile must be one of {', '.join(JIT_MODES)}, received {jit!r}")
     peak = peak_gflops or measure_peak(threads, peak_size, peak_repeats).gflops
+    if batchnorm not in BATCHNORM_MODES:
+        raise CnnserveError(
+            f"--batchnorm must be one of {', '.join(BATCHNORM_MODES)}, received {batchnorm!r}"
+        )
     settings = {"off": (False,), "on": (True,), "both": (False, True)}[jit]
-    points = [
-        measure_model(name, batch_size, xla, warmup_steps, min_time_s, peak)
-        for name in models
-        for xla in settings
-    ]
+    norms = ("keras", "fused") if batchnorm == "both" else (batchnorm,)
+    points = []
+    for name in models:
+        for xla in settings:
+            for norm in norms:
+                point = measure_model(name, batch_size, xla, warmup_steps, min_time_s, peak, norm)
+                points.append(point)
+                if point.batchnorm == "none":
+                    break  # no BatchNorm in the model: a second setting would time the same graph
     return peak, points
 
 
@@ -140,6 +182,10 @@ def register(stages: argparse._SubParsersAction) -> None:
     train.add_argument("--peak-size", type=int, default=2048, help="largest matmul of the peak measurement")
     train.add_argument("--peak-repeats", type=int, default=10, help="timed matmuls per size for the peak")
     train.add_argument("--peak-gflops", type=float, help="use this matmul peak instead of measuring one")
+    train.add_argument(
+        "--batchnorm", choices=BATCHNORM_MODES, default="fused",
+        help="BatchNorm training kernel: the zoo's fused one, Keras's own, or both (default: fused)",
+    )  # fmt: skip
     train.add_argument(
         "--onednn", choices=ONEDNN_MODES,
         help="TensorFlow's oneDNN kernels: on, off, or both (each setting in its own process); "
@@ -177,6 +223,7 @@ def run_train_command(args: argparse.Namespace) -> int:
         peak, points = run_train_bench(
             names, args.batch_size, args.jit_compile, threads, min_time_s=args.min_time_s,
             peak_size=args.peak_size, peak_repeats=args.peak_repeats, peak_gflops=args.peak_gflops,
+            batchnorm=args.batchnorm,
         )  # fmt: skip
 
     from cnnserve.bench import console
@@ -204,6 +251,7 @@ def _each_onednn_setting(
                     sys.executable, "-m", "cnnserve", "bench", "train", "--model", name, "--onednn", setting,
                     "--jit-compile", args.jit_compile, "--threads", str(threads), "--min-time-s",
                     str(args.min_time_s), "--peak-gflops", str(peak), "--json", str(out),
+                    "--batchnorm", args.batchnorm,
                     *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
                 ]  # fmt: skip
                 child = subprocess.run(command, capture_output=True, text=True)

@@ -72,9 +72,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--image-shape", required=True, help="H,W,C of one uint8 image, e.g. 28,28,1")
     parser.add_argument("--classes", type=int, required=True)
+    parser.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args(argv)
     image_shape = [int(d) for d in args.image_shape.split(",")]
-    asyncio.run(serve(args.host, args.port, args.model, image_shape, args.classes))
+    factory = asyncio.new_event_loop
+    if args.event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(args.host, args.port, args.model, image_shape, args.classes))
     return 0
 
 

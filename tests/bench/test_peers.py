@@ -76,9 +76,10 @@ def test_the_table_of_a_recorded_run():
     result = json.loads(RECORDED.read_text())
     text = compare.table(result, 1, 32)
     lines = text.splitlines()
-    assert lines[0].startswith("| server | c=1 p50 | c=32 req/s |") and len(lines) == 2 + 3 + 1
+    assert lines[0].startswith("| server | c=1 p50 | c=32 req/s |") and len(lines) == 2 + 4 + 1
     ours = {r["concurrency"]: r for r in result["servers"]["cnnserve"]["records"]}
-    for name, label in (("mlserver", "Seldon MLServer 1.7.1"), ("kserve", "KServe 0.21.0 ModelServer")):
+    for name, label in (("mlserver", "Seldon MLServer 1.7.1"), ("kserve", "KServe 0.21.0 ModelServer"),
+                        ("ceiling", "fixed reply, no model")):  # fmt: skip
         theirs = {r["concurrency"]: r for r in result["servers"][name]["records"]}
         (row,) = [line for line in lines if label in line]
         cells = [c.strip() for c in row.strip("|").split("|")]

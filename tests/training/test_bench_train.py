@@ -53,3 +53,36 @@ def test_onednn_both_times_each_setting_in_its_own_process(tmp_path: Path):
 def test_bench_train_refuses_a_non_positive_peak(capsys):
     assert main(["bench", "train", "--model", "mnist_cnn", "--peak-gflops", "0"]) == 2
     assert "--peak-gflops must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_batchnorm_both_times_keras_and_the_fused_kernel(tmp_path: Path):
+    """Keras's BatchNormalization against the zoo's fused one on a model that has BatchNorm; a
+    model without any is timed once and says so."""
+    out = tmp_path / "train.json"
+    args = ["bench", "train", "--model", "cs231n_complex,mnist_cnn", "--batch-size", "16",
+            "--min-time-s", "0.2", "--batchnorm", "both", "--peak-gflops", "100"]  # fmt: skip
+    assert main([*args, "--json", str(out)]) == 0
+    points = json.loads(out.read_text())["points"]
+    assert [(p["model"], p["batchnorm"]) for p in points] == [
+        ("cs231n_complex", "keras"),
+        ("cs231n_complex", "fused"),
+        ("mnist_cnn", "none"),
+    ]
+    flops = {p["forward_flops_per_image"] for p in points[:2]}
+    assert len(flops) == 1  # the same network either way
+
+
+def test_the_keras_variant_has_keras_batchnorm_and_the_same_shapes():
+    import keras
+
+    from cnnserve.bench.train_bench import with_keras_batchnorm
+    from cnnserve.training.layers import FusedBatchNormalization
+    from cnnserve.training.models import build_model
+
+    model = build_model("inception_bn")
+    variant = with_keras_batchnorm(model)
+    kinds = [type(layer) for layer in variant.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert kinds and set(kinds) == {keras.layers.BatchNormalization}
+    assert not any(isinstance(layer, FusedBatchNormalization) for layer in variant.layers)
+    assert [w.shape for w in variant.weights] == [w.shape for w in model.weights]
