@@ -77,12 +77,6 @@ def with_keras_batchnorm(model):
     return keras.models.clone_model(model, clone_function=clone)
 
 
-def has_batchnorm(model) -> bool:
-    import keras
-
-    return any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
-
-
 def measure_model(
     name: str,
     batch_size: int | None,
@@ -97,6 +91,7 @@ def measure_model(
     from cnnserve.training.data import Split
     from cnnserve.training.models import flops_per_image, get_spec
     from cnnserve.training.pipeline import training_pipeline
+    from cnnserve.training.precise_bn import batchnorm_layers
     from cnnserve.training.quiet_tf import onednn_enabled
     from cnnserve.training.train import compile_for_training
 
@@ -104,7 +99,7 @@ def measure_model(
     batch = batch_size or spec.defaults.batch_size
     keras.utils.set_random_seed(0)
     model = spec.build()
-    if not has_batchnorm(model):
+    if not batchnorm_layers(model):
         batchnorm = "none"
     elif batchnorm == "keras":
         model = with_keras_batchnorm(model)

@@ -250,21 +250,24 @@ class Batcher:
         its queue slot is freed and rows not yet batched are skipped."""
         if pending.future.done():
             return
-        with self._lock:
-            pending.abandoned = True
-            self._uncount(pending)
         waited_ms = (self._clock() - pending.enqueued_ns) / 1e6
-        pending.future.set_exception(
-            DeadlineExceeded(f"deadline exceeded after {waited_ms:.1f} ms waiting for model {self.name!r}")
+        self._withdraw(
+            pending,
+            DeadlineExceeded(f"deadline exceeded after {waited_ms:.1f} ms waiting for model {self.name!r}"),
         )
 
-    def _withdraw(self, pending: _Pending) -> None:
-        """The caller gave up: free its queue slot now; rows not yet batched are skipped."""
+    def _withdraw(self, pending: _Pending, error: Exception | None = None) -> None:
+        """Nobody waits for `pending` any more: free its queue slot now (rows not yet batched are
+        skipped) and end its future with `error`, or cancel it if the caller is gone."""
         with self._lock:
             pending.abandoned = True
             self._uncount(pending)
-        if not pending.future.done():
+        if pending.future.done():
+            return
+        if error is None:
             pending.future.cancel()
+        else:
+            pending.future.set_exception(error)
 
     def _deliver(
         self, outcomes: list[tuple[_Pending, BatchedResult | Exception]], record: BatchRecord | None

@@ -6,6 +6,8 @@ either for every model (`--max-batch-size 32`) or for one (`--max-batch-size mni
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -161,3 +163,16 @@ class ServerOptions:
             max_queue_delay_s=self.max_queue_delay_ms.for_model(name, max_queue_delay_ms) / 1000,
             max_queue_size=self.max_queue_size.for_model(name, DEFAULT_MAX_QUEUE_SIZE),
         )
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's loop (libuv) or the standard library's; grpc.aio and aiohttp run on either."""
+    if name == "asyncio":
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:
+        raise CnnserveError(
+            "--event-loop uvloop: uvloop is not installed; pass --event-loop asyncio"
+        ) from None
+    return uvloop.new_event_loop

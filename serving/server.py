@@ -32,7 +32,7 @@ from cnnserve.protos import classifier_pb2, classifier_pb2_grpc, grpc_service_pb
 from cnnserve.serving.access_log import AccessLog
 from cnnserve.serving.call_guard import CallGuard, GuardedServer
 from cnnserve.serving.classifier_service import ClassifierService
-from cnnserve.serving.config import ServerOptions
+from cnnserve.serving.config import ServerOptions, event_loop_factory
 from cnnserve.serving.dataplane import DataPlane
 from cnnserve.serving.errors import ServingError
 from cnnserve.serving.http_service import HttpService
@@ -363,16 +363,3 @@ def _control(manager: ModelManager, loop: asyncio.AbstractEventLoop) -> Callable
 def run(options: ServerOptions, worker: WorkerSlot | None = None) -> int:
     with asyncio.Runner(loop_factory=event_loop_factory(options.event_loop)) as runner:
         return runner.run(serve(options, worker))
-
-
-def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    """uvloop's loop (libuv) or the standard library's; grpc.aio and aiohttp run on either."""
-    if name == "asyncio":
-        return asyncio.new_event_loop
-    try:
-        import uvloop
-    except ImportError:
-        raise CnnserveError(
-            "--event-loop uvloop: uvloop is not installed; pass --event-loop asyncio"
-        ) from None
-    return uvloop.new_event_loop

@@ -19,6 +19,7 @@ import grpc
 
 from cnnserve.protos import grpc_service_pb2 as pb
 from cnnserve.protos import grpc_service_pb2_grpc
+from cnnserve.serving.config import EVENT_LOOPS, event_loop_factory
 
 MAX_CONCURRENT_RPCS_SOFT = 8192  # as cnnserve serve, so a flood queues rather than being cancelled
 
@@ -72,15 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--image-shape", required=True, help="H,W,C of one uint8 image, e.g. 28,28,1")
     parser.add_argument("--classes", type=int, required=True)
-    parser.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="asyncio")
     args = parser.parse_args(argv)
     image_shape = [int(d) for d in args.image_shape.split(",")]
-    factory = asyncio.new_event_loop
-    if args.event_loop == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with asyncio.Runner(loop_factory=event_loop_factory(args.event_loop)) as runner:
         runner.run(serve(args.host, args.port, args.model, image_shape, args.classes))
     return 0
 
