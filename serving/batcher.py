@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +35,14 @@ from cnnserve.serving.errors import DeadlineExceeded, InferenceFailed, QueueFull
 _LOGGER = logging.getLogger(__name__)
 
 RunFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]
+# A request split across batches may finish them out of order on two instances: its output rows
+# are kept by their first row and joined in order.
+Chunk = tuple[int, dict[str, np.ndarray]]
 Clock = Callable[[], int]
+# Rows worth a second instance (or max_batch_size, if smaller): fewer wait for the first
+# instance's next batch instead (one instance batching small requests beats two racing for them:
+# BENCHMARKS.md), and a large batch is split across idle instances in shares no smaller than this.
+SHARE_MIN_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,7 @@ class _Pending:
         self.deadline_ns = deadline_ns
         self.next_row = 0
         self.done_rows = 0
-        self.chunks: list[dict[str, np.ndarray]] = []
+        self.chunks: list[Chunk] = []
         self.batch_sizes: list[int] = []
         self.queue_ns = self.input_ns = self.infer_ns = self.output_ns = 0
         self.queued = True  # counted against max_queue_size
@@ -153,27 +160,38 @@ class Batcher:
     def __init__(
         self,
         name: str,
-        run: RunFn,
+        run: RunFn | Sequence[RunFn],
         config: BatchingConfig,
         on_batch: Callable[[BatchRecord], None] | None = None,
         clock: Clock = time.monotonic_ns,
     ) -> None:
         self.name = name
         self.config = config
-        self._run = run
+        # One worker thread per run function (a model instance: its own session); they take
+        # batches from the one queue, so instances run different batches at the same time.
+        self._runs: tuple[RunFn, ...] = (run,) if callable(run) else tuple(run)
+        if not self._runs:
+            raise ValueError("a batcher needs at least one run function")
         self._on_batch = on_batch
         self._clock = clock
-        # Guards the queue, the two counters and the flags; the worker waits on it for work.
-        self._lock = threading.Condition()
+        # Guards the queue, the counters and the flags; the first instance's worker waits on it
+        # for work, the other instances' workers (helpers) on `_helper_wake`, over the same lock.
+        mutex = threading.RLock()
+        self._lock = threading.Condition(mutex)
+        self._helper_wake = threading.Condition(mutex)
+        self._helpers_waiting = 0
+        self._busy = 0  # workers between taking a batch and asking for the next
+        self._share_min = min(SHARE_MIN_ROWS, config.max_batch_size)  # rows worth a helper
         self._queue: deque[_Pending] = deque()
         self._queued_requests = 0
         self._queued_images = 0
         self._draining = False
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        # One thread: one batch at a time per model; ONNX Runtime parallelises inside it.
-        self._worker: threading.Thread | None = None
-        self._stopped: asyncio.Future[None] | None = None  # resolved when the worker exits
+        # One batch at a time per instance; ONNX Runtime parallelises inside it.
+        self._workers: list[threading.Thread] = []
+        self._running = 0  # workers not yet exited (under the lock)
+        self._stopped: asyncio.Future[None] | None = None  # resolved when the last worker exits
 
     @property
     def queued_requests(self) -> int:
@@ -184,31 +202,46 @@ class Batcher:
     def queued_images(self) -> int:
         return self._queued_images
 
+    @property
+    def instances(self) -> int:
+        return len(self._runs)
+
     def start(self) -> None:
-        """Start the worker; call from the event loop that will `submit`."""
-        if self._worker is None:
+        """Start the workers; call from the event loop that will `submit`."""
+        if not self._workers:
             self._loop = asyncio.get_running_loop()
             self._stopped = self._loop.create_future()
-            self._worker = threading.Thread(target=self._work, name=f"batcher-{self.name}", daemon=True)
-            self._worker.start()
+            self._running = len(self._runs)
+            for index, run in enumerate(self._runs):
+                suffix = f"#{index}" if len(self._runs) > 1 else ""
+                self._workers.append(
+                    threading.Thread(
+                        target=self._work,
+                        args=(run, index > 0),
+                        name=f"batcher-{self.name}{suffix}",
+                        daemon=True,
+                    )
+                )
+            for worker in self._workers:
+                worker.start()
 
     def drain(self) -> None:
         """Stop waiting for batches to fill: run whatever is queued now (used on SIGTERM)."""
         with self._lock:
             self._draining = True
-            self._lock.notify()
+            self._wake_all()
 
     async def close(self) -> None:
         """Refuse new requests, finish every queued one, then stop the worker."""
         with self._lock:
             self._closed = self._draining = True
-            self._lock.notify()
+            self._wake_all()
         if self._stopped is not None:
             await self._stopped
-        if self._worker is not None:
-            # The thread ends a moment after it resolves `_stopped`; until then it holds the
-            # model's `run` (and so its session), which a caller may be about to free.
-            await asyncio.to_thread(self._worker.join)
+        for worker in self._workers:
+            # A thread ends a moment after the last one resolves `_stopped`; until then it holds
+            # its instance's `run` (and so its session), which a caller may be about to free.
+            await asyncio.to_thread(worker.join)
 
     async def submit(self, images: np.ndarray, deadline_ns: int | None = None) -> BatchedResult:
         """Queue `images` (N, ...) and wait for their outputs; N may exceed max_batch_size."""
@@ -228,7 +261,7 @@ class Batcher:
             self._queue.append(pending)
             self._queued_requests += 1
             self._queued_images += pending.rows
-            self._lock.notify()
+            self._wake_for_queue()
         # One timer per request with a deadline (asyncio.wait_for would add a waiter future
         # and two callbacks to every call on the loop's thread).
         timer = (
@@ -310,10 +343,13 @@ class Batcher:
             with self._lock:
                 self._closed = True
 
-    def _work(self) -> None:
+    def _work(self, run: RunFn, helper: bool) -> None:
         try:
-            while (batch := self._next_batch()) is not None:
-                self._execute(batch)
+            while (batch := self._next_batch(helper)) is not None:
+                self._execute(batch, run)
+                if len(self._runs) > 1:
+                    with self._lock:
+                        self._busy -= 1  # done: a share of the next batch may be planned for it
         except Exception as error:  # a bug here must not leave callers waiting forever
             _LOGGER.exception("batcher for %s stopped", self.name)
             failure = InferenceFailed(f"batcher for {self.name!r} failed: {error}")
@@ -321,30 +357,42 @@ class Batcher:
                 self._closed = True
                 failed = list(self._queue)
                 self._queue.clear()
+                self._wake_all()  # the other instances stop too
             self._fail([(pending, failure) for pending in failed])
         finally:
+            with self._lock:
+                self._running -= 1
+                last = self._running == 0
             stopped = self._stopped
             assert self._loop is not None and stopped is not None
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits the stop
-                self._loop.call_soon_threadsafe(lambda: stopped.done() or stopped.set_result(None))
+            if last:
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits the stop
+                    self._loop.call_soon_threadsafe(lambda: stopped.done() or stopped.set_result(None))
 
-    def _next_batch(self) -> list[Slice] | None:
+    def _next_batch(self, helper: bool = False) -> list[Slice] | None:
+        """The next batch for one worker: the first instance's takes whatever waits, a helper
+        only `SHARE_MIN_ROWS` images or more (small requests keep batching on one instance)."""
         delay_ns = int(self.config.max_queue_delay_s * 1e9)
+        wake = self._helper_wake if helper else self._lock
         with self._lock:
             while True:
                 while self._queue and not self._queue[0].live:
                     self._queue.popleft()
                 if not self._queue:
                     if self._closed:
+                        self._wake_all()  # the other instances see the end too
                         return None
-                    self._lock.wait()
+                    self._wait(wake, helper)
+                    continue
+                if helper and self._queued_images < self._share_min:
+                    self._wait(wake, helper)
                     continue
                 now = self._clock()
                 wait_ns = self._queue[0].enqueued_ns + delay_ns - now
                 if self._queued_images < self.config.max_batch_size and wait_ns > 0 and not self._draining:
-                    self._lock.wait(wait_ns / 1e9)
+                    self._wait(wake, helper, wait_ns / 1e9)
                     continue
-                slices, expired = plan_batch(self._queue, self.config.max_batch_size, now)
+                slices, expired = plan_batch(self._queue, self._batch_limit(), now)
                 if expired:
                     self._fail([(pending, DeadlineExceeded(
                         f"deadline exceeded after {(now - pending.enqueued_ns) / 1e6:.1f} ms waiting "
@@ -357,9 +405,45 @@ class Batcher:
                         self._queued_requests -= 1
                         pending.queue_ns = now - pending.enqueued_ns
                 if slices:
+                    if len(self._runs) > 1:
+                        self._busy += 1
+                        self._wake_for_queue()  # what is left, for an idle instance
                     return slices
 
-    def _execute(self, slices: list[Slice]) -> None:
+    def _batch_limit(self) -> int:
+        """Rows for the batch being formed (hold the lock): all of `max_batch_size`, or an equal
+        share when idle helpers can run the rest at the same time (a large request is split
+        across instances instead of running on one while the others wait)."""
+        ready = min(self._queued_images, self.config.max_batch_size)
+        # The other idle instances: waiting, or back from a batch and about to look at the queue
+        # (where they find the rest); the caller is not busy yet.
+        idle_others = len(self._runs) - 1 - self._busy
+        parts = min(idle_others + 1, ready // self._share_min)
+        return self.config.max_batch_size if parts < 2 else -(-ready // parts)
+
+    def _wait(self, wake: threading.Condition, helper: bool, timeout_s: float | None = None) -> None:
+        if helper:
+            self._helpers_waiting += 1
+        try:
+            wake.wait(timeout_s)
+        finally:
+            if helper:
+                self._helpers_waiting -= 1
+
+    def _wake_for_queue(self) -> None:
+        """A request arrived or rows remain (hold the lock): wake the first instance, and a
+        helper when there is enough for one."""
+        if not self._queue:
+            return
+        self._lock.notify()
+        if self._helpers_waiting and self._queued_images >= self._share_min:
+            self._helper_wake.notify()
+
+    def _wake_all(self) -> None:
+        self._lock.notify_all()
+        self._helper_wake.notify_all()
+
+    def _execute(self, slices: list[Slice], run: RunFn) -> None:
         rows = sum(stop - start for _, start, stop in slices)
         started = self._clock()
         try:
@@ -369,7 +453,7 @@ class Batcher:
             else:
                 batch = np.concatenate([p.images[start:stop] for p, start, stop in slices])
             gathered = self._clock()
-            outputs = self._run(batch)
+            outputs = run(batch)
             computed = self._clock()
             for output, value in outputs.items():
                 if not isinstance(value, np.ndarray) or value.ndim == 0 or value.shape[0] != rows:
@@ -387,20 +471,24 @@ class Batcher:
             _LOGGER.error("%s", failure)
             self._fail([(pending, failure) for pending, _, _ in slices])
             return
+        chunks = []
         offset = 0
-        for pending, start, stop in slices:
+        for _, start, stop in slices:
             count = stop - start
-            if pending.live:
-                pending.chunks.append({k: v[offset : offset + count] for k, v in outputs.items()})
-                pending.batch_sizes.append(rows)
-                pending.done_rows += count
-                pending.input_ns += gathered - started
-                pending.infer_ns += computed - gathered
+            chunks.append((start, {k: v[offset : offset + count] for k, v in outputs.items()}))
             offset += count
         scattered = self._clock()
         finished: list[tuple[_Pending, BatchedResult | Exception]] = []
-        for pending, _, _ in slices:
-            if pending.live:
+        # Under the lock: another instance may be finishing other rows of the same request.
+        with self._lock:
+            for (pending, start, stop), chunk in zip(slices, chunks, strict=True):
+                if not pending.live:
+                    continue
+                pending.chunks.append(chunk)
+                pending.batch_sizes.append(rows)
+                pending.done_rows += stop - start
+                pending.input_ns += gathered - started
+                pending.infer_ns += computed - gathered
                 pending.output_ns += scattered - computed
                 if pending.done_rows == pending.rows:
                     finished.append((pending, _result(pending)))
@@ -410,9 +498,10 @@ class Batcher:
 
 def _result(pending: _Pending) -> BatchedResult:
     if len(pending.chunks) == 1:
-        outputs = pending.chunks[0]
+        outputs = pending.chunks[0][1]
     else:
-        outputs = {k: np.concatenate([c[k] for c in pending.chunks]) for k in pending.chunks[0]}
+        ordered = [chunk for _, chunk in sorted(pending.chunks, key=lambda c: c[0])]
+        outputs = {k: np.concatenate([c[k] for c in ordered]) for k in ordered[0]}
     return BatchedResult(
         outputs=outputs,
         queue_ns=pending.queue_ns,

@@ -20,6 +20,7 @@ MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 LOG_FORMATS = ("text", "json")
 EVENT_LOOPS = ("uvloop", "asyncio")
 MIB = 1024 * 1024
+MAX_INSTANCES = 64
 # Encoded image files a request may send: the bytes of one file and the pixels its header may
 # declare, both checked before any decoding (decompression bombs).
 MAX_IMAGE_BYTES = 16 * MIB
@@ -91,6 +92,9 @@ class ServerOptions:
     max_batch_size: Override[int] = field(default_factory=Override)
     max_queue_delay_ms: Override[float] = field(default_factory=Override)
     max_queue_size: Override[int] = field(default_factory=lambda: Override(every=DEFAULT_MAX_QUEUE_SIZE))
+    # Model instances (Triton's instance_group count): sessions per version, each with its own
+    # batcher worker, sharing the cores' intra-op threads between them.
+    instances: Override[int] = field(default_factory=Override)
     max_request_images: int = 4096
     max_message_bytes: int = MAX_MESSAGE_BYTES
     grace_s: float = 30.0
@@ -104,6 +108,8 @@ class ServerOptions:
     model_control: str = "poll"
     poll_interval_s: float = 2.0
     workers: int = 1  # > 1: a supervisor and this many server processes on one port
+    # The cores this process's sessions share (a worker's part of the machine); 0: all it may use.
+    core_share: int = 0
     cuda: CudaOptions = field(default_factory=CudaOptions)  # device id, cuDNN search, memory limit
     log_format: str = "text"  # or "json": one object per line
     max_image_bytes: int = MAX_IMAGE_BYTES  # one encoded image file
@@ -147,6 +153,10 @@ class ServerOptions:
             raise CnnserveError(f"--grace-s must be >= 0, received {self.grace_s}")
         if self.cpu_threads < 0:
             raise CnnserveError(f"--cpu-threads must be >= 0, received {self.cpu_threads}")
+        for model, count in (("", self.instances.every), *self.instances.per_model):
+            if count is not None and not 1 <= count <= MAX_INSTANCES:
+                where = f"{model}=" if model else ""
+                raise CnnserveError(f"--instances {where}{count}: must be between 1 and {MAX_INSTANCES}")
 
     def overridden_models(self) -> tuple[str, ...]:
         """Models named in a per-model batching flag (`--max-batch-size MODEL=N`, ...)."""
@@ -154,7 +164,19 @@ class ServerOptions:
             *self.max_batch_size.models(),
             *self.max_queue_delay_ms.models(),
             *self.max_queue_size.models(),
+            *self.instances.models(),
         )
+
+    def instances_for(self, name: str) -> int:
+        return self.instances.for_model(name, 1)
+
+    def threads_per_instance(self, name: str, cores: int) -> int:
+        """Intra-op threads of each instance: `--cpu-threads`, or this process's cores shared
+        between its instances (0, ONNX Runtime's own choice, for one instance on all cores)."""
+        count = self.instances_for(name)
+        if self.cpu_threads or (count == 1 and not self.core_share):
+            return self.cpu_threads
+        return max(1, (self.core_share or cores) // count)
 
     def batching_for(self, name: str, max_batch_size: int, max_queue_delay_ms: float) -> BatchingConfig:
         """The batcher settings for a model whose config.json says `max_batch_size`/delay."""

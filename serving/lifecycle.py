@@ -57,6 +57,7 @@ from cnnserve.serving.session import (
     resolve_device,
 )
 from cnnserve.serving.stats import ModelStats
+from cnnserve.serving.workers import available_cores
 
 _LOGGER = logging.getLogger(__name__)
 _POLL_ERRORS = RateLimitedLog(_LOGGER, interval_s=60)
@@ -308,7 +309,7 @@ class ModelManager:
         if replacing is None:
             model.versions[spec.version] = served  # LOADING: requests naming it get UNAVAILABLE
         try:
-            served.session = await asyncio.to_thread(self._open, served)
+            served.sessions = await asyncio.to_thread(self._open_instances, served)
         except CnnserveError as error:
             strict = self._starting and self._options.device == "cuda"
             if isinstance(error, ProviderMismatch) and strict:
@@ -321,7 +322,7 @@ class ModelManager:
             return
         served.batcher = Batcher(
             f"{served.name}/{served.version}",
-            served.session.run,
+            [session.run for session in served.sessions],
             batching,
             on_batch=served.stats.record_batch,
         )
@@ -330,11 +331,13 @@ class ModelManager:
         model.versions[spec.version] = served
         model.failures.pop(served.version, None)
         _LOGGER.info(
-            "%s %s version %s on %s (max_batch_size=%d, max_queue_delay=%.1f ms, warmed batch sizes 1-%d)",
+            "%s %s version %s on %s (%s, max_batch_size=%d, max_queue_delay=%.1f ms, "
+            "warmed batch sizes 1-%d)",
             "reloaded" if replacing else "loaded",
             served.name,
             served.version,
             served.provider,
+            _instances_text(len(served.sessions), self._session_settings(served).cpu_threads),
             batching.max_batch_size,
             batching.max_queue_delay_s * 1000,
             batching.max_batch_size,
@@ -373,17 +376,25 @@ class ModelManager:
             self.device.reason,
         )
 
-    def _open(self, served: ServedVersion) -> ModelSession:
-        """Blocking: open the session, check it against config.json, warm every batch size."""
+    def _session_settings(self, served: ServedVersion) -> SessionSettings:
         assert self.device is not None, "the device is resolved before the first load"
-        check = self._check_cancelled
-        check()
-        settings = SessionSettings(
+        return SessionSettings(
             self.device.provider,
-            self._options.cpu_threads,
+            self._options.threads_per_instance(served.name, available_cores()),
             allow_spinning=self._options.cpu_spinning,
             cuda=self._options.cuda,
         )
+
+    def _open_instances(self, served: ServedVersion) -> tuple[ModelSession, ...]:
+        """Blocking: one checked, warmed session per instance of the version."""
+        settings = self._session_settings(served)
+        count = self._options.instances_for(served.name)
+        return tuple(self._open(served, settings) for _ in range(count))
+
+    def _open(self, served: ServedVersion, settings: SessionSettings) -> ModelSession:
+        """Blocking: open the session, check it against config.json, warm every batch size."""
+        check = self._check_cancelled
+        check()
         session = ModelSession(served.spec.model_path, settings)
         _check_matches_config(session, served)
         for size in range(1, served.batching.max_batch_size + 1):
@@ -400,11 +411,16 @@ async def _close(served: ServedVersion) -> None:
     """Answer what the version's batcher holds, then drop the session so its memory is freed."""
     if served.batcher is not None:
         await served.batcher.close()
-    released = served.session is not None
-    served.batcher = None  # the last references to the batcher, hence to the session's `run`
-    served.session = None
+    released = bool(served.sessions)
+    served.batcher = None  # the last references to the batcher, hence to the sessions' `run`
+    served.sessions = ()
     if released:
         await asyncio.to_thread(return_free_memory)
+
+
+def _instances_text(count: int, threads: int) -> str:
+    each = f"{threads} intra-op thread(s)" if threads else "ONNX Runtime's intra-op threads"
+    return f"{count} instance{'s' if count > 1 else ''}, {each}{' each' if count > 1 else ''}"
 
 
 def _check_matches_config(session: ModelSession, served: ServedVersion) -> None:

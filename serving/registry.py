@@ -48,7 +48,7 @@ class ServedVersion:
     batching: BatchingConfig
     state: ModelState = ModelState.LOADING
     reason: str = ""
-    session: ModelSession | None = None
+    sessions: tuple[ModelSession, ...] = ()  # one per instance
     batcher: Batcher | None = None
     stats: ModelStats = field(default_factory=ModelStats)
 
@@ -75,7 +75,7 @@ class ServedVersion:
 
     @property
     def provider(self) -> str:
-        return self.session.provider if self.session else ""
+        return self.sessions[0].provider if self.sessions else ""
 
 
 @dataclass

@@ -119,6 +119,18 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         ),
     )
     serve.add_argument(
+        "--instances",
+        type=_per_model(int),
+        action="append",
+        default=[],
+        metavar="[MODEL=]N",
+        help=(
+            "sessions per model version, each running its own batches at the same time (Triton's "
+            "instance_group count); the intra-op threads are divided between them unless "
+            "--cpu-threads is set (default: 1)"
+        ),
+    )
+    serve.add_argument(
         "--max-request-images", type=int, default=images, help=f"images per request (default: {images})"
     )
     serve.add_argument(
@@ -248,6 +260,7 @@ def build_options(args: argparse.Namespace) -> ServerOptions:
         max_batch_size=_override(args.max_batch_size, int),
         max_queue_delay_ms=_override(args.max_queue_delay_ms, float),
         max_queue_size=_override(args.max_queue_size, int, DEFAULT_MAX_QUEUE_SIZE),
+        instances=_override(args.instances, int),
         max_request_images=args.max_request_images,
         max_message_bytes=int(args.max_message_mb * MIB),
         grace_s=args.grace_s,

@@ -102,7 +102,7 @@ def model_config_proto(model: ServedVersion) -> config_pb.ModelConfig:
                 kind=config_pb.ModelInstanceGroup.KIND_GPU
                 if on_gpu
                 else config_pb.ModelInstanceGroup.KIND_CPU,
-                count=1,
+                count=max(1, len(model.sessions)),
                 gpus=[0] if on_gpu else [],
             )
         ],

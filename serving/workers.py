@@ -7,7 +7,8 @@ kernel spreads *connections* over the workers, and each connection stays with on
 
 The supervisor (the process the operator runs and signals):
 - reserves the port (a bound SO_REUSEPORT socket, so `--port 0` names one port for all);
-- starts the workers with the intra-op threads divided (`--cpu-threads` = cores / N unless set);
+- starts the workers with the cores divided (each worker's sessions share cores / N intra-op
+  threads, one model's instances among them, unless `--cpu-threads` is set);
 - restarts a worker that dies, with a log line (the others keep serving their connections);
 - forwards SIGTERM/SIGINT, so every worker drains as one server does, and exits 0;
 - writes `--ready-file` and serves the public `/metrics` once every worker is ready, merging
@@ -150,7 +151,7 @@ class Supervisor:
             http_port=http_port,
             metrics_port=None,
             ready_file=None,
-            cpu_threads=threads,
+            core_share=max(1, cores // self._count),  # divided again between a model's instances
             workers=1,
         )
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -230,3 +230,94 @@ def test_the_worker_runs_batch_after_batch_while_the_event_loop_is_busy() -> Non
         await batcher.close()
 
     asyncio.run(scenario())
+
+
+class BarrierModel(RecordingModel):
+    """A model whose batches wait until `parties` batches run at once (or fail the test)."""
+
+    def __init__(self, barrier: threading.Barrier) -> None:
+        super().__init__()
+        self.barrier = barrier
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self.barrier.wait(timeout=10)  # BrokenBarrierError: the batches did not overlap
+        return super().__call__(batch)
+
+
+def test_two_instances_split_a_large_request_and_run_both_halves_at_once() -> None:
+    async def scenario() -> None:
+        barrier = threading.Barrier(2)
+        first, second = BarrierModel(barrier), BarrierModel(barrier)
+        batcher = Batcher("test", [first, second], config(max_batch_size=32, delay_s=0))
+        batcher.start()
+        assert batcher.instances == 2
+        await asyncio.sleep(0.05)  # both workers are waiting for work
+        result = await asyncio.wait_for(batcher.submit(images(*range(1, 33))), timeout=20)
+        await batcher.close()
+        # The rows in order, whichever half ended first; the helper did not split its half again.
+        assert ids(result.outputs["logits"]) == list(range(1, 33))
+        assert [len(b) for b in first.batches] == [16] and [len(b) for b in second.batches] == [16]
+        assert result.batch_sizes == (16, 16)
+
+    asyncio.run(scenario())
+
+
+def test_small_requests_stay_on_the_first_instance_while_it_is_free() -> None:
+    async def scenario() -> None:
+        gate = threading.Event()
+        first, second = RecordingModel(gate), RecordingModel()
+        batcher = Batcher("test", [first, second], config(max_batch_size=16, delay_s=0))
+        batcher.start()
+        held = asyncio.ensure_future(batcher.submit(images(1)))  # the first instance blocks on it
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.ensure_future(batcher.submit(images(i))) for i in range(2, 5)]
+        await asyncio.sleep(0.1)  # three images wait: too few for the second instance
+        assert second.batches == []
+        gate.set()
+        results = await asyncio.wait_for(asyncio.gather(held, *waiting), timeout=10)
+        await batcher.close()
+        assert [ids(r.outputs["logits"]) for r in results] == [[1], [2], [3], [4]]
+        assert [len(b) for b in first.batches] == [1, 3] and second.batches == []
+
+    asyncio.run(scenario())
+
+
+def test_the_second_instance_takes_a_queue_the_busy_first_one_leaves() -> None:
+    async def scenario() -> None:
+        gate = threading.Event()
+        first, second = RecordingModel(gate), RecordingModel()
+        batcher = Batcher("test", [first, second], config(max_batch_size=16, delay_s=0))
+        batcher.start()
+        held = asyncio.ensure_future(batcher.submit(images(100)))
+        await asyncio.sleep(0.05)
+        queued = await asyncio.wait_for(
+            asyncio.gather(*(batcher.submit(images(i)) for i in range(8))), timeout=10
+        )  # answered while the first instance is still blocked
+        assert [ids(r.outputs["logits"]) for r in queued] == [[i] for i in range(8)]
+        assert [len(b) for b in second.batches] == [8]
+        gate.set()
+        assert ids((await asyncio.wait_for(held, timeout=10)).outputs["logits"]) == [100]
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_closing_several_instances_answers_the_queue_and_stops_every_worker() -> None:
+    async def scenario() -> None:
+        gate = threading.Event()
+        models = [RecordingModel(gate) for _ in range(3)]
+        batcher = Batcher("test", models, config(max_batch_size=4, delay_s=30))
+        batcher.start()
+        pending = [asyncio.ensure_future(batcher.submit(images(i, i, i, i))) for i in range(1, 7)]
+        await asyncio.sleep(0.05)
+        closing = asyncio.ensure_future(batcher.close())
+        gate.set()
+        await asyncio.wait_for(closing, timeout=10)
+        results = await asyncio.gather(*pending)
+        assert [ids(r.outputs["logits"]) for r in results] == [[i] * 4 for i in range(1, 7)]
+        assert sum(len(b) for m in models for b in m.batches) == 24
+        assert not any(worker.is_alive() for worker in batcher._workers)
+        with pytest.raises(ShuttingDown):
+            await batcher.submit(images(9))
+
+    asyncio.run(scenario())

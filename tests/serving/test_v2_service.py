@@ -7,6 +7,8 @@ protos/grpc_service.proto for why ours must stay in the server process).
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from urllib.request import urlopen
 
@@ -18,6 +20,8 @@ from conftest import ServerProcess
 from onnx_models import FASHION_LABELS, images
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
+
+from cnnserve.serving.workers import available_cores
 
 
 @pytest.fixture
@@ -214,3 +218,35 @@ def test_concurrent_single_image_requests_are_batched_and_unchanged(server: Serv
     batched = next(labels for labels in info if labels["model"] == "batched")
     assert batched["execution_provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
     assert batched["state"] == "READY"
+
+
+def test_instances_serve_the_same_logits_and_report_their_count(start_server) -> None:
+    server = start_server("--models", "cnn", "--instances", "cnn=2", "--max-batch-size", "64")
+    client = triton.InferenceServerClient(server.target)
+    config = client.get_model_config("cnn", as_json=True)["config"]
+    assert config["instance_group"][0]["count"] == 2
+    threads = max(1, available_cores() // 2)
+    loaded = f"cnn version 2 on CPUExecutionProvider (2 instances, {threads} intra-op thread(s) each"
+    assert loaded in server.log()
+    session = ort.InferenceSession(
+        str(server.repository / "cnn/2/model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    batch = images(40)  # split across both instances, rows joined in order
+    expected, _ = session.run(None, {"images": batch})
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: client.infer("cnn", [image_input(batch)]), range(8)))
+    for result in results:
+        np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
+    assert server.stop() == 0
+
+
+def test_instances_out_of_range_is_refused_with_its_flag(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnserve", "serve", "--repository", str(tmp_path), "--instances", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "--instances 0: must be between 1 and 64" in done.stderr
+    assert "Traceback" not in done.stderr
