@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--image-shape", required=True, help="H,W,C of one uint8 image, e.g. 28,28,1")
     parser.add_argument("--classes", type=int, required=True)
-    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="asyncio")
+    # uvloop, as `cnnserve serve` by default: the ceiling is the faster of the two (BENCHMARKS.md).
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="uvloop")
     args = parser.parse_args(argv)
     image_shape = [int(d) for d in args.image_shape.split(",")]
     with asyncio.Runner(loop_factory=event_loop_factory(args.event_loop)) as runner:

@@ -147,7 +147,7 @@ def launch(name: str, settings: Settings, model: peer_configs.ModelFile) -> tupl
         script = Path(__file__).resolve().parent / "ceiling_server.py"
         command = [sys.executable, str(script), "--host", LOOPBACK, "--port", str(grpc_port),
                    "--model", model.name, "--image-shape", ",".join(map(str, model.image_shape)),
-                   "--classes", str(model.classes)]  # fmt: skip
+                   "--classes", str(model.classes), "--event-loop", "uvloop"]  # fmt: skip
         server = ServerProcess(name, command, logs / "ceiling.log", own_session=True)
     else:
         raise SystemExit(f"compare.py: unknown server {name!r}; choose from {', '.join(SERVERS)}")
@@ -292,7 +292,8 @@ def _label(name: str, entry: dict) -> str:
     if name == "kserve":
         return f"KServe {versions.get('kserve', '?')} ModelServer (ORT {ort}, no batching)"
     if name == "ceiling":
-        return f"grpc.aio servicer, fixed reply, no model (grpcio {versions.get('grpcio', '?')}; the ceiling)"
+        grpcio = versions.get("grpcio", "?")
+        return f"grpc.aio servicer on uvloop, fixed reply, no model (grpcio {grpcio}; the ceiling)"
     return f"cnnserve {versions.get('cnnserve', '?')} (ORT {versions.get('onnxruntime-gpu', '?')})"
 
 

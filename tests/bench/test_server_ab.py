@@ -70,3 +70,18 @@ def test_the_table_of_the_recorded_event_loop_run():
         assert cells[1] == " / ".join(f"{a['requests_per_s']:,.0f}" for a, _ in pairs)
         ratios = sorted(b["requests_per_s"] / a["requests_per_s"] for a, b in pairs)
         assert cells[3] == f"{ratios[1]:.2f}×"  # the median of three rounds
+
+
+@pytest.mark.parametrize("name", ["instances_ab_mnist.json", "instances_ab_cs231n.json"])
+def test_benchmarks_md_shows_the_recorded_instances_runs(name):
+    """The "Model instances" tables of BENCHMARKS.md are these recorded runs, rendered, and the
+    64-image images/s cells are their req/s × 64."""
+    result = json.loads((Path(__file__).parent / "data" / name).read_text())
+    benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
+    rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
+    assert len(rows) == len(result["levels"])
+    assert all(row in benchmarks for row in rows)
+    level = next(i for i, r in enumerate(result["rounds"][0]["a"]) if r["concurrency"] == 4)
+    for side in ("a", "b"):
+        cells = " / ".join(f"{r[side][level]['requests_per_s'] * 64:,.0f}" for r in result["rounds"])
+        assert f"| {result['model']} |" in benchmarks and cells in benchmarks
