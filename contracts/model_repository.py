@@ -39,6 +39,7 @@ class TensorSpec:
 
 
 POLICY_KINDS = ("latest", "all", "specific")
+MAX_INSTANCES = 64  # sessions of one model version (serve --instances)
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,9 @@ class ModelConfig:
     test_accuracy: float | None = None
     provenance: Provenance = field(default_factory=Provenance)  # written as "extra"
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    # Sessions that serve each version at once (Triton's instance_group count); --instances
+    # overrides it. One: single images keep every intra-op thread (BENCHMARKS.md, instances).
+    instance_count: int = 1
 
     def __post_init__(self) -> None:
         if not MODEL_NAME_PATTERN.match(self.name):
@@ -221,6 +225,10 @@ class ModelConfig:
             raise CnnserveError(f"max_batch_size must be >= 1, received {self.max_batch_size}")
         if self.max_queue_delay_ms < 0:
             raise CnnserveError(f"max_queue_delay_ms must be >= 0, received {self.max_queue_delay_ms:g}")
+        if not 1 <= self.instance_count <= MAX_INSTANCES:
+            raise CnnserveError(
+                f"instance_count must be between 1 and {MAX_INSTANCES}, received {self.instance_count}"
+            )
         if not self.inputs:
             raise CnnserveError("inputs is empty; an image classifier has one input")
         if not self.outputs:
@@ -252,6 +260,7 @@ class ModelConfig:
                 class_labels=tuple(str(label) for label in raw["class_labels"]),
                 max_batch_size=int(raw.get("max_batch_size", 64)),
                 max_queue_delay_ms=float(raw.get("max_queue_delay_ms", 0.0)),
+                instance_count=int(raw.get("instance_count", 1)),
                 source_run=str(raw.get("source_run", "")),
                 test_accuracy=raw.get("test_accuracy"),
                 provenance=Provenance.from_dict(raw.get("extra", {})),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from cnnserve.contracts.errors import CnnserveError
+from cnnserve.contracts.model_repository import MAX_INSTANCES
 from cnnserve.contracts.names import DEFAULT_MAX_QUEUE_SIZE, DEVICES, MAX_MESSAGE_BYTES
 from cnnserve.serving.cuda_options import CudaOptions
 
@@ -20,7 +21,6 @@ MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 LOG_FORMATS = ("text", "json")
 EVENT_LOOPS = ("uvloop", "asyncio")
 MIB = 1024 * 1024
-MAX_INSTANCES = 64
 # Encoded image files a request may send: the bytes of one file and the pixels its header may
 # declare, both checked before any decoding (decompression bombs).
 MAX_IMAGE_BYTES = 16 * MIB
@@ -93,7 +93,7 @@ class ServerOptions:
     max_queue_delay_ms: Override[float] = field(default_factory=Override)
     max_queue_size: Override[int] = field(default_factory=lambda: Override(every=DEFAULT_MAX_QUEUE_SIZE))
     # Model instances (Triton's instance_group count): sessions per version, each with its own
-    # batcher worker, sharing the cores' intra-op threads between them.
+    # batcher worker, sharing the cores' intra-op threads; unset: config.json's instance_count.
     instances: Override[int] = field(default_factory=Override)
     max_request_images: int = 4096
     max_message_bytes: int = MAX_MESSAGE_BYTES
@@ -167,13 +167,13 @@ class ServerOptions:
             *self.instances.models(),
         )
 
-    def instances_for(self, name: str) -> int:
-        return self.instances.for_model(name, 1)
+    def instances_for(self, name: str, instance_count: int) -> int:
+        """Sessions for a model whose config.json says `instance_count`."""
+        return self.instances.for_model(name, instance_count)
 
-    def threads_per_instance(self, name: str, cores: int) -> int:
-        """Intra-op threads of each instance: `--cpu-threads`, or this process's cores shared
-        between its instances (0, ONNX Runtime's own choice, for one instance on all cores)."""
-        count = self.instances_for(name)
+    def threads_per_instance(self, count: int, cores: int) -> int:
+        """Intra-op threads of each of `count` instances: `--cpu-threads`, or this process's cores
+        shared between them (0, ONNX Runtime's own choice, for one instance on all cores)."""
         if self.cpu_threads or (count == 1 and not self.core_share):
             return self.cpu_threads
         return max(1, (self.core_share or cores) // count)

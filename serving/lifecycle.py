@@ -376,11 +376,14 @@ class ModelManager:
             self.device.reason,
         )
 
+    def _instances(self, served: ServedVersion) -> int:
+        return self._options.instances_for(served.name, served.config.instance_count)
+
     def _session_settings(self, served: ServedVersion) -> SessionSettings:
         assert self.device is not None, "the device is resolved before the first load"
         return SessionSettings(
             self.device.provider,
-            self._options.threads_per_instance(served.name, available_cores()),
+            self._options.threads_per_instance(self._instances(served), available_cores()),
             allow_spinning=self._options.cpu_spinning,
             cuda=self._options.cuda,
         )
@@ -388,8 +391,7 @@ class ModelManager:
     def _open_instances(self, served: ServedVersion) -> tuple[ModelSession, ...]:
         """Blocking: one checked, warmed session per instance of the version."""
         settings = self._session_settings(served)
-        count = self._options.instances_for(served.name)
-        return tuple(self._open(served, settings) for _ in range(count))
+        return tuple(self._open(served, settings) for _ in range(self._instances(served)))
 
     def _open(self, served: ServedVersion, settings: SessionSettings) -> ModelSession:
         """Blocking: open the session, check it against config.json, warm every batch size."""

@@ -127,7 +127,7 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         help=(
             "sessions per model version, each running its own batches at the same time (Triton's "
             "instance_group count); the intra-op threads are divided between them unless "
-            "--cpu-threads is set (default: 1)"
+            "--cpu-threads is set (default: config.json's instance_count, 1 if unset)"
         ),
     )
     serve.add_argument(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cnnserve.contracts.errors import CnnserveError
@@ -22,6 +24,16 @@ def test_default_queue_delay_is_zero_as_in_triton():
     assert ModelConfig("m", "onnxruntime_onnx", IMAGES, LOGITS, ()).max_queue_delay_ms == 0.0
 
 
+def test_instance_count_round_trips_and_defaults_to_one_for_older_files(tmp_path):
+    config = ModelConfig("m", "onnxruntime_onnx", IMAGES, LOGITS, (), instance_count=3)
+    config.save(tmp_path)
+    assert ModelConfig.load(tmp_path).instance_count == 3
+    raw = json.loads((tmp_path / "config.json").read_text())
+    del raw["instance_count"]  # as written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    assert ModelConfig.load(tmp_path).instance_count == 1
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -29,6 +41,7 @@ def test_default_queue_delay_is_zero_as_in_triton():
         ({"platform": "pytorch"}, "unknown platform 'pytorch'"),
         ({"max_batch_size": 0}, "max_batch_size must be >= 1, received 0"),
         ({"max_queue_delay_ms": -1.0}, "max_queue_delay_ms must be >= 0, received -1"),
+        ({"instance_count": 0}, "instance_count must be between 1 and 64, received 0"),
     ],
 )
 def test_invalid_values_are_refused_with_the_received_value(overrides, message):

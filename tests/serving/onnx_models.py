@@ -146,6 +146,7 @@ def write_model(
     max_batch_size: int = 8,
     max_queue_delay_ms: float = 2.0,
     version_policy: VersionPolicy | None = None,
+    instance_count: int = 1,
 ) -> Path:
     """Write `models/<name>/config.json` and `<version>/model.onnx` as the exporter does."""
     model_dir = repository / name
@@ -161,6 +162,7 @@ def write_model(
         max_batch_size=max_batch_size,
         max_queue_delay_ms=max_queue_delay_ms,
         version_policy=version_policy or VersionPolicy(),
+        instance_count=instance_count,
     )
     data = model if isinstance(model, bytes) else model.SerializeToString()
     for version in versions:

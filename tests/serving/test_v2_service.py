@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 from conftest import ServerProcess
-from onnx_models import FASHION_LABELS, images
+from onnx_models import FASHION_LABELS, cnn_model, images, write_model
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
@@ -220,21 +220,24 @@ def test_concurrent_single_image_requests_are_batched_and_unchanged(server: Serv
     assert batched["state"] == "READY"
 
 
-def test_instances_serve_the_same_logits_and_report_their_count(start_server) -> None:
-    server = start_server("--models", "cnn", "--instances", "cnn=2", "--max-batch-size", "64")
+def test_instances_from_config_json_or_the_flag_serve_the_same_logits(start_server, tmp_path) -> None:
+    models = tmp_path / "models"
+    write_model(models, "two", cnn_model(seed=3), max_batch_size=64, instance_count=2)
+    write_model(models, "three", cnn_model(seed=4), max_batch_size=64)
+    server = start_server("--instances", "three=3", models_dir=models)
     client = triton.InferenceServerClient(server.target)
-    config = client.get_model_config("cnn", as_json=True)["config"]
-    assert config["instance_group"][0]["count"] == 2
-    threads = max(1, available_cores() // 2)
-    loaded = f"cnn version 2 on CPUExecutionProvider (2 instances, {threads} intra-op thread(s) each"
-    assert loaded in server.log()
-    session = ort.InferenceSession(
-        str(server.repository / "cnn/2/model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    batch = images(40)  # split across both instances, rows joined in order
+    for name, count in (("two", 2), ("three", 3)):  # config.json's count; the flag's for one model
+        config = client.get_model_config(name, as_json=True)["config"]
+        assert config["instance_group"][0]["count"] == count
+        threads = max(1, available_cores() // count)
+        instances = f"({count} instances, {threads} intra-op thread(s) each"
+        loaded = f"{name} version 1 on CPUExecutionProvider {instances}"
+        assert loaded in server.log()
+    session = ort.InferenceSession(str(models / "two/1/model.onnx"), providers=["CPUExecutionProvider"])
+    batch = images(40)  # split across the instances, rows joined in order
     expected, _ = session.run(None, {"images": batch})
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: client.infer("cnn", [image_input(batch)]), range(8)))
+        results = list(pool.map(lambda _: client.infer("two", [image_input(batch)]), range(8)))
     for result in results:
         np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
     assert server.stop() == 0
