@@ -53,16 +53,18 @@ start_server delay2 --max-queue-delay-ms 2
 bench mnist_delay2 --model mnist_cnn --protocol v2 --concurrency 1,32 --noop-model ''
 stop_server
 
-# ONNX Runtime's session options through the server, and the standard library's event loop.
-for option in spinning threads1 asyncio; do
+# ONNX Runtime's session options through the server, the standard library's event loop, and
+# two model instances (one intra-op thread each).
+for option in spinning threads1 asyncio instances2; do
   case $option in
     spinning) flags=(--cpu-spinning) ;;
     threads1) flags=(--cpu-threads 1) ;;
     asyncio) flags=(--event-loop asyncio) ;;
+    instances2) flags=(--instances 2) ;;
   esac
   start_server "$option" "${flags[@]}"
   bench "opt_${option}" --model mnist_cnn --protocol v2 --concurrency 1,32 --noop-model ''
-  bench "opt_${option}_64" --model mnist_cnn --protocol v2 --concurrency 8 --images-per-request 64 \
+  bench "opt_${option}_64" --model mnist_cnn --protocol v2 --concurrency 1,4,8 --images-per-request 64 \
       --noop-model ''
   stop_server
 done

@@ -31,6 +31,8 @@ SERVER_RUNS = (
     ("opt_threads1_64", "`mnist_cnn`, V2, 64 images/request, `--cpu-threads 1`"),
     ("opt_asyncio", "`mnist_cnn`, V2, server started with `--event-loop asyncio` (the default is uvloop)"),
     ("opt_asyncio_64", "`mnist_cnn`, V2, 64 images/request, `--event-loop asyncio`"),
+    ("opt_instances2", "`mnist_cnn`, V2, server started with `--instances 2`"),
+    ("opt_instances2_64", "`mnist_cnn`, V2, 64 images/request, `--instances 2`"),
 )
 OPEN_RUNS = (("mnist_open", "`mnist_cnn`, V2, open loop (Poisson arrivals)"),)
 

@@ -1,4 +1,4 @@
-"""The adaptive batcher: one worker thread per model version that batches *images*, not requests.
+"""The adaptive batcher: one worker thread per model instance that batches *images*, not requests.
 
 Requests queue with one Future each. The worker forms a batch when `max_batch_size` images are
 waiting or the oldest request has waited `max_queue_delay`, whichever comes first; a request
@@ -14,6 +14,11 @@ busy decoding other requests) that wait left ONNX Runtime idle for part of every
 no hand-over, and completions reach the loop in one `call_soon_threadsafe` per batch. The
 queue, its counters and the flags are shared under one lock; futures are only ever touched on
 the event loop's thread.
+
+With several instances (sessions) of one version, each has a worker on the same queue: the
+first takes whatever waits, the others (helpers) only `SHARE_MIN_ROWS` images or more, and a
+large batch is split into equal shares while instances are idle. A request's rows may then
+finish out of order on different workers; they are joined by their first row.
 """
 
 from __future__ import annotations
@@ -370,7 +375,7 @@ class Batcher:
                     self._loop.call_soon_threadsafe(lambda: stopped.done() or stopped.set_result(None))
 
     def _next_batch(self, helper: bool = False) -> list[Slice] | None:
-        """The next batch for one worker: the first instance's takes whatever waits, a helper
+        """The next batch for one worker: the first instance takes whatever waits, a helper
         only `SHARE_MIN_ROWS` images or more (small requests keep batching on one instance)."""
         delay_ns = int(self.config.max_queue_delay_s * 1e9)
         wake = self._helper_wake if helper else self._lock
@@ -412,7 +417,7 @@ class Batcher:
 
     def _batch_limit(self) -> int:
         """Rows for the batch being formed (hold the lock): all of `max_batch_size`, or an equal
-        share when idle helpers can run the rest at the same time (a large request is split
+        share when idle instances can run the rest at the same time (a large request is split
         across instances instead of running on one while the others wait)."""
         ready = min(self._queued_images, self.config.max_batch_size)
         # The other idle instances: waiting, or back from a batch and about to look at the queue
