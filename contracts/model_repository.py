@@ -242,6 +242,8 @@ class ModelConfig:
         written = {"provenance": ("extra", self.provenance.to_dict()),
                    "version_policy": ("version_policy", self.version_policy.to_config())}  # fmt: skip
         fields = dict(written.get(key, (key, value)) for key, value in asdict(self).items())
+        if self.instance_count == 1:
+            del fields["instance_count"]  # the default: files stay as 0.1.0 wrote them
         return json.dumps(fields, indent=2) + "\n"
 
     def save(self, model_dir: Path) -> None:
