@@ -40,9 +40,9 @@ from cnnserve.serving.errors import DeadlineExceeded, InferenceFailed, QueueFull
 _LOGGER = logging.getLogger(__name__)
 
 RunFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]
-# A request split across batches may finish them out of order on two instances: its output rows
-# are kept by their first row and joined in order.
-Chunk = tuple[int, dict[str, np.ndarray]]
+# A request split across batches may finish them out of order on two instances: each share of its
+# output rows is kept with its first row (and the size of the batch it rode in), joined in order.
+Chunk = tuple[int, int, dict[str, np.ndarray]]  # first row, batch size, output rows
 Clock = Callable[[], int]
 # Rows worth a second instance (or max_batch_size, if smaller): fewer wait for the first
 # instance's next batch instead (one instance batching small requests beats two racing for them:
@@ -83,7 +83,6 @@ class _Pending:
 
     __slots__ = (
         "abandoned",
-        "batch_sizes",
         "chunks",
         "deadline_ns",
         "done_rows",
@@ -112,7 +111,6 @@ class _Pending:
         self.next_row = 0
         self.done_rows = 0
         self.chunks: list[Chunk] = []
-        self.batch_sizes: list[int] = []
         self.queue_ns = self.input_ns = self.infer_ns = self.output_ns = 0
         self.queued = True  # counted against max_queue_size
         self.abandoned = False
@@ -480,7 +478,7 @@ class Batcher:
         offset = 0
         for _, start, stop in slices:
             count = stop - start
-            chunks.append((start, {k: v[offset : offset + count] for k, v in outputs.items()}))
+            chunks.append((start, rows, {k: v[offset : offset + count] for k, v in outputs.items()}))
             offset += count
         scattered = self._clock()
         finished: list[tuple[_Pending, BatchedResult | Exception]] = []
@@ -490,7 +488,6 @@ class Batcher:
                 if not pending.live:
                     continue
                 pending.chunks.append(chunk)
-                pending.batch_sizes.append(rows)
                 pending.done_rows += stop - start
                 pending.input_ns += gathered - started
                 pending.infer_ns += computed - gathered
@@ -502,16 +499,16 @@ class Batcher:
 
 
 def _result(pending: _Pending) -> BatchedResult:
-    if len(pending.chunks) == 1:
-        outputs = pending.chunks[0][1]
+    ordered = sorted(pending.chunks, key=lambda chunk: chunk[0])
+    if len(ordered) == 1:
+        outputs = ordered[0][2]
     else:
-        ordered = [chunk for _, chunk in sorted(pending.chunks, key=lambda c: c[0])]
-        outputs = {k: np.concatenate([c[k] for c in ordered]) for k in ordered[0]}
+        outputs = {k: np.concatenate([rows[k] for _, _, rows in ordered]) for k in ordered[0][2]}
     return BatchedResult(
         outputs=outputs,
         queue_ns=pending.queue_ns,
         compute_input_ns=pending.input_ns,
         compute_infer_ns=pending.infer_ns,
         compute_output_ns=pending.output_ns,
-        batch_sizes=tuple(pending.batch_sizes),
+        batch_sizes=tuple(size for _, size, _ in ordered),
     )

@@ -309,7 +309,8 @@ class ModelManager:
         if replacing is None:
             model.versions[spec.version] = served  # LOADING: requests naming it get UNAVAILABLE
         try:
-            served.sessions = await asyncio.to_thread(self._open_instances, served)
+            settings = self._session_settings(served)
+            served.sessions = await asyncio.to_thread(self._open_instances, served, settings)
         except CnnserveError as error:
             strict = self._starting and self._options.device == "cuda"
             if isinstance(error, ProviderMismatch) and strict:
@@ -337,7 +338,7 @@ class ModelManager:
             served.name,
             served.version,
             served.provider,
-            _instances_text(len(served.sessions), self._session_settings(served).cpu_threads),
+            _instances_text(len(served.sessions), settings.cpu_threads),
             batching.max_batch_size,
             batching.max_queue_delay_s * 1000,
             batching.max_batch_size,
@@ -388,9 +389,8 @@ class ModelManager:
             cuda=self._options.cuda,
         )
 
-    def _open_instances(self, served: ServedVersion) -> tuple[ModelSession, ...]:
+    def _open_instances(self, served: ServedVersion, settings: SessionSettings) -> tuple[ModelSession, ...]:
         """Blocking: one checked, warmed session per instance of the version."""
-        settings = self._session_settings(served)
         return tuple(self._open(served, settings) for _ in range(self._instances(served)))
 
     def _open(self, served: ServedVersion, settings: SessionSettings) -> ModelSession:

@@ -144,14 +144,15 @@ class Supervisor:
             else (None, None)
         )
         cores = available_cores()
-        threads = self._options.cpu_threads or max(1, cores // self._count)
+        share = max(1, cores // self._count)
+        threads = self._options.cpu_threads or share
         worker_options = replace(
             self._options,
             port=port,
             http_port=http_port,
             metrics_port=None,
             ready_file=None,
-            core_share=max(1, cores // self._count),  # divided again between a model's instances
+            core_share=share,  # divided again between a model's instances
             workers=1,
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
