@@ -65,6 +65,18 @@ def _synthetic_source(model_name: str, input_shape: tuple[int, int, int], savedm
     )  # fmt: skip
 
 
+def folded_source(model_name: str, keras_model, workdir: Path):
+    """Folds `keras_model`, saves workdir/model.savedmodel and returns the `ExportSource` the
+    exporters read, over synthetic images."""
+    from cnnserve.training.api import save_inference_savedmodel
+
+    input_shape = tuple(int(d) for d in keras_model.inputs[0].shape[1:])
+    savedmodel = workdir / "model.savedmodel"
+    folded = fold(keras_model)
+    save_inference_savedmodel(folded, savedmodel)
+    return _synthetic_source(model_name, input_shape, savedmodel, folded)  # type: ignore[arg-type]
+
+
 def export_synthetic(
     model_name: str,
     keras_model,
@@ -82,13 +94,8 @@ def export_synthetic(
     from cnnserve.export.onnx_export import write_onnx
     from cnnserve.export.onnx_quantize import quantize_int8
     from cnnserve.export.tflite_export import convert as convert_tflite
-    from cnnserve.training.api import save_inference_savedmodel
 
-    input_shape = tuple(int(d) for d in keras_model.inputs[0].shape[1:])
-    savedmodel = workdir / "model.savedmodel"
-    folded = fold(keras_model)
-    save_inference_savedmodel(folded, savedmodel)
-    source = _synthetic_source(model_name, input_shape, savedmodel, folded)  # type: ignore[arg-type]
+    source = folded_source(model_name, keras_model, workdir)
     onnx_path = workdir / "model.onnx"
     write_onnx(source, onnx_path, {"model": model_name, "dataset": "synthetic"})
     check_relative(onnx_path, source)
@@ -103,7 +110,7 @@ def export_synthetic(
     if onnx_int8:
         onnx_int8_path = workdir / "model_int8.onnx"
         quantize_int8(onnx_path, onnx_int8_path, source.train.images)
-    return ExportedFiles(savedmodel, onnx_path, tflite_path, int8_path, onnx_int8_path)
+    return ExportedFiles(source.savedmodel_dir, onnx_path, tflite_path, int8_path, onnx_int8_path)
 
 
 def check_relative(onnx_path: Path, source, tolerance: float = RELATIVE_TOLERANCE) -> None:

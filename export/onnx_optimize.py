@@ -56,10 +56,14 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
 
 
-def optimize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OptimizeReport]:
+def optimize(
+    model: onnx.ModelProto, passes: tuple[Callable[[onnx.ModelProto], int], ...] = PASSES
+) -> tuple[onnx.ModelProto, OptimizeReport]:
+    """A rewritten copy of `model`. `passes` (a subsequence of PASSES) lets
+    scripts/export_pass_ab.py measure the pipeline without one of them."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     before = op_counts(model)
-    passes = {graph_pass.__name__: graph_pass(model) for graph_pass in PASSES}  # in order
+    rewrites = {graph_pass.__name__: graph_pass(model) for graph_pass in passes}  # in order
     after = op_counts(model)
-    report = OptimizeReport(sum(before.values()), sum(after.values()), before, after, passes)
+    report = OptimizeReport(sum(before.values()), sum(after.values()), before, after, rewrites)
     return model, report

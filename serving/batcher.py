@@ -9,11 +9,18 @@ and a cancelled request frees its queue slot immediately. Times come from `time.
 
 Why a thread that pulls its own batches rather than an asyncio task handing each batch to an
 executor: the hand-over waits for the event loop to let go of the GIL, and under load (the loop
-busy decoding other requests) that wait left ONNX Runtime idle for part of every batch
-(BENCHMARKS.md has the trace). The worker goes from one `run` straight to the next batch with
-no hand-over, and completions reach the loop in one `call_soon_threadsafe` per batch. The
-queue, its counters and the flags are shared under one lock; futures are only ever touched on
-the event loop's thread.
+busy decoding other requests) that wait left ONNX Runtime idle for part of every batch. The
+worker goes from one `run` straight to the next batch with no hand-over, and completions reach
+the loop in one `call_soon_threadsafe` per batch. The queue, its counters and the flags are
+shared under one lock; futures are only ever touched on the event loop's thread.
+
+An idle model may run a request inline, on the event loop's thread, and skip both hops: when
+nothing is queued or running, its recent runs of that many images took at most
+`max_inline_run_s`, and at least that long has passed since its last run ended. The last
+condition keeps batching under load: a request that comes sooner than the model runs waits for a
+worker (and for company), while a server that answers one request at a time, or whose loop costs
+more per request than the model does, saves the two thread wake-ups. The loop is blocked while
+it runs, so `max_inline_run_s` is kept small.
 
 With several instances (sessions) of one version, each has a worker on the same queue: the
 first takes whatever waits, the others (helpers) only `SHARE_MIN_ROWS` images or more, and a
@@ -59,6 +66,7 @@ class BatchRecord:
     input_ns: int  # gathering the requests' rows into one array
     infer_ns: int  # ONNX Runtime
     output_ns: int  # scattering the outputs back
+    inline: bool = False  # run on the event loop's thread, not by a worker
 
 
 @dataclass(frozen=True)
@@ -183,7 +191,12 @@ class Batcher:
         self._lock = threading.Condition(mutex)
         self._helper_wake = threading.Condition(mutex)
         self._helpers_waiting = 0
-        self._busy = 0  # workers between taking a batch and asking for the next
+        self._busy = 0  # runs in progress: workers between taking a batch and asking for the next
+        self._max_inline_ns = int(config.max_inline_run_s * 1e9)
+        # Recent run time by batch size (a moving average), and when the last run ended: what the
+        # inline decision reads. Written by whichever thread ran; a stale read only costs a hop.
+        self._run_ns: dict[int, float] = {}
+        self._last_end_ns = 0
         self._share_min = min(SHARE_MIN_ROWS, config.max_batch_size)  # rows worth a helper
         self._queue: deque[_Pending] = deque()
         self._queued_requests = 0
@@ -261,10 +274,16 @@ class Batcher:
                     f"model {self.name!r} queue is full ({self.config.max_queue_size} requests "
                     "waiting); retry later or raise --max-queue-size"
                 )
-            self._queue.append(pending)
-            self._queued_requests += 1
-            self._queued_images += pending.rows
-            self._wake_for_queue()
+            inline = self._inline_now(pending.rows, now)
+            if inline:
+                self._busy += 1  # the workers leave instance 0's session alone meanwhile
+            else:
+                self._queue.append(pending)
+                self._queued_requests += 1
+                self._queued_images += pending.rows
+                self._wake_for_queue()
+        if inline:
+            return self._run_inline(pending)
         # One timer per request with a deadline (asyncio.wait_for would add a waiter future
         # and two callbacks to every call on the loop's thread).
         timer = (
@@ -280,6 +299,40 @@ class Batcher:
                 timer.cancel()
 
     # ----------------------------------------------------------------- event loop's thread
+
+    def _inline_now(self, rows: int, now_ns: int) -> bool:
+        """Run this request on the loop's thread (hold the lock)? See the module docstring."""
+        if not self._max_inline_ns or self._queue or self._busy or self.config.max_queue_delay_s:
+            return False
+        cost = self._run_ns.get(rows)
+        return cost is not None and cost <= self._max_inline_ns and now_ns - self._last_end_ns >= cost
+
+    def _run_inline(self, pending: _Pending) -> BatchedResult:
+        """`pending` as a batch of its own on instance 0, here and now."""
+        rows = pending.rows
+        started = self._clock()
+        try:
+            outputs = self._runs[0](pending.images)
+            computed = self._clock()
+            self._check_outputs(outputs, rows)
+        except Exception as error:
+            failure = self._failure(error, rows)
+            _LOGGER.error("%s", failure)
+            raise failure from error
+        finally:
+            with self._lock:
+                self._busy -= 1
+                self._wake_for_queue()  # nothing can have queued meanwhile; cheap to be sure
+        self._note_run(rows, computed - started, computed)
+        record = BatchRecord(rows, 1, 0, computed - started, 0, inline=True)
+        if self._on_batch is not None:
+            self._on_batch(record)
+        return BatchedResult(outputs, started - pending.enqueued_ns, 0, computed - started, 0, (rows,))
+
+    def _note_run(self, rows: int, infer_ns: int, end_ns: int) -> None:
+        previous = self._run_ns.get(rows)
+        self._run_ns[rows] = infer_ns if previous is None else previous + (infer_ns - previous) / 8
+        self._last_end_ns = end_ns
 
     def _expire(self, pending: _Pending) -> None:
         """The request's deadline passed before its outputs came: answer DEADLINE_EXCEEDED now;
@@ -350,9 +403,6 @@ class Batcher:
         try:
             while (batch := self._next_batch(helper)) is not None:
                 self._execute(batch, run)
-                if len(self._runs) > 1:
-                    with self._lock:
-                        self._busy -= 1  # done: a share of the next batch may be planned for it
         except Exception as error:  # a bug here must not leave callers waiting forever
             _LOGGER.exception("batcher for %s stopped", self.name)
             failure = InferenceFailed(f"batcher for {self.name!r} failed: {error}")
@@ -408,8 +458,8 @@ class Batcher:
                         self._queued_requests -= 1
                         pending.queue_ns = now - pending.enqueued_ns
                 if slices:
+                    self._busy += 1
                     if len(self._runs) > 1:
-                        self._busy += 1
                         self._wake_for_queue()  # what is left, for an idle instance
                     return slices
 
@@ -458,22 +508,15 @@ class Batcher:
             gathered = self._clock()
             outputs = run(batch)
             computed = self._clock()
-            for output, value in outputs.items():
-                if not isinstance(value, np.ndarray) or value.ndim == 0 or value.shape[0] != rows:
-                    shape = list(getattr(value, "shape", []))
-                    raise InferenceFailed(
-                        f"model {self.name!r} returned {output!r} with shape {shape} "
-                        f"for a batch of {rows} images"
-                    )
+            self._check_outputs(outputs, rows)
         except Exception as error:
-            failure = (
-                error
-                if isinstance(error, InferenceFailed)
-                else InferenceFailed(f"model {self.name!r} failed on a batch of {rows} images: {error}")
-            )
+            failure = self._failure(error, rows)
             _LOGGER.error("%s", failure)
-            self._fail([(pending, failure) for pending, _, _ in slices])
+            with self._lock:
+                self._busy -= 1
+                self._fail([(pending, failure) for pending, _, _ in slices])
             return
+        self._note_run(rows, computed - gathered, computed)
         chunks = []
         offset = 0
         for _, start, stop in slices:
@@ -482,8 +525,10 @@ class Batcher:
             offset += count
         scattered = self._clock()
         finished: list[tuple[_Pending, BatchedResult | Exception]] = []
-        # Under the lock: another instance may be finishing other rows of the same request.
+        # Under the lock: another instance may be finishing other rows of the same request. The
+        # worker is idle from here: a share of the next batch, or an inline run, may use it.
         with self._lock:
+            self._busy -= 1
             for (pending, start, stop), chunk in zip(slices, chunks, strict=True):
                 if not pending.live:
                     continue
@@ -496,6 +541,19 @@ class Batcher:
                     finished.append((pending, _result(pending)))
         record = BatchRecord(rows, len(slices), gathered - started, computed - gathered, scattered - computed)
         self._post(finished, record)
+
+    def _check_outputs(self, outputs: Mapping[str, np.ndarray], rows: int) -> None:
+        for output, value in outputs.items():
+            if not isinstance(value, np.ndarray) or value.ndim == 0 or value.shape[0] != rows:
+                shape = list(getattr(value, "shape", []))
+                raise InferenceFailed(
+                    f"model {self.name!r} returned {output!r} with shape {shape} for a batch of {rows} images"
+                )
+
+    def _failure(self, error: Exception, rows: int) -> InferenceFailed:
+        if isinstance(error, InferenceFailed):
+            return error
+        return InferenceFailed(f"model {self.name!r} failed on a batch of {rows} images: {error}")
 
 
 def _result(pending: _Pending) -> BatchedResult:

@@ -25,6 +25,9 @@ MIB = 1024 * 1024
 # declare, both checked before any decoding (decompression bombs).
 MAX_IMAGE_BYTES = 16 * MIB
 MAX_IMAGE_PIXELS = 4096 * 4096
+# Runs on the event loop's thread block every other call for their length: at most 10 ms.
+MAX_INLINE_RUN_S = 0.01
+DEFAULT_INLINE_MAX_US = 1000.0
 
 T = TypeVar("T", int, float)
 
@@ -53,6 +56,10 @@ class BatchingConfig:
     max_batch_size: int
     max_queue_delay_s: float
     max_queue_size: int
+    # A request may run on the event loop's thread, skipping the hand-over to a worker and back,
+    # when the model is idle and its recent runs of that size took at most this (batcher.py);
+    # 0: never. The loop is blocked for that long, so it stays small.
+    max_inline_run_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -64,6 +71,11 @@ class BatchingConfig:
             )
         if self.max_queue_size < 1:
             raise CnnserveError(f"max_queue_size must be >= 1, received {self.max_queue_size}")
+        if not 0 <= self.max_inline_run_s <= MAX_INLINE_RUN_S:
+            raise CnnserveError(
+                f"max_inline_run must be between 0 and {MAX_INLINE_RUN_S * 1e3:g} ms, "
+                f"received {self.max_inline_run_s * 1e3:g} ms"
+            )
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,8 @@ class ServerOptions:
     # Model instances (Triton's instance_group count): sessions per version, each with its own
     # batcher worker, sharing the cores' intra-op threads; unset: config.json's instance_count.
     instances: Override[int] = field(default_factory=Override)
+    # Idle models run cheap requests on the event loop's thread (BatchingConfig.max_inline_run_s).
+    inline_max_us: float = DEFAULT_INLINE_MAX_US
     max_request_images: int = 4096
     max_message_bytes: int = MAX_MESSAGE_BYTES
     grace_s: float = 30.0
@@ -131,6 +145,11 @@ class ServerOptions:
             raise CnnserveError(f"--log-format must be text or json, got {self.log_format!r}")
         if not 1 <= self.workers <= 256:
             raise CnnserveError(f"--workers must be between 1 and 256, received {self.workers}")
+        if not 0 <= self.inline_max_us <= MAX_INLINE_RUN_S * 1e6:
+            raise CnnserveError(
+                f"--inline-max-us must be between 0 and {MAX_INLINE_RUN_S * 1e6:g} (0: never run "
+                f"on the event loop's thread), received {self.inline_max_us:g}"
+            )
         if not 0.1 <= self.poll_interval_s <= 3600:
             raise CnnserveError(
                 f"--poll-interval-s must be between 0.1 and 3600, received {self.poll_interval_s:g}"
@@ -184,6 +203,7 @@ class ServerOptions:
             max_batch_size=self.max_batch_size.for_model(name, max_batch_size),
             max_queue_delay_s=self.max_queue_delay_ms.for_model(name, max_queue_delay_ms) / 1000,
             max_queue_size=self.max_queue_size.for_model(name, DEFAULT_MAX_QUEUE_SIZE),
+            max_inline_run_s=self.inline_max_us / 1e6,
         )
 
 

@@ -26,7 +26,7 @@ import onnxruntime as ort
 from cnnserve.contracts.errors import CnnserveError
 from cnnserve.contracts.model_repository import MODEL_NAME_PATTERN
 from cnnserve.serving.batcher import Batcher
-from cnnserve.serving.config import ServerOptions
+from cnnserve.serving.config import BatchingConfig, ServerOptions
 from cnnserve.serving.errors import InvalidInput, ModelControlDisabled, ModelLoadFailed, ModelNotFound
 from cnnserve.serving.log_limit import RateLimitedLog, shown
 from cnnserve.serving.memory import return_free_memory
@@ -332,7 +332,7 @@ class ModelManager:
         model.versions[spec.version] = served
         model.failures.pop(served.version, None)
         _LOGGER.info(
-            "%s %s version %s on %s (%s, max_batch_size=%d, max_queue_delay=%.1f ms, "
+            "%s %s version %s on %s (%s, max_batch_size=%d, max_queue_delay=%.1f ms, %s, "
             "warmed batch sizes 1-%d)",
             "reloaded" if replacing else "loaded",
             served.name,
@@ -341,6 +341,7 @@ class ModelManager:
             _instances_text(len(served.sessions), settings.cpu_threads),
             batching.max_batch_size,
             batching.max_queue_delay_s * 1000,
+            _inline_text(batching),
             batching.max_batch_size,
         )
         if replacing is not None:
@@ -423,6 +424,12 @@ async def _close(served: ServedVersion) -> None:
 def _instances_text(count: int, threads: int) -> str:
     each = f"{threads} intra-op thread(s)" if threads else "ONNX Runtime's intra-op threads"
     return f"{count} instance{'s' if count > 1 else ''}, {each}{' each' if count > 1 else ''}"
+
+
+def _inline_text(batching: BatchingConfig) -> str:
+    if batching.max_inline_run_s and not batching.max_queue_delay_s:
+        return f"inline runs up to {batching.max_inline_run_s * 1e6:g} µs when idle"
+    return "no inline runs"
 
 
 def _check_matches_config(session: ModelSession, served: ServedVersion) -> None:

@@ -64,6 +64,15 @@ class ServingCollector(Collector):
             "1 for each loaded model version; the provider label says where it really runs",
             labels=[*LABELS, "execution_provider", "state"],
         )
+        inline = counter(
+            "cnnserve_inline_execution_count",
+            "Model executions run on the event loop's thread, without the hand-over to a worker",
+        )
+        instances = GaugeMetricFamily(
+            "cnnserve_model_instances",
+            "ONNX Runtime sessions serving each ready model version (--instances; all workers together)",
+            labels=LABELS,
+        )
         batch_size = HistogramMetricFamily("cnnserve_batch_size", "Images per model execution", labels=LABELS)
         batch_latency = HistogramMetricFamily(
             "cnnserve_batch_compute_duration_us", "Model execution time per batch", labels=LABELS
@@ -90,12 +99,14 @@ class ServingCollector(Collector):
             info.add_metric([*labels, served.provider, served.state], 1)
             if served.state != ModelState.READY:
                 continue
+            instances.add_metric(labels, served.instances)
             stats = served.stats
             success.add_metric(labels, stats.success.count)
             for reason in FAILURE_REASONS:
                 failure.add_metric([*labels, reason], stats.fail[reason].count)
             count.add_metric(labels, stats.inference_count)
             executions.add_metric(labels, stats.execution_count)
+            inline.add_metric(labels, stats.inline_count)
             request_us.add_metric(labels, stats.success.ns / 1000)
             queue_us.add_metric(labels, stats.queue.ns / 1000)
             input_us.add_metric(labels, stats.compute_input.ns / 1000)
@@ -120,8 +131,9 @@ class ServingCollector(Collector):
             request_histogram.add_metric(labels, *_buckets(stats.request_latency))
             queue_histogram.add_metric(labels, *_buckets(stats.queue_latency))
             compute_histogram.add_metric([*labels, served.provider], *_buckets(stats.compute_latency))
-        yield from (success, failure, count, executions, request_us, queue_us, input_us, infer_us, output_us)
-        yield from (pending, pending_images, info, batch_size, batch_latency, load_failures)
+        yield from (success, failure, count, executions, inline)
+        yield from (request_us, queue_us, input_us, infer_us, output_us)
+        yield from (pending, pending_images, info, instances, batch_size, batch_latency, load_failures)
         yield from (request_histogram, queue_histogram, compute_histogram)
         if report.processes:
             yield from _worker_processes(report)

@@ -131,6 +131,18 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         ),
     )
     serve.add_argument(
+        "--inline-max-us",
+        type=float,
+        default=DEFAULTS["inline_max_us"],
+        metavar="US",
+        help=(
+            "an idle model runs a request on the event loop's thread, without the hand-over to its "
+            "batcher's worker and back, when requests come less often than it runs and its recent "
+            f"runs of that size took at most US µs; 0: always hand over "
+            f"(default: {DEFAULTS['inline_max_us']:g})"
+        ),
+    )
+    serve.add_argument(
         "--max-request-images", type=int, default=images, help=f"images per request (default: {images})"
     )
     serve.add_argument(
@@ -261,6 +273,7 @@ def build_options(args: argparse.Namespace) -> ServerOptions:
         max_queue_delay_ms=_override(args.max_queue_delay_ms, float),
         max_queue_size=_override(args.max_queue_size, int, DEFAULT_MAX_QUEUE_SIZE),
         instances=_override(args.instances, int),
+        inline_max_us=args.inline_max_us,
         max_request_images=args.max_request_images,
         max_message_bytes=int(args.max_message_mb * MIB),
         grace_s=args.grace_s,

@@ -33,6 +33,7 @@ class VersionReport:
     queued_requests: int
     queued_images: int
     stats: Snapshot
+    instances: int = 0  # ONNX Runtime sessions serving the version (0 until it is loaded)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class ServerReport:
                     batcher.queued_requests if batcher else 0,
                     batcher.queued_images if batcher else 0,
                     served.stats.snapshot(),
+                    len(served.sessions),
                 )
             )
         failures = tuple((name, version, n) for (name, version), n in sorted(registry.load_failures.items()))
@@ -107,6 +109,7 @@ class ServerReport:
                     sum(p.queued_requests for p in parts),
                     sum(p.queued_images for p in parts),
                     Snapshot.merged([p.stats for p in parts]),
+                    sum(p.instances for p in parts),
                 )
             )
         failures: dict[tuple[str, str], int] = {}

@@ -80,6 +80,7 @@ class Snapshot:
     last_inference_ms: int = 0
     inference_count: int = 0
     execution_count: int = 0
+    inline_count: int = 0  # executions run on the event loop's thread (batcher.py)
     success: Duration = field(default_factory=Duration)
     fail: dict[str, Duration] = field(default_factory=lambda: {r: Duration() for r in FAILURE_REASONS})
     queue: Duration = field(default_factory=Duration)
@@ -103,6 +104,7 @@ class Snapshot:
             last_inference_ms=int(raw["last_inference_ms"]),
             inference_count=int(raw["inference_count"]),
             execution_count=int(raw["execution_count"]),
+            inline_count=int(raw.get("inline_count", 0)),
             success=Duration(**raw["success"]),
             fail={reason: Duration(**value) for reason, value in raw["fail"].items()},
             queue=Duration(**raw["queue"]),
@@ -126,6 +128,7 @@ class Snapshot:
             total.last_inference_ms = max(total.last_inference_ms, part.last_inference_ms)
             total.inference_count += part.inference_count
             total.execution_count += part.execution_count
+            total.inline_count += part.inline_count
             for mine, theirs in (
                 (total.success, part.success),
                 (total.queue, part.queue),
@@ -164,6 +167,7 @@ class ModelStats:
         with self._lock:
             data = self._data
             data.execution_count += 1
+            data.inline_count += batch.inline
             data.inference_count += batch.size
             data.last_inference_ms = time.time_ns() // 1_000_000
             stats = data.batch_stats.setdefault(batch.size, BatchSizeStats())

@@ -145,7 +145,11 @@ class Supervisor:
         )
         cores = available_cores()
         share = max(1, cores // self._count)
-        threads = self._options.cpu_threads or share
+        threads = (
+            f"{self._options.cpu_threads} intra-op thread(s) per model instance"
+            if self._options.cpu_threads
+            else f"{share} core(s) each, shared by a model's instances"
+        )
         worker_options = replace(
             self._options,
             port=port,
@@ -158,7 +162,7 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         _LOGGER.info(
-            "starting %d workers on %s:%d (%d intra-op thread(s) each, %d core(s) available)",
+            "starting %d workers on %s:%d (%s; %d core(s) available)",
             self._count,
             self._options.host,
             port,

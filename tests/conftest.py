@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 # Quiet TensorFlow's C++ start-up logging in test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -16,10 +18,23 @@ _GROUPS = {
 }
 
 
-def pytest_collection_modifyitems(config, items) -> None:
-    import pytest
+def group_of(nodeid: str) -> str:
+    """The work unit a test belongs to: its group above, else its file."""
+    path = nodeid.split("::")[0]
+    return next((name for prefix, name in _GROUPS.items() if path.startswith(prefix)), path)
 
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        group = next((name for prefix, name in _GROUPS.items() if path.startswith(prefix)), path)
-        item.add_marker(pytest.mark.xdist_group(group))
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` by `group_of`. xdist's own loadgroup reads groups from a suffix it
+    writes into each node id, which pytest 9.2's structured ids silently drop (every test was
+    scheduled on its own and each worker built the shared fixtures again: pytest-xdist#1386)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return SharedFixtureScheduling(config, log)

@@ -72,6 +72,16 @@ def test_the_table_of_the_recorded_event_loop_run():
         assert cells[3] == f"{ratios[1]:.2f}×"  # the median of three rounds
 
 
+@pytest.mark.parametrize("name", ["inline_ab_mnist.json", "inline_ab_cs231n.json"])
+def test_benchmarks_md_shows_the_recorded_inline_runs(name):
+    """The "Inline runs" tables of BENCHMARKS.md are these recorded runs, rendered."""
+    result = json.loads((Path(__file__).parent / "data" / name).read_text())
+    benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
+    assert result["a"] == "--inline-max-us 0" and result["b"] == ""
+    rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
+    assert len(rows) == len(result["levels"]) and all(row in benchmarks for row in rows)
+
+
 @pytest.mark.parametrize("name", ["instances_ab_mnist.json", "instances_ab_cs231n.json"])
 def test_benchmarks_md_shows_the_recorded_instances_runs(name):
     """The "Model instances" tables of BENCHMARKS.md are these recorded runs, rendered, and the

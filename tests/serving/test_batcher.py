@@ -321,3 +321,136 @@ def test_closing_several_instances_answers_the_queue_and_stops_every_worker() ->
             await batcher.submit(images(9))
 
     asyncio.run(scenario())
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (and the model, by its cost)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class TickingClock(FakeClock):
+    """Moves 1 ms at every reading, so a batcher waiting out a queue delay sees it pass."""
+
+    def __call__(self) -> int:
+        self.now += 1_000_000
+        return self.now
+
+
+class TimedModel(RecordingModel):
+    """A RecordingModel that takes `cost_ns` on the fake clock, noting the thread that ran it."""
+
+    def __init__(self, clock: FakeClock, cost_ns: int, gate: threading.Event | None = None) -> None:
+        super().__init__(gate)
+        self.clock, self.cost_ns = clock, cost_ns
+        self.on_loop_thread: list[bool] = []
+        self.fail_next = False
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self.on_loop_thread.append(threading.current_thread() is threading.main_thread())
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("kernel exploded")
+        outputs = super().__call__(batch)
+        self.clock.now += self.cost_ns
+        return outputs
+
+
+def inline_config(max_inline_us: float = 1000, delay_s: float = 0.0) -> BatchingConfig:
+    return BatchingConfig(4, delay_s, 100, max_inline_run_s=max_inline_us / 1e6)
+
+
+def test_an_idle_model_runs_a_request_on_the_loops_thread_once_it_knows_the_cost() -> None:
+    clock = FakeClock()
+    model = TimedModel(clock, cost_ns=200_000)
+    records: list[BatchRecord] = []
+
+    async def scenario() -> list:
+        batcher = Batcher("test", model, inline_config(), on_batch=records.append, clock=clock)
+        batcher.start()
+        first = await batcher.submit(images(1))  # no run of one image seen yet: the worker
+        clock.now += 1_000_000  # a quiet millisecond, longer than a run
+        second = await batcher.submit(images(2))
+        clock.now += 50_000  # sooner than the model runs: batching has a chance, the worker
+        third = await batcher.submit(images(3))
+        await batcher.close()
+        return [first, second, third]
+
+    results = asyncio.run(scenario())
+    assert model.on_loop_thread == [False, True, False]
+    assert [ids(r.outputs["logits"]) for r in results] == [[1], [2], [3]]
+    assert results[1].batch_sizes == (1,) and results[1].compute_infer_ns == 200_000
+    assert results[1].queue_ns == 0
+    assert [(r.size, r.requests, r.infer_ns) for r in records] == [(1, 1, 200_000)] * 3
+
+
+def test_no_inline_run_above_the_limit_with_a_queue_delay_or_while_a_batch_runs() -> None:
+    for cfg in (inline_config(max_inline_us=100), inline_config(delay_s=0.001)):
+        clock = FakeClock() if cfg.max_queue_delay_s == 0 else TickingClock()
+        model = TimedModel(clock, cost_ns=200_000)
+
+        async def quiet_requests(batcher: Batcher, clock: FakeClock = clock) -> None:
+            batcher.start()
+            for i in range(3):
+                await batcher.submit(images(i))
+                clock.now += 5_000_000
+            await batcher.close()
+
+        asyncio.run(quiet_requests(Batcher("test", model, cfg, clock=clock)))
+        assert model.on_loop_thread == [False] * 3, cfg
+
+    clock = FakeClock()
+    gate = threading.Event()
+    model = TimedModel(clock, cost_ns=200_000)
+
+    async def busy_worker() -> list[int]:
+        batcher = Batcher("test", model, inline_config(), clock=clock)
+        batcher.start()
+        await batcher.submit(images(1))  # the cost is known from here on
+        model.gate = gate  # the next batch blocks in the worker
+        clock.now += 50_000
+        running = asyncio.ensure_future(batcher.submit(images(2)))
+        while len(model.on_loop_thread) < 2:
+            await asyncio.sleep(0.001)
+        clock.now += 5_000_000  # quiet for long, but the worker is mid-batch
+        waiting = asyncio.ensure_future(batcher.submit(images(3)))
+        await asyncio.sleep(0.01)
+        gate.set()
+        results = await asyncio.gather(running, waiting)
+        await batcher.close()
+        return [ids(r.outputs["logits"])[0] for r in results]
+
+    assert asyncio.run(busy_worker()) == [2, 3]
+    assert model.on_loop_thread == [False, False, False]
+
+
+def test_a_failing_inline_run_fails_its_request_only() -> None:
+    clock = FakeClock()
+    model = TimedModel(clock, cost_ns=200_000)
+
+    async def scenario() -> list[int]:
+        batcher = Batcher("test", model, inline_config(), clock=clock)
+        batcher.start()
+        await batcher.submit(images(1))
+        clock.now += 1_000_000
+        model.fail_next = True
+        with pytest.raises(
+            InferenceFailed, match="model 'test' failed on a batch of 1 images: kernel exploded"
+        ):
+            await batcher.submit(images(2))
+        clock.now += 1_000_000
+        after = await batcher.submit(images(3))  # the session is free again, inline as before
+        await batcher.close()
+        return ids(after.outputs["logits"])
+
+    assert asyncio.run(scenario()) == [3]
+    assert model.on_loop_thread == [False, True, True]
+
+
+def test_inline_limit_is_validated() -> None:
+    with pytest.raises(CnnserveError, match="max_inline_run must be between 0 and 10 ms, received 20 ms"):
+        BatchingConfig(4, 0.0, 100, max_inline_run_s=0.02)

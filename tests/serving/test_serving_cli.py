@@ -194,3 +194,11 @@ def test_serve_refuses_bad_cuda_options_in_one_line(repository: Path) -> None:
     result = run_serve("--repository", str(repository), "--models", "identity", "--gpu-mem-limit-mb", "0")
     assert result.returncode == 2 and "--gpu-mem-limit-mb must be > 0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_an_inline_limit_out_of_range_in_one_line(repository: Path) -> None:
+    result = run_serve("--repository", str(repository), "--models", "identity", "--inline-max-us", "20000")
+    assert result.returncode == 2
+    refused = "--inline-max-us must be between 0 and 10000 (0: never run on the event loop's thread)"
+    assert refused in result.stderr
+    assert "received 20000" in result.stderr and "Traceback" not in result.stderr

@@ -233,6 +233,11 @@ def test_instances_from_config_json_or_the_flag_serve_the_same_logits(start_serv
         instances = f"({count} instances, {threads} intra-op thread(s) each"
         loaded = f"{name} version 1 on CPUExecutionProvider {instances}"
         assert loaded in server.log()
+    assert "max_queue_delay=2.0 ms, no inline runs, warmed batch sizes 1-64" in server.log()
+    metrics = scrape(server)
+    for name, count in (("two", 2), ("three", 3)):
+        labels = frozenset({"model": name, "version": "1"}.items())
+        assert metrics[("cnnserve_model_instances", labels)] == count
     session = ort.InferenceSession(str(models / "two/1/model.onnx"), providers=["CPUExecutionProvider"])
     batch = images(40)  # split across the instances, rows joined in order
     expected, _ = session.run(None, {"images": batch})
@@ -241,6 +246,34 @@ def test_instances_from_config_json_or_the_flag_serve_the_same_logits(start_serv
     for result in results:
         np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
     assert server.stop() == 0
+
+
+def test_an_idle_cheap_model_answers_one_request_at_a_time_inline(start_server, tmp_path) -> None:
+    """Requests one after another, seconds apart in model time: after the first (which teaches the
+    batcher the cost), they run on the event loop's thread, with the session's logits; with
+    --inline-max-us 0 none does."""
+    models = tmp_path / "models"
+    write_model(models, "cheap", cnn_model(seed=5), max_batch_size=8, max_queue_delay_ms=0)
+    session = ort.InferenceSession(str(models / "cheap/1/model.onnx"), providers=["CPUExecutionProvider"])
+    batch = images(12, seed=6)
+    expected, _ = session.run(None, {"images": batch})
+    label = frozenset({"model": "cheap", "version": "1"}.items())
+    for flags, inline_at_least in (((), 8), (("--inline-max-us", "0"), 0)):
+        server = start_server(*flags, models_dir=models)
+        client = triton.InferenceServerClient(server.target)
+        for i in range(12):
+            got = client.infer("cheap", [image_input(batch[i : i + 1])]).as_numpy("logits")
+            np.testing.assert_allclose(got, expected[i : i + 1], rtol=1e-5, atol=1e-6)
+        started = "max_queue_delay=0.0 ms, inline runs up to 1000 µs when idle" if not flags else "no inline"
+        assert started in server.log()
+        metrics = scrape(server)
+        inline = metrics[("cnnserve_inline_execution_count_total", label)]
+        assert metrics[("nv_inference_exec_count_total", label)] == 12
+        if inline_at_least:
+            assert inline_at_least <= inline <= 11, flags  # not the first: its cost was unknown
+        else:
+            assert inline == 0
+        assert server.stop() == 0
 
 
 def test_instances_out_of_range_is_refused_with_its_flag(tmp_path) -> None:

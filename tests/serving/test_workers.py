@@ -54,10 +54,11 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def inference_count(server: ServerProcess) -> float:
+def metric_total(server: ServerProcess, name: str) -> float:
+    """The sum of metric `name` over its samples in the supervisor's /metrics."""
     with urlopen(server.metrics_url, timeout=10) as response:
         families = text_string_to_metric_families(response.read().decode())
-    return sum(s.value for f in families for s in f.samples if s.name == "nv_inference_count_total")
+    return sum(s.value for f in families for s in f.samples if s.name == name)
 
 
 def test_two_workers_share_the_load_and_report_one_server(one_model: Path, start_server) -> None:
@@ -79,7 +80,10 @@ def test_two_workers_share_the_load_and_report_one_server(one_model: Path, start
     stats = client.get_inference_statistics("cnn", as_json=True)["model_stats"][0]
     assert int(stats["inference_count"]) == served  # both workers' counts, not one worker's
     assert int(stats["inference_stats"]["success"]["count"]) == served
-    assert inference_count(server) == served  # the supervisor's /metrics: the same sum
+    assert metric_total(server, "nv_inference_count_total") == served  # the supervisor's: the same sum
+    assert metric_total(server, "cnnserve_model_instances") == 2  # one session in each worker
+    started = f"starting 2 workers on {server.target} (1 intra-op thread(s) per model instance;"
+    assert started in server.log()  # the test servers' --cpu-threads 1
     assert client.is_server_ready()
 
 
