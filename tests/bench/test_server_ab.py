@@ -82,6 +82,19 @@ def test_benchmarks_md_shows_the_recorded_inline_runs(name):
     assert len(rows) == len(result["levels"]) and all(row in benchmarks for row in rows)
 
 
+@pytest.mark.parametrize(
+    ("name", "flag"),
+    [("threads1_ab_mnist.json", "`--cpu-threads 1`"), ("spinning_ab_mnist.json", "`--cpu-spinning`")],
+)
+def test_benchmarks_md_shows_the_recorded_thread_option_runs(name, flag):
+    """The rows under "Inline runs" that set one thread or spinning against the default."""
+    result = json.loads((Path(__file__).parent / "data" / name).read_text())
+    benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
+    assert result["a"] == "" and f"`{result['b']}`" == flag
+    rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
+    assert len(rows) == 2 and all(f"| {flag} {row}" in benchmarks for row in rows)
+
+
 @pytest.mark.parametrize("name", ["instances_ab_mnist.json", "instances_ab_cs231n.json"])
 def test_benchmarks_md_shows_the_recorded_instances_runs(name):
     """The "Model instances" tables of BENCHMARKS.md are these recorded runs, rendered, and the
