@@ -48,6 +48,11 @@ class Override(Generic[T]):
     def models(self) -> tuple[str, ...]:
         return tuple(model for model, _ in self.per_model)
 
+    def values(self) -> tuple[T, ...]:
+        """Every value given: the one for every model (if any), then the per-model ones."""
+        every = () if self.every is None else (self.every,)
+        return (*every, *(value for _, value in self.per_model))
+
 
 @dataclass(frozen=True)
 class BatchingConfig:
@@ -108,7 +113,7 @@ class ServerOptions:
     # batcher worker, sharing the cores' intra-op threads; unset: config.json's instance_count.
     instances: Override[int] = field(default_factory=Override)
     # Idle models run cheap requests on the event loop's thread (BatchingConfig.max_inline_run_s).
-    inline_max_us: float = DEFAULT_INLINE_MAX_US
+    inline_max_us: Override[float] = field(default_factory=lambda: Override(every=DEFAULT_INLINE_MAX_US))
     max_request_images: int = 4096
     max_message_bytes: int = MAX_MESSAGE_BYTES
     grace_s: float = 30.0
@@ -145,11 +150,12 @@ class ServerOptions:
             raise CnnserveError(f"--log-format must be text or json, got {self.log_format!r}")
         if not 1 <= self.workers <= 256:
             raise CnnserveError(f"--workers must be between 1 and 256, received {self.workers}")
-        if not 0 <= self.inline_max_us <= MAX_INLINE_RUN_S * 1e6:
-            raise CnnserveError(
-                f"--inline-max-us must be between 0 and {MAX_INLINE_RUN_S * 1e6:g} (0: never run "
-                f"on the event loop's thread), received {self.inline_max_us:g}"
-            )
+        for value in self.inline_max_us.values():
+            if not 0 <= value <= MAX_INLINE_RUN_S * 1e6:
+                raise CnnserveError(
+                    f"--inline-max-us must be between 0 and {MAX_INLINE_RUN_S * 1e6:g} (0: never run "
+                    f"on the event loop's thread), received {value:g}"
+                )
         if not 0.1 <= self.poll_interval_s <= 3600:
             raise CnnserveError(
                 f"--poll-interval-s must be between 0.1 and 3600, received {self.poll_interval_s:g}"
@@ -184,6 +190,7 @@ class ServerOptions:
             *self.max_queue_delay_ms.models(),
             *self.max_queue_size.models(),
             *self.instances.models(),
+            *self.inline_max_us.models(),
         )
 
     def instances_for(self, name: str, instance_count: int) -> int:
@@ -203,7 +210,7 @@ class ServerOptions:
             max_batch_size=self.max_batch_size.for_model(name, max_batch_size),
             max_queue_delay_s=self.max_queue_delay_ms.for_model(name, max_queue_delay_ms) / 1000,
             max_queue_size=self.max_queue_size.for_model(name, DEFAULT_MAX_QUEUE_SIZE),
-            max_inline_run_s=self.inline_max_us / 1e6,
+            max_inline_run_s=self.inline_max_us.for_model(name, DEFAULT_INLINE_MAX_US) / 1e6,
         )
 
 

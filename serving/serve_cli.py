@@ -14,6 +14,7 @@ from pathlib import Path
 from cnnserve.contracts.errors import CnnserveError
 from cnnserve.contracts.names import DEFAULT_MAX_QUEUE_SIZE, DEVICES
 from cnnserve.serving.config import (
+    DEFAULT_INLINE_MAX_US,
     EVENT_LOOPS,
     LOG_FORMATS,
     MIB,
@@ -132,14 +133,15 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument(
         "--inline-max-us",
-        type=float,
-        default=DEFAULTS["inline_max_us"],
-        metavar="US",
+        type=_per_model(float),
+        action="append",
+        default=[],
+        metavar="[MODEL=]US",
         help=(
             "an idle model runs a request on the event loop's thread, without the hand-over to its "
             "batcher's worker and back, when requests come less often than it runs and its recent "
             f"runs of that size took at most US µs; 0: always hand over "
-            f"(default: {DEFAULTS['inline_max_us']:g})"
+            f"(default: {DEFAULT_INLINE_MAX_US:g})"
         ),
     )
     serve.add_argument(
@@ -273,7 +275,7 @@ def build_options(args: argparse.Namespace) -> ServerOptions:
         max_queue_delay_ms=_override(args.max_queue_delay_ms, float),
         max_queue_size=_override(args.max_queue_size, int, DEFAULT_MAX_QUEUE_SIZE),
         instances=_override(args.instances, int),
-        inline_max_us=args.inline_max_us,
+        inline_max_us=_override(args.inline_max_us, float, DEFAULT_INLINE_MAX_US),
         max_request_images=args.max_request_images,
         max_message_bytes=int(args.max_message_mb * MIB),
         grace_s=args.grace_s,

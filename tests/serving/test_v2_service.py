@@ -251,14 +251,14 @@ def test_instances_from_config_json_or_the_flag_serve_the_same_logits(start_serv
 def test_an_idle_cheap_model_answers_one_request_at_a_time_inline(start_server, tmp_path) -> None:
     """Requests one after another, seconds apart in model time: after the first (which teaches the
     batcher the cost), they run on the event loop's thread, with the session's logits; with
-    --inline-max-us 0 none does."""
+    --inline-max-us cheap=0 (the per-model form) none does."""
     models = tmp_path / "models"
     write_model(models, "cheap", cnn_model(seed=5), max_batch_size=8, max_queue_delay_ms=0)
     session = ort.InferenceSession(str(models / "cheap/1/model.onnx"), providers=["CPUExecutionProvider"])
     batch = images(12, seed=6)
     expected, _ = session.run(None, {"images": batch})
     label = frozenset({"model": "cheap", "version": "1"}.items())
-    for flags, inline_at_least in (((), 8), (("--inline-max-us", "0"), 0)):
+    for flags, inline_at_least in (((), 8), (("--inline-max-us", "cheap=0"), 0)):
         server = start_server(*flags, models_dir=models)
         client = triton.InferenceServerClient(server.target)
         for i in range(12):
