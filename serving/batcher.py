@@ -192,7 +192,7 @@ class Batcher:
         self._helper_wake = threading.Condition(mutex)
         self._helpers_waiting = 0
         self._busy = 0  # runs in progress: workers between taking a batch and asking for the next
-        self._max_inline_ns = int(config.max_inline_run_s * 1e9)
+        self._max_inline_ns = config.inline_run_limit_ns
         # Recent run time by batch size (a moving average), and when the last run ended: what the
         # inline decision reads. Written by whichever thread ran; a stale read only costs a hop.
         self._run_ns: dict[int, float] = {}
@@ -302,7 +302,7 @@ class Batcher:
 
     def _inline_now(self, rows: int, now_ns: int) -> bool:
         """Run this request on the loop's thread (hold the lock)? See the module docstring."""
-        if not self._max_inline_ns or self._queue or self._busy or self.config.max_queue_delay_s:
+        if not self._max_inline_ns or self._queue or self._busy:
             return False
         cost = self._run_ns.get(rows)
         return cost is not None and cost <= self._max_inline_ns and now_ns - self._last_end_ns >= cost
@@ -321,8 +321,7 @@ class Batcher:
             raise failure from error
         finally:
             with self._lock:
-                self._busy -= 1
-                self._wake_for_queue()  # nothing can have queued meanwhile; cheap to be sure
+                self._busy -= 1  # nothing queued meanwhile: submit runs on this blocked thread
         self._note_run(rows, computed - started, computed)
         record = BatchRecord(rows, 1, 0, computed - started, 0, inline=True)
         if self._on_batch is not None:

@@ -48,10 +48,11 @@ class Override(Generic[T]):
     def models(self) -> tuple[str, ...]:
         return tuple(model for model, _ in self.per_model)
 
-    def values(self) -> tuple[T, ...]:
-        """Every value given: the one for every model (if any), then the per-model ones."""
-        every = () if self.every is None else (self.every,)
-        return (*every, *(value for _, value in self.per_model))
+    def given(self) -> tuple[tuple[str, T], ...]:
+        """Every value given, as (model, value): ("", the value for every model) if there is
+        one, then the per-model ones. What a flag's range check walks."""
+        every = () if self.every is None else (("", self.every),)
+        return (*every, *self.per_model)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,12 @@ class BatchingConfig:
                 f"max_inline_run must be between 0 and {MAX_INLINE_RUN_S * 1e3:g} ms, "
                 f"received {self.max_inline_run_s * 1e3:g} ms"
             )
+
+    @property
+    def inline_run_limit_ns(self) -> int:
+        """The longest run allowed on the event loop's thread; 0: none (also with a queue delay,
+        whose whole point is to wait for company)."""
+        return 0 if self.max_queue_delay_s else int(self.max_inline_run_s * 1e9)
 
 
 @dataclass(frozen=True)
@@ -150,11 +157,12 @@ class ServerOptions:
             raise CnnserveError(f"--log-format must be text or json, got {self.log_format!r}")
         if not 1 <= self.workers <= 256:
             raise CnnserveError(f"--workers must be between 1 and 256, received {self.workers}")
-        for value in self.inline_max_us.values():
+        for model, value in self.inline_max_us.given():
             if not 0 <= value <= MAX_INLINE_RUN_S * 1e6:
+                where = f"{model}=" if model else ""
                 raise CnnserveError(
                     f"--inline-max-us must be between 0 and {MAX_INLINE_RUN_S * 1e6:g} (0: never run "
-                    f"on the event loop's thread), received {value:g}"
+                    f"on the event loop's thread), received {where}{value:g}"
                 )
         if not 0.1 <= self.poll_interval_s <= 3600:
             raise CnnserveError(
@@ -178,8 +186,8 @@ class ServerOptions:
             raise CnnserveError(f"--grace-s must be >= 0, received {self.grace_s}")
         if self.cpu_threads < 0:
             raise CnnserveError(f"--cpu-threads must be >= 0, received {self.cpu_threads}")
-        for model, count in (("", self.instances.every), *self.instances.per_model):
-            if count is not None and not 1 <= count <= MAX_INSTANCES:
+        for model, count in self.instances.given():
+            if not 1 <= count <= MAX_INSTANCES:
                 where = f"{model}=" if model else ""
                 raise CnnserveError(f"--instances {where}{count}: must be between 1 and {MAX_INSTANCES}")
 

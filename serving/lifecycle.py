@@ -427,8 +427,8 @@ def _instances_text(count: int, threads: int) -> str:
 
 
 def _inline_text(batching: BatchingConfig) -> str:
-    if batching.max_inline_run_s and not batching.max_queue_delay_s:
-        return f"inline runs up to {batching.max_inline_run_s * 1e6:g} µs when idle"
+    if batching.inline_run_limit_ns:
+        return f"inline runs up to {batching.inline_run_limit_ns / 1e3:g} µs when idle"
     return "no inline runs"
 
 

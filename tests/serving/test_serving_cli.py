@@ -202,3 +202,6 @@ def test_serve_refuses_an_inline_limit_out_of_range_in_one_line(repository: Path
     refused = "--inline-max-us must be between 0 and 10000 (0: never run on the event loop's thread)"
     assert refused in result.stderr
     assert "received 20000" in result.stderr and "Traceback" not in result.stderr
+    per_model = ("--inline-max-us", "identity=-1")
+    result = run_serve("--repository", str(repository), "--models", "identity", *per_model)
+    assert result.returncode == 2 and "received identity=-1" in result.stderr
