@@ -142,6 +142,7 @@ def start_cnnserve(
     own_session: bool = False,
     timeout_s: float = START_TIMEOUT_S,
     poll_s: float = 0.05,
+    env: dict[str, str] | None = None,
 ) -> tuple[ServerProcess, ReadyPorts]:
     """`cnnserve serve SERVE_ARGS --ready-file WORKDIR/NAME.ready.json`, its log in WORKDIR/NAME.log;
     returns once it is ready. `serve_args` should bind port 0 (`--port 0`) so runs never collide."""
@@ -149,7 +150,7 @@ def start_cnnserve(
     ready.unlink(missing_ok=True)
     command = cnnserve_command("serve", *serve_args, "--ready-file", str(ready))
     server = ServerProcess(name, command, workdir / f"{name}.log", cwd=cwd, own_session=own_session)
-    server.start()
+    server.start(env)
     try:
         return server, wait_for_ready_file(server, ready, timeout_s, poll_s)
     except BaseException:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cnnserve.bench.serve_process import LOOPBACK, start_cnnserve
 from cnnserve.bench.server_bench import ServerPlan, run_server_bench
+from cnnserve.bench.source_tree import SourceTree, export_revision
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,10 @@ def measure(target: str, model: str, level: Level, duration_s: float, warmup_s: 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict:
     levels = parse_levels(args.levels)
-    common = ["--repository", str(args.repository), "--models", args.model, "--host", LOOPBACK, "--port", "0",
-              "--http-port", "off", "--metrics-port", "off", "--model-control", "none"]  # fmt: skip
+    # Absolute: server A may run in another revision's tree.
+    common = ["--repository", str(args.repository.resolve()), "--models", args.model, "--host", LOOPBACK,
+              "--port", "0", "--http-port", "off", "--metrics-port", "off",
+              "--model-control", "none"]  # fmt: skip
     flags = {"a": shlex.split(args.a), "b": shlex.split(args.b)}
     result: dict = {
         "kind": "server_ab",
@@ -77,14 +80,26 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         "model": args.model,
         "a": args.a,
         "b": args.b,
+        "a_revision": None,
         "levels": [asdict(level) for level in levels],
         "duration_s": args.duration,
         "rounds": [],
     }
+    tree: SourceTree | None = None
+    if args.a_revision:
+        tree = export_revision(args.a_revision, workdir / "a_tree")
+        result["a_revision"] = f"{tree.revision} ({tree.commit[:12]})"
     servers = {}
     try:
         for side in ("a", "b"):
-            servers[side] = start_cnnserve([*common, *flags[side]], workdir, name=f"server_{side}")
+            other_code = tree if side == "a" else None
+            servers[side] = start_cnnserve(
+                [*common, *flags[side]],
+                workdir,
+                name=f"server_{side}",
+                cwd=other_code.path if other_code else None,
+                env=other_code.env() if other_code else None,
+            )
         for index in range(args.rounds):
             print(f"server_ab: round {index + 1} of {args.rounds}", file=sys.stderr)
             records = {side: [] for side in ("a", "b")}
@@ -102,8 +117,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
 def table(result: dict) -> str:
     """Per level: req/s and p50 of A and B in each round, then the median ratio B / A."""
     a, b = result["a"] or "(defaults)", result["b"] or "(defaults)"
+    a_code = f" at {result['a_revision']}" if result.get("a_revision") else ""
+    b_code = " in the working tree" if a_code else ""
     lines = [
-        f"A: `{a}`; B: `{b}`; {result['model']}, V2, {len(result['rounds'])} round(s) of "
+        f"A: `{a}`{a_code}; B: `{b}`{b_code}; {result['model']}, V2, {len(result['rounds'])} round(s) of "
         f"{result['duration_s']:g} s per level, A then B.",
         "",
         "| level | A req/s by round | B req/s by round | B / A req/s (median) | A p50 ms | B p50 ms "
@@ -132,6 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default="mnist_cnn")
     parser.add_argument("--a", default="", help="serve flags of server A, one string")
     parser.add_argument("--b", default="", help="serve flags of server B, one string")
+    parser.add_argument(
+        "--a-revision",
+        metavar="REV",
+        help="server A runs this git revision's code (exported with git archive), B the working tree's",
+    )
     parser.add_argument("--levels", default="1,32,2x64", help="C or CxIMAGES items (default: 1,32,2x64)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0)

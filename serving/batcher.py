@@ -265,7 +265,7 @@ class Batcher:
         if deadline_ns is not None and deadline_ns <= now:
             raise DeadlineExceeded(f"deadline passed before the request reached {self.name!r}")
         loop = asyncio.get_running_loop()
-        pending = _Pending(images, loop.create_future(), now, deadline_ns)
+        rows = int(images.shape[0])
         with self._lock:
             if self._closed:
                 raise ShuttingDown(f"model {self.name!r} is shutting down; retry on another replica")
@@ -274,16 +274,17 @@ class Batcher:
                     f"model {self.name!r} queue is full ({self.config.max_queue_size} requests "
                     "waiting); retry later or raise --max-queue-size"
                 )
-            inline = self._inline_now(pending.rows, now)
+            inline = self._inline_now(rows, now)
             if inline:
                 self._busy += 1  # the workers leave instance 0's session alone meanwhile
             else:
+                pending = _Pending(images, loop.create_future(), now, deadline_ns)
                 self._queue.append(pending)
                 self._queued_requests += 1
-                self._queued_images += pending.rows
+                self._queued_images += rows
                 self._wake_for_queue()
         if inline:
-            return self._run_inline(pending)
+            return self._run_inline(images, now)
         # One timer per request with a deadline (asyncio.wait_for would add a waiter future
         # and two callbacks to every call on the loop's thread).
         timer = (
@@ -307,12 +308,12 @@ class Batcher:
         cost = self._run_ns.get(rows)
         return cost is not None and cost <= self._max_inline_ns and now_ns - self._last_end_ns >= cost
 
-    def _run_inline(self, pending: _Pending) -> BatchedResult:
-        """`pending` as a batch of its own on instance 0, here and now."""
-        rows = pending.rows
+    def _run_inline(self, images: np.ndarray, submitted_ns: int) -> BatchedResult:
+        """`images` as a batch of their own on instance 0, here and now."""
+        rows = int(images.shape[0])
         started = self._clock()
         try:
-            outputs = self._runs[0](pending.images)
+            outputs = self._runs[0](images)
             computed = self._clock()
             self._check_outputs(outputs, rows)
         except Exception as error:
@@ -326,7 +327,7 @@ class Batcher:
         record = BatchRecord(rows, 1, 0, computed - started, 0, inline=True)
         if self._on_batch is not None:
             self._on_batch(record)
-        return BatchedResult(outputs, started - pending.enqueued_ns, 0, computed - started, 0, (rows,))
+        return BatchedResult(outputs, started - submitted_ns, 0, computed - started, 0, (rows,))
 
     def _note_run(self, rows: int, infer_ns: int, end_ns: int) -> None:
         previous = self._run_ns.get(rows)

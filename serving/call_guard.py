@@ -193,6 +193,18 @@ def _safe_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[
     return parse
 
 
+def _bytes_pass_through(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The response serializer, except that a handler may answer with the message already
+    serialized (V2 ModelInfer builds its bytes from a cached head: v2_converters)."""
+    if serialize is None:
+        return None
+
+    def encode(response: Any) -> bytes:
+        return response if type(response) is bytes else serialize(response)
+
+    return encode
+
+
 def guard_handler(method: str, handler: grpc.RpcMethodHandler, guard: CallGuard) -> grpc.RpcMethodHandler:
     """`handler` with a deserializer that never raises and the guard around its behaviour."""
     parks = method not in PROBE_METHODS
@@ -211,7 +223,9 @@ def guard_handler(method: str, handler: grpc.RpcMethodHandler, guard: CallGuard)
                 guard.leave()
 
         return handler._replace(
-            unary_unary=unary_unary, request_deserializer=_safe_deserializer(handler.request_deserializer)
+            unary_unary=unary_unary,
+            request_deserializer=_safe_deserializer(handler.request_deserializer),
+            response_serializer=_bytes_pass_through(handler.response_serializer),
         )
     if not handler.request_streaming:
         streaming = handler.unary_stream

@@ -48,13 +48,19 @@ def wire_shape(dims: Sequence[int], field: str, expected: str) -> list[int]:
 
 def array_from_bytes(data: bytes, dtype: str, shape: list[int], field: str, type_name: str) -> np.ndarray:
     """Little-endian `data` viewed (not copied) as `shape`, once its length is checked."""
-    little = np.dtype(dtype).newbyteorder("<")
+    little = little_endian(dtype)
     expected = math.prod(shape) * little.itemsize
     if len(data) != expected:
         raise InvalidInput(
             f"{field}: expected {expected} bytes for {type_name} {shape}, received {len(data)}"
         )
     return np.frombuffer(data, dtype=little).reshape(shape)
+
+
+@functools.cache
+def little_endian(dtype: str) -> np.dtype:
+    """The little-endian numpy dtype named `dtype` (the wire's byte order), built once."""
+    return np.dtype(dtype).newbyteorder("<")
 
 
 @functools.cache

@@ -162,11 +162,10 @@ class DataPlane:
             record.compute_us = result.compute_infer_ns // 1000
 
     def _validate_images(self, model: ServedVersion, images: np.ndarray, field: str) -> None:
-        expected = [-1, *model.image_shape]
-        shown = f"[N, {', '.join(map(str, model.image_shape))}]"
-        if images.ndim != len(expected):
+        image_shape = model.image_shape
+        if images.ndim != len(image_shape) + 1:
             raise InvalidInput(
-                f"{field}.shape: expected rank {len(expected)} {shown} for model "
+                f"{field}.shape: expected rank {len(image_shape) + 1} {model.batch_shape_text} for model "
                 f"{model.name!r}, received rank {images.ndim} {list(images.shape)}"
             )
         if images.shape[0] == 0:
@@ -176,9 +175,10 @@ class DataPlane:
                 f"{field}.shape[0]: too many images: {images.shape[0]} > "
                 f"{self.max_request_images} (--max-request-images); split the request"
             )
-        if tuple(images.shape[1:]) != model.image_shape:
+        if images.shape[1:] != image_shape:
             raise InvalidInput(
-                f"{field}.shape: expected {shown} for model {model.name!r}, received {list(images.shape)}"
+                f"{field}.shape: expected {model.batch_shape_text} for model {model.name!r}, "
+                f"received {list(images.shape)}"
             )
 
     async def _decode_encoded(self, model: ServedVersion, blobs: list[bytes], field: str) -> np.ndarray:
@@ -205,66 +205,69 @@ class DataPlane:
 
     @staticmethod
     def num_classes(model: ServedVersion) -> int:
-        output = next((o for o in model.config.outputs if o.name == LOGITS), model.config.outputs[0])
-        return int(output.shape[-1])
+        return model.num_classes
 
     @staticmethod
-    @contextmanager
-    def _counted(model: ServedVersion, started_ns: int) -> Iterator[None]:
-        """Counts a failure for every request to `model` that fails inside the block, from
-        decoding its tensors on: Triton counts a malformed request as a failed one too."""
-        try:
-            yield
-        except ServingError as error:
+    def _count_failure(model: ServedVersion, error: BaseException, started_ns: int) -> None:
+        """Triton counts a malformed request as a failed one too: every request to `model` that
+        fails from decoding its tensors on counts, by reason."""
+        if isinstance(error, ServingError):
             model.stats.record_failure(error.failure_reason, time.monotonic_ns() - started_ns)
-            raise
-        except asyncio.CancelledError:
+        elif isinstance(error, asyncio.CancelledError):
             model.stats.record_failure("CANCELED", time.monotonic_ns() - started_ns)
-            raise
 
     def checked_top_k(
         self, name: str, version: str, top_k: int, started_ns: int, field: str = "top_k"
     ) -> tuple[ServedVersion, int]:
         """The version a classification names and its checked top-k; a bad top-k counts as failed."""
         model = self.find(name, version)
-        with self._counted(model, started_ns):
+        try:
             return model, self._check_top_k(model, top_k, field)
+        except ServingError as error:
+            self._count_failure(model, error, started_ns)
+            raise
 
     async def run(self, call: InferenceCall) -> Inference:
-        """Find the model, read the call's tensors, batch and run them; log and count the outcome."""
+        """Find the model, read the call's tensors, batch and run them; log and count the outcome.
+
+        Without the access log, no log scope is entered: this runs once per request on the event
+        loop's thread, so its steps are plain calls and one try (scripts/handler_cost.py)."""
+        if not self.access_log.enabled:
+            return await self._run(call, None)
         found = call.found
         name, version = (found.name, found.version) if found else (call.model_name, call.model_version)
         with self._logged(call.protocol, name, version, call.request_id, call.started_ns) as record:
             if record is not None and call.announce_id is not None:
                 call.announce_id(record.request_id)
-            body = await call.receive() if call.receive is not None else b""
-            model = found or self.find(call.model_name, call.model_version)
-            with self._counted(model, call.started_ns):
-                tensors = call.tensors(model, body)
-                if record is not None and tensors.request_id:
-                    record.request_id = tensors.request_id[:MAX_REQUEST_ID_CHARS]
-                if tensors.files is not None:
-                    images = await self._decode_encoded(model, tensors.files, tensors.files_field)
-                    # A request reaches its batcher straight from a lookup (registry.py says why).
-                    model = self.find(call.model_name, call.model_version)
-                else:
-                    assert tensors.images is not None, "a servicer reads pixels or files"
-                    images = tensors.images
-                requested = tuple(call.outputs(model)) if call.outputs is not None else ()
-                self._validate_images(model, images, call.field)
-                assert model.batcher is not None, "a READY model has a batcher"
-                result = await model.batcher.submit(images, call.deadline_ns)
-                model.stats.record_success(result, time.monotonic_ns() - call.started_ns)
-            inference = Inference(
-                model,
-                result.outputs,
-                result,
-                call.started_ns,
-                requested,
-                record.request_id if record is not None else "",
-            )
-            self._note(record, inference)
-            return inference
+            return await self._run(call, record)
+
+    async def _run(self, call: InferenceCall, record: AccessRecord | None) -> Inference:
+        body = await call.receive() if call.receive is not None else b""
+        model = call.found or self.find(call.model_name, call.model_version)
+        try:
+            tensors = call.tensors(model, body)
+            if record is not None and tensors.request_id:
+                record.request_id = tensors.request_id[:MAX_REQUEST_ID_CHARS]
+            if tensors.files is not None:
+                images = await self._decode_encoded(model, tensors.files, tensors.files_field)
+                # A request reaches its batcher straight from a lookup (registry.py says why).
+                model = self.find(call.model_name, call.model_version)
+            else:
+                assert tensors.images is not None, "a servicer reads pixels or files"
+                images = tensors.images
+            requested = tuple(call.outputs(model)) if call.outputs is not None else ()
+            self._validate_images(model, images, call.field)
+            assert model.batcher is not None, "a READY model has a batcher"
+            result = await model.batcher.submit(images, call.deadline_ns)
+        except (ServingError, asyncio.CancelledError) as error:
+            self._count_failure(model, error, call.started_ns)
+            raise
+        model.stats.record_success(result, time.monotonic_ns() - call.started_ns)
+        inference = Inference(
+            model, result.outputs, result, call.started_ns, requested, record.request_id if record else ""
+        )
+        self._note(record, inference)
+        return inference
 
     def top_k(self, inference: Inference, top_k: int) -> list[list[Label]]:
         """The `top_k` labels per image, best first, scored by softmax probability."""

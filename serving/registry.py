@@ -14,9 +14,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Literal
 
 from cnnserve.contracts.model_repository import ModelConfig, VersionPolicy
+from cnnserve.contracts.names import LOGITS
 from cnnserve.serving.batcher import Batcher
 from cnnserve.serving.config import BatchingConfig
 from cnnserve.serving.errors import InvalidInput, ModelNotFound, ModelUnavailable
@@ -68,10 +70,21 @@ class ServedVersion:
     def config(self) -> ModelConfig:
         return self.spec.config
 
-    @property
+    @cached_property
     def image_shape(self) -> tuple[int, ...]:
         """(H, W, C) from the config's input spec (its first dimension is the batch)."""
         return tuple(self.config.inputs[0].shape[1:])
+
+    @cached_property
+    def batch_shape_text(self) -> str:
+        """The input shape as error messages write it: "[N, 28, 28, 1]"."""
+        return f"[N, {', '.join(map(str, self.image_shape))}]"
+
+    @cached_property
+    def num_classes(self) -> int:
+        """Classes the model scores: its logits' last dimension (or its first output's)."""
+        output = next((o for o in self.config.outputs if o.name == LOGITS), self.config.outputs[0])
+        return int(output.shape[-1])
 
     @property
     def provider(self) -> str:
@@ -93,6 +106,14 @@ class ServedModel:
 
     def ready(self) -> list[ServedVersion]:
         return [s for _, s in sorted(self.versions.items()) if s.state == ModelState.READY]
+
+    def newest_ready(self) -> ServedVersion | None:
+        """What a request naming no version gets (`ready()[-1]`, without the sorted list)."""
+        newest = None
+        for number, served in self.versions.items():
+            if served.state == ModelState.READY and (newest is None or number > newest.number):
+                newest = served
+        return newest
 
 
 @dataclass(frozen=True)
@@ -184,9 +205,9 @@ class ModelRegistry:
                     f"versions: {', '.join(map(str, sorted(model.versions))) or 'none'}"
                 )
         else:
-            ready = model.ready()
-            if ready:
-                return ready[-1]
+            newest = model.newest_ready()
+            if newest is not None:
+                return newest
             if "" in model.failures:
                 raise ModelUnavailable(f"model {name!r} failed to load: {model.failures['']}")
             if not model.versions:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from dataclasses import asdict, dataclass, field, replace
 
 from cnnserve.serving.batcher import BatchedResult, BatchRecord
@@ -21,6 +22,11 @@ from cnnserve.serving.batcher import BatchedResult, BatchRecord
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 # Per-batch compute latency buckets, microseconds.
 LATENCY_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000)
+
+
+def latency_bucket(us: float) -> int:
+    """The first bucket whose bound `us` does not exceed; len(LATENCY_BUCKETS_US): +Inf."""
+    return bisect_left(LATENCY_BUCKETS_US, us)
 
 
 def batch_size_buckets(max_batch_size: int) -> tuple[int, ...]:
@@ -51,10 +57,7 @@ class Histogram:
     sum_us: float = 0.0
 
     def add(self, us: float) -> None:
-        index = next(
-            (i for i, bound in enumerate(LATENCY_BUCKETS_US) if us <= bound), len(LATENCY_BUCKETS_US)
-        )
-        self.counts[index] += 1
+        self.counts[latency_bucket(us)] += 1
         self.sum_us += us
 
     def merge(self, other: Histogram) -> None:
@@ -175,11 +178,7 @@ class ModelStats:
             stats.input_ns += batch.input_ns
             stats.infer_ns += batch.infer_ns
             stats.output_ns += batch.output_ns
-            index = next(
-                (i for i, bound in enumerate(LATENCY_BUCKETS_US) if latency_us <= bound),
-                len(LATENCY_BUCKETS_US),
-            )
-            data.batch_latency_us[index] += 1
+            data.batch_latency_us[latency_bucket(latency_us)] += 1
             data.batch_latency_sum_us += latency_us
 
     def record_success(self, result: BatchedResult, request_ns: int) -> None:

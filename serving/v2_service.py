@@ -20,7 +20,7 @@ from cnnserve.serving import v2_converters as convert
 from cnnserve.serving import v2_models
 from cnnserve.serving.access_log import REQUEST_ID_HEADER
 from cnnserve.serving.converters import deadline_ns
-from cnnserve.serving.dataplane import DataPlane, InferenceCall, RequestedOutput, Tensors
+from cnnserve.serving.dataplane import DataPlane, Inference, InferenceCall, RequestedOutput, Tensors
 from cnnserve.serving.errors import InvalidInput, ServingError, grpc_errors, status_of
 from cnnserve.serving.lifecycle import ModelManager
 from cnnserve.serving.log_limit import shown
@@ -73,10 +73,10 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return v2_models.model_metadata(model, self._registry.ready_versions_of(model.name))
 
     @grpc_errors
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelInferResponse:
-        return await self._infer(request, context, unary=True)
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> bytes:
+        """The ModelInferResponse, serialized here (call_guard lets bytes through unchanged)."""
+        inference = await self._infer(request, context, unary=True)
+        return convert.infer_response_bytes(inference, request.id)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
@@ -93,7 +93,8 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
-                response = await self._infer(request, context)
+                inference = await self._infer(request, context)
+                response = convert.infer_response(inference, request.id)
                 answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
             except asyncio.CancelledError:
                 raise
@@ -175,7 +176,7 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext, unary: bool = False
-    ) -> pb.ModelInferResponse:
+    ) -> Inference:
         def tensors(model: ServedVersion, body: bytes) -> Tensors:
             blobs = convert.encoded_input(request, model.config.inputs[0])
             if blobs is not None:
@@ -188,7 +189,7 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         def announce(request_id: str) -> None:
             context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
 
-        inference = await self._dataplane.run(
+        return await self._dataplane.run(
             InferenceCall(
                 "grpc",
                 request.model_name,
@@ -201,7 +202,6 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 announce_id=announce if unary else None,  # a stream's calls share one trailer
             )
         )
-        return convert.infer_response(inference, request.id)
 
 
 def _no_parameters(parameters: object, action: str, allowed: tuple[str, ...] = ()) -> None:

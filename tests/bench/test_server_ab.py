@@ -59,6 +59,36 @@ def test_the_server_logs_its_event_loop(noop_repository: Path, tmp_path: Path):
         assert f"plaintext, {loop} event loop" in (tmp_path / f"{loop}.log").read_text()
 
 
+def test_a_server_runs_the_exported_revisions_code(noop_repository: Path, tmp_path: Path):
+    """--a-revision: the tree git archive wrote is what the server imports, not the working tree
+    (its version string is changed in the export, and the server's ready line shows it)."""
+    from cnnserve.bench.serve_process import start_cnnserve
+    from cnnserve.bench.source_tree import export_revision
+
+    tree = export_revision("HEAD", tmp_path / "tree")
+    assert len(tree.commit) == 40 and (tree.path / "cnnserve" / "serving" / "batcher.py").is_file()
+    init = tree.path / "cnnserve" / "__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "', '__version__ = "0.0.0+exported.'))
+    server, _ = start_cnnserve(
+        ["--repository", str(noop_repository.resolve()), "--models", "noop", "--port", "0",
+         "--http-port", "off", "--metrics-port", "off", "--model-control", "none"],
+        tmp_path, name="exported", cwd=tree.path, env=tree.env(),
+    )  # fmt: skip
+    assert server.stop() == 0
+    assert "(cnnserve 0.0.0+exported." in (tmp_path / "exported.log").read_text()
+    with pytest.raises(SystemExit, match="source_tree: git rev-parse"):
+        export_revision("no-such-revision", tmp_path / "none")
+
+
+def test_the_table_says_which_revision_server_a_ran():
+    result = {"a": "", "b": "", "a_revision": "ef7e8fe (ef7e8fe669e8)", "model": "noop", "duration_s": 1,
+              "levels": [], "rounds": []}  # fmt: skip
+    assert server_ab.table(result).splitlines()[0] == (
+        "A: `(defaults)` at ef7e8fe (ef7e8fe669e8); B: `(defaults)` in the working tree; noop, V2, "
+        "0 round(s) of 1 s per level, A then B."
+    )
+
+
 def test_the_table_of_the_recorded_event_loop_run():
     """BENCHMARKS.md's event-loop table is this recorded run, rendered."""
     result = json.loads((Path(__file__).parent / "data" / "event_loop_ab.json").read_text())
@@ -108,3 +138,14 @@ def test_benchmarks_md_shows_the_recorded_instances_runs(name):
     for side in ("a", "b"):
         cells = " / ".join(f"{r[side][level]['requests_per_s'] * 64:,.0f}" for r in result["rounds"])
         assert f"| {result['model']} |" in benchmarks and cells in benchmarks
+
+
+@pytest.mark.parametrize("name", ["hotpath_ab_mnist.json", "hotpath_ab_noop.json"])
+def test_benchmarks_md_shows_the_recorded_before_and_after_runs(name):
+    """The "request path ... before and after" tables: server A ran the revision before the change."""
+    result = json.loads((Path(__file__).parent / "data" / name).read_text())
+    benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
+    assert result["a"] == result["b"] == "" and result["a_revision"].startswith("ef7e8fe ")
+    assert f"--a-revision {result['a_revision'].split()[0]}" in benchmarks
+    rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
+    assert len(rows) == len(result["levels"]) == 4 and all(row in benchmarks for row in rows)
