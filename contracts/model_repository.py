@@ -40,6 +40,8 @@ class TensorSpec:
 
 POLICY_KINDS = ("latest", "all", "specific")
 MAX_INSTANCES = 64  # sessions of one model version (serve --instances)
+# Runs on the server's event loop thread block every other call for their length: at most 10 ms.
+MAX_INLINE_US = 10_000.0
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,10 @@ class ModelConfig:
     # Sessions that serve each version at once (Triton's instance_group count); --instances
     # overrides it. One: single images keep every intra-op thread (BENCHMARKS.md, instances).
     instance_count: int = 1
+    # The longest run (µs) an idle model may make on the server's event loop thread, skipping the
+    # hand-over to its batcher's worker (0: never); None: the server's default. --inline-max-us
+    # overrides it.
+    inline_max_us: float | None = None
 
     def __post_init__(self) -> None:
         if not MODEL_NAME_PATTERN.match(self.name):
@@ -229,6 +235,11 @@ class ModelConfig:
             raise CnnserveError(
                 f"instance_count must be between 1 and {MAX_INSTANCES}, received {self.instance_count}"
             )
+        if self.inline_max_us is not None and not 0 <= self.inline_max_us <= MAX_INLINE_US:
+            raise CnnserveError(
+                f"inline_max_us must be between 0 and {MAX_INLINE_US:g} (0: never run on the event "
+                f"loop's thread), received {self.inline_max_us:g}"
+            )
         if not self.inputs:
             raise CnnserveError("inputs is empty; an image classifier has one input")
         if not self.outputs:
@@ -244,6 +255,8 @@ class ModelConfig:
         fields = dict(written.get(key, (key, value)) for key, value in asdict(self).items())
         if self.instance_count == 1:
             del fields["instance_count"]  # the default: files stay as 0.1.0 wrote them
+        if self.inline_max_us is None:
+            del fields["inline_max_us"]
         return json.dumps(fields, indent=2) + "\n"
 
     def save(self, model_dir: Path) -> None:
@@ -263,6 +276,7 @@ class ModelConfig:
                 max_batch_size=int(raw.get("max_batch_size", 64)),
                 max_queue_delay_ms=float(raw.get("max_queue_delay_ms", 0.0)),
                 instance_count=int(raw.get("instance_count", 1)),
+                inline_max_us=_optional_us(raw.get("inline_max_us"), "inline_max_us"),
                 source_run=str(raw.get("source_run", "")),
                 test_accuracy=raw.get("test_accuracy"),
                 provenance=Provenance.from_dict(raw.get("extra", {})),
@@ -276,6 +290,14 @@ class ModelConfig:
             raise CnnserveError(f"cannot read {path}: {error.strerror or error}") from None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
             raise CnnserveError(f"{path} is damaged ({error}); re-export the model") from None
+
+
+def _optional_us(value: object, key: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CnnserveError(f"{key}: expected a number of microseconds, received {value!r}")
+    return float(value)
 
 
 # Version folders: positive integers in ASCII digits ("²" passes str.isdigit() but not int()).

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from cnnserve.contracts.errors import CnnserveError
-from cnnserve.contracts.model_repository import MAX_INSTANCES
+from cnnserve.contracts.model_repository import MAX_INLINE_US, MAX_INSTANCES
 from cnnserve.contracts.names import DEFAULT_MAX_QUEUE_SIZE, DEVICES, MAX_MESSAGE_BYTES
 from cnnserve.serving.cuda_options import CudaOptions
 
@@ -25,8 +25,7 @@ MIB = 1024 * 1024
 # declare, both checked before any decoding (decompression bombs).
 MAX_IMAGE_BYTES = 16 * MIB
 MAX_IMAGE_PIXELS = 4096 * 4096
-# Runs on the event loop's thread block every other call for their length: at most 10 ms.
-MAX_INLINE_RUN_S = 0.01
+MAX_INLINE_RUN_S = MAX_INLINE_US / 1e6
 DEFAULT_INLINE_MAX_US = 1000.0
 
 T = TypeVar("T", int, float)
@@ -119,8 +118,9 @@ class ServerOptions:
     # Model instances (Triton's instance_group count): sessions per version, each with its own
     # batcher worker, sharing the cores' intra-op threads; unset: config.json's instance_count.
     instances: Override[int] = field(default_factory=Override)
-    # Idle models run cheap requests on the event loop's thread (BatchingConfig.max_inline_run_s).
-    inline_max_us: Override[float] = field(default_factory=lambda: Override(every=DEFAULT_INLINE_MAX_US))
+    # Idle models run cheap requests on the event loop's thread (BatchingConfig.max_inline_run_s);
+    # unset: config.json's inline_max_us, else DEFAULT_INLINE_MAX_US.
+    inline_max_us: Override[float] = field(default_factory=Override)
     max_request_images: int = 4096
     max_message_bytes: int = MAX_MESSAGE_BYTES
     grace_s: float = 30.0
@@ -212,13 +212,19 @@ class ServerOptions:
             return self.cpu_threads
         return max(1, (self.core_share or cores) // count)
 
-    def batching_for(self, name: str, max_batch_size: int, max_queue_delay_ms: float) -> BatchingConfig:
-        """The batcher settings for a model whose config.json says `max_batch_size`/delay."""
+    def batching_for(
+        self, name: str, max_batch_size: int, max_queue_delay_ms: float, inline_max_us: float | None = None
+    ) -> BatchingConfig:
+        """The batcher settings for a model whose config.json says `max_batch_size`, delay and
+        `inline_max_us` (None: not set there)."""
         return BatchingConfig(
             max_batch_size=self.max_batch_size.for_model(name, max_batch_size),
             max_queue_delay_s=self.max_queue_delay_ms.for_model(name, max_queue_delay_ms) / 1000,
             max_queue_size=self.max_queue_size.for_model(name, DEFAULT_MAX_QUEUE_SIZE),
-            max_inline_run_s=self.inline_max_us.for_model(name, DEFAULT_INLINE_MAX_US) / 1e6,
+            max_inline_run_s=self.inline_max_us.for_model(
+                name, DEFAULT_INLINE_MAX_US if inline_max_us is None else inline_max_us
+            )
+            / 1e6,
         )
 
 

@@ -302,8 +302,9 @@ class ModelManager:
         self, model: ServedModel, spec: VersionSpec, replacing: ServedVersion | None
     ) -> None:
         """Open, check and warm `spec`; it takes traffic (replacing the old copy) only once READY."""
+        config = spec.config
         batching = self._options.batching_for(
-            spec.name, spec.config.max_batch_size, spec.config.max_queue_delay_ms
+            spec.name, config.max_batch_size, config.max_queue_delay_ms, config.inline_max_us
         )
         served = ServedVersion(spec, batching, stats=replacing.stats if replacing else ModelStats())
         if replacing is None:

@@ -141,7 +141,7 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
             "an idle model runs a request on the event loop's thread, without the hand-over to its "
             "batcher's worker and back, when requests come less often than it runs and its recent "
             f"runs of that size took at most US µs; 0: always hand over "
-            f"(default: {DEFAULT_INLINE_MAX_US:g})"
+            f"(default: config.json's inline_max_us, else {DEFAULT_INLINE_MAX_US:g})"
         ),
     )
     serve.add_argument(
@@ -275,7 +275,7 @@ def build_options(args: argparse.Namespace) -> ServerOptions:
         max_queue_delay_ms=_override(args.max_queue_delay_ms, float),
         max_queue_size=_override(args.max_queue_size, int, DEFAULT_MAX_QUEUE_SIZE),
         instances=_override(args.instances, int),
-        inline_max_us=_override(args.inline_max_us, float, DEFAULT_INLINE_MAX_US),
+        inline_max_us=_override(args.inline_max_us, float),
         max_request_images=args.max_request_images,
         max_message_bytes=int(args.max_message_mb * MIB),
         grace_s=args.grace_s,

@@ -34,6 +34,23 @@ def test_instance_count_round_trips_and_defaults_to_one_for_older_files(tmp_path
     assert ModelConfig.load(tmp_path).instance_count == 1
 
 
+def test_inline_max_us_round_trips_is_checked_and_absent_means_the_servers_default(tmp_path):
+    config = ModelConfig("m", "onnxruntime_onnx", IMAGES, LOGITS, (), inline_max_us=250)
+    config.save(tmp_path)
+    assert ModelConfig.load(tmp_path).inline_max_us == 250.0
+    ModelConfig("m", "onnxruntime_onnx", IMAGES, LOGITS, ()).save(tmp_path)
+    assert "inline_max_us" not in json.loads((tmp_path / "config.json").read_text())
+    assert ModelConfig.load(tmp_path).inline_max_us is None
+    with pytest.raises(CnnserveError, match=r"inline_max_us must be between 0 and 10000 .*received 20000"):
+        ModelConfig("m", "onnxruntime_onnx", IMAGES, LOGITS, (), inline_max_us=20_000)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "inline_max_us": "fast"}))
+    with pytest.raises(
+        CnnserveError, match=r"config.json: inline_max_us: expected a number of microseconds, received 'fast'"
+    ):
+        ModelConfig.load(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -205,3 +205,17 @@ def test_serve_refuses_an_inline_limit_out_of_range_in_one_line(repository: Path
     per_model = ("--inline-max-us", "identity=-1")
     result = run_serve("--repository", str(repository), "--models", "identity", *per_model)
     assert result.returncode == 2 and "received identity=-1" in result.stderr
+
+
+def test_inline_limit_comes_from_the_model_flag_then_the_flag_then_config_json(tmp_path: Path) -> None:
+    from cnnserve.serving.config import Override, ServerOptions
+
+    def limit_us(options: ServerOptions, model: str, in_config: float | None) -> float:
+        return options.batching_for(model, 8, 0.0, in_config).max_inline_run_s * 1e6
+
+    unset = ServerOptions(repository=tmp_path)
+    assert limit_us(unset, "a", None) == 1000  # neither: the server's default
+    assert limit_us(unset, "a", 250) == 250  # config.json's inline_max_us
+    flagged = ServerOptions(repository=tmp_path, inline_max_us=Override(every=0.0, per_model=(("b", 40.0),)))
+    assert limit_us(flagged, "a", 250) == 0  # --inline-max-us 0 beats config.json
+    assert limit_us(flagged, "b", 250) == 40  # --inline-max-us b=40 beats both

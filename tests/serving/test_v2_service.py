@@ -6,6 +6,7 @@ protos/grpc_service.proto for why ours must stay in the server process).
 
 from __future__ import annotations
 
+import json
 import queue
 import subprocess
 import sys
@@ -251,26 +252,37 @@ def test_instances_from_config_json_or_the_flag_serve_the_same_logits(start_serv
 def test_an_idle_cheap_model_answers_one_request_at_a_time_inline(start_server, tmp_path) -> None:
     """Requests one after another, seconds apart in model time: after the first (which teaches the
     batcher the cost), they run on the event loop's thread, with the session's logits; with
-    --inline-max-us cheap=0 (the per-model form) none does."""
+    --inline-max-us cheap=0 (the per-model form) none does, nor with config.json's
+    "inline_max_us": 0 (a flag for every model still overrides it)."""
     models = tmp_path / "models"
     write_model(models, "cheap", cnn_model(seed=5), max_batch_size=8, max_queue_delay_ms=0)
     session = ort.InferenceSession(str(models / "cheap/1/model.onnx"), providers=["CPUExecutionProvider"])
     batch = images(12, seed=6)
     expected, _ = session.run(None, {"images": batch})
     label = frozenset({"model": "cheap", "version": "1"}.items())
-    for flags, inline_at_least in (((), 8), (("--inline-max-us", "cheap=0"), 0)):
+    config_file = models / "cheap" / "config.json"
+    written = json.loads(config_file.read_text())
+    cases = [
+        ((), None, 8),
+        (("--inline-max-us", "cheap=0"), None, 0),
+        ((), 0, 0),
+        (("--inline-max-us", "1000"), 0, 8),
+    ]
+    for flags, in_config, inline_at_least in cases:
+        config = written if in_config is None else {**written, "inline_max_us": in_config}
+        config_file.write_text(json.dumps(config))
         server = start_server(*flags, models_dir=models)
         client = triton.InferenceServerClient(server.target)
         for i in range(12):
             got = client.infer("cheap", [image_input(batch[i : i + 1])]).as_numpy("logits")
             np.testing.assert_allclose(got, expected[i : i + 1], rtol=1e-5, atol=1e-6)
-        started = "max_queue_delay=0.0 ms, inline runs up to 1000 µs when idle" if not flags else "no inline"
-        assert started in server.log()
+        started = "inline runs up to 1000 µs when idle" if inline_at_least else "no inline runs"
+        assert f"max_queue_delay=0.0 ms, {started}" in server.log()
         metrics = scrape(server)
         inline = metrics[("cnnserve_inline_execution_count_total", label)]
         assert metrics[("nv_inference_exec_count_total", label)] == 12
         if inline_at_least:
-            assert inline_at_least <= inline <= 11, flags  # not the first: its cost was unknown
+            assert inline_at_least <= inline <= 11, (flags, in_config)  # not the first: cost unknown
         else:
             assert inline == 0
         assert server.stop() == 0
