@@ -44,6 +44,12 @@ def _csv_pct(value: float | None) -> int | str:
     return "" if value is None else round(value)
 
 
+def write_run(result: dict, path: Path) -> None:
+    """One run of a comparison script (server_ab, compare, export_pass_ab) as JSON at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+
+
 def write_json(records: Sequence[LocalRecord | ServerRecord], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([r.to_dict() for r in records], indent=2) + "\n")

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cnnserve.bench.report import write_run
 from cnnserve.bench.serve_process import LOOPBACK, start_cnnserve
 from cnnserve.bench.server_bench import ServerPlan, run_server_bench
 from cnnserve.bench.source_tree import SourceTree, export_revision
@@ -169,8 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cnnserve-ab-") as workdir:
         result = run(args, Path(workdir))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        write_run(result, args.json)
     print(table(result))
     return 0
 

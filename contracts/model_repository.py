@@ -44,6 +44,15 @@ MAX_INSTANCES = 64  # sessions of one model version (serve --instances)
 MAX_INLINE_US = 10_000.0
 
 
+def check_inline_max_us(value: float, name: str, received: str) -> None:
+    """The range of an inline-run limit, for config.json's `inline_max_us` and `--inline-max-us`."""
+    if not 0 <= value <= MAX_INLINE_US:
+        raise CnnserveError(
+            f"{name} must be between 0 and {MAX_INLINE_US:g} (0: never run on the event loop's "
+            f"thread), received {received}"
+        )
+
+
 @dataclass(frozen=True)
 class VersionPolicy:
     """Which version folders a server loads, in Triton's three forms; the default is Triton's
@@ -235,11 +244,8 @@ class ModelConfig:
             raise CnnserveError(
                 f"instance_count must be between 1 and {MAX_INSTANCES}, received {self.instance_count}"
             )
-        if self.inline_max_us is not None and not 0 <= self.inline_max_us <= MAX_INLINE_US:
-            raise CnnserveError(
-                f"inline_max_us must be between 0 and {MAX_INLINE_US:g} (0: never run on the event "
-                f"loop's thread), received {self.inline_max_us:g}"
-            )
+        if self.inline_max_us is not None:
+            check_inline_max_us(self.inline_max_us, "inline_max_us", f"{self.inline_max_us:g}")
         if not self.inputs:
             raise CnnserveError("inputs is empty; an image classifier has one input")
         if not self.outputs:

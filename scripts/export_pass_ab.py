@@ -204,13 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for timing in measure_model(name, sizes, args.rounds, args.min_time_s):
             records.append({**asdict(timing), "speedup": timing.speedup})
             print(table([records[-1]]).splitlines()[-1], flush=True)
+    from cnnserve.bench.report import write_run
     from cnnserve.bench.system import collect
 
     result = {"command": " ".join(sys.argv), "seconds": round(time.time() - started, 1),
               "system": asdict(collect()), "records": records}  # fmt: skip
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        write_run(result, args.json)
     print(table(records))
     return 0
 

@@ -284,7 +284,7 @@ class Batcher:
                 self._queued_images += rows
                 self._wake_for_queue()
         if inline:
-            return self._run_inline(images, now)
+            return self._run_inline(images, rows, now)
         # One timer per request with a deadline (asyncio.wait_for would add a waiter future
         # and two callbacks to every call on the loop's thread).
         timer = (
@@ -308,9 +308,8 @@ class Batcher:
         cost = self._run_ns.get(rows)
         return cost is not None and cost <= self._max_inline_ns and now_ns - self._last_end_ns >= cost
 
-    def _run_inline(self, images: np.ndarray, submitted_ns: int) -> BatchedResult:
-        """`images` as a batch of their own on instance 0, here and now."""
-        rows = int(images.shape[0])
+    def _run_inline(self, images: np.ndarray, rows: int, submitted_ns: int) -> BatchedResult:
+        """`images` (`rows` of them) as a batch of their own on instance 0, here and now."""
         started = self._clock()
         try:
             outputs = self._runs[0](images)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from cnnserve.contracts.errors import CnnserveError
-from cnnserve.contracts.model_repository import MAX_INLINE_US, MAX_INSTANCES
+from cnnserve.contracts.model_repository import MAX_INLINE_US, MAX_INSTANCES, check_inline_max_us
 from cnnserve.contracts.names import DEFAULT_MAX_QUEUE_SIZE, DEVICES, MAX_MESSAGE_BYTES
 from cnnserve.serving.cuda_options import CudaOptions
 
@@ -158,12 +158,7 @@ class ServerOptions:
         if not 1 <= self.workers <= 256:
             raise CnnserveError(f"--workers must be between 1 and 256, received {self.workers}")
         for model, value in self.inline_max_us.given():
-            if not 0 <= value <= MAX_INLINE_RUN_S * 1e6:
-                where = f"{model}=" if model else ""
-                raise CnnserveError(
-                    f"--inline-max-us must be between 0 and {MAX_INLINE_RUN_S * 1e6:g} (0: never run "
-                    f"on the event loop's thread), received {where}{value:g}"
-                )
+            check_inline_max_us(value, "--inline-max-us", f"{model}={value:g}" if model else f"{value:g}")
         if not 0.1 <= self.poll_interval_s <= 3600:
             raise CnnserveError(
                 f"--poll-interval-s must be between 0.1 and 3600, received {self.poll_interval_s:g}"

@@ -58,6 +58,12 @@ def array_from_bytes(data: bytes, dtype: str, shape: list[int], field: str, type
 
 
 @functools.cache
+def shape_text(shape: tuple[int, ...]) -> str:
+    """A config shape as error messages write it: "[N, 28, 28, 1]" (-1 is the batch, N)."""
+    return "[" + ", ".join("N" if d == -1 else str(d) for d in shape) + "]"
+
+
+@functools.cache
 def little_endian(dtype: str) -> np.dtype:
     """The little-endian numpy dtype named `dtype` (the wire's byte order), built once."""
     return np.dtype(dtype).newbyteorder("<")

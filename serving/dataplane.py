@@ -196,16 +196,12 @@ class DataPlane:
         )
 
     def _check_top_k(self, model: ServedVersion, top_k: int, field: str = "top_k") -> int:
-        classes = self.num_classes(model)
+        classes = model.num_classes
         if top_k == 0:
             return 1
         if not 1 <= top_k <= classes:
             raise InvalidInput(f"{field}: expected 1..{classes}, received {top_k}")
         return top_k
-
-    @staticmethod
-    def num_classes(model: ServedVersion) -> int:
-        return model.num_classes
 
     @staticmethod
     def _count_failure(model: ServedVersion, error: BaseException, started_ns: int) -> None:

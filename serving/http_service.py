@@ -207,7 +207,7 @@ class HttpService:
             return Tensors(images=v2_json.decode_input(parsed, model.config.inputs[0]), request_id=parsed.id)
 
         def outputs(model: ServedVersion) -> list[RequestedOutput]:
-            return v2_json.requested_outputs(received[0], model.config, self._dataplane.num_classes(model))
+            return v2_json.requested_outputs(received[0], model.config, model.num_classes)
 
         inference = await self._dataplane.run(
             InferenceCall(

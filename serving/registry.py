@@ -21,6 +21,7 @@ from cnnserve.contracts.model_repository import ModelConfig, VersionPolicy
 from cnnserve.contracts.names import LOGITS
 from cnnserve.serving.batcher import Batcher
 from cnnserve.serving.config import BatchingConfig
+from cnnserve.serving.converters import shape_text
 from cnnserve.serving.errors import InvalidInput, ModelNotFound, ModelUnavailable
 from cnnserve.serving.log_limit import shown
 from cnnserve.serving.repository import VersionSpec
@@ -78,7 +79,7 @@ class ServedVersion:
     @cached_property
     def batch_shape_text(self) -> str:
         """The input shape as error messages write it: "[N, 28, 28, 1]"."""
-        return f"[N, {', '.join(map(str, self.image_shape))}]"
+        return shape_text((-1, *self.image_shape))
 
     @cached_property
     def num_classes(self) -> int:

@@ -48,6 +48,15 @@ def _per_model(kind: type) -> object:
     return parse
 
 
+def _add_per_model_flag(
+    parser: argparse.ArgumentParser, flag: str, kind: type, metavar: str, help: str | None = None
+) -> None:
+    """A repeatable `[MODEL=]VALUE` flag; `_override` turns its values into an `Override`."""
+    parser.add_argument(
+        flag, type=_per_model(kind), action="append", default=[], metavar=f"[MODEL=]{metavar}", help=help
+    )
+
+
 def _port_or_off(text: str) -> int | None:
     if text == "off":
         return None
@@ -102,47 +111,34 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         help=f"execution provider (default: {DEFAULTS['device']})",
     )
     serve.add_argument("--models", default="", help="comma-separated models to load (default: all)")
-    serve.add_argument(
-        "--max-batch-size", type=_per_model(int), action="append", default=[], metavar="[MODEL=]N"
-    )
-    serve.add_argument(
-        "--max-queue-delay-ms", type=_per_model(float), action="append", default=[], metavar="[MODEL=]MS"
-    )
-    serve.add_argument(
+    _add_per_model_flag(serve, "--max-batch-size", int, "N")
+    _add_per_model_flag(serve, "--max-queue-delay-ms", float, "MS")
+    _add_per_model_flag(
+        serve,
         "--max-queue-size",
-        type=_per_model(int),
-        action="append",
-        default=[],
-        metavar="[MODEL=]N",
-        help=(
-            "requests waiting per model version before new ones get UNAVAILABLE "
-            f"(default: {DEFAULT_MAX_QUEUE_SIZE})"
-        ),
+        int,
+        "N",
+        "requests waiting per model version before new ones get UNAVAILABLE "
+        f"(default: {DEFAULT_MAX_QUEUE_SIZE})",
     )
-    serve.add_argument(
+    _add_per_model_flag(
+        serve,
         "--instances",
-        type=_per_model(int),
-        action="append",
-        default=[],
-        metavar="[MODEL=]N",
-        help=(
-            "sessions per model version, each running its own batches at the same time (Triton's "
-            "instance_group count); the intra-op threads are divided between them unless "
-            "--cpu-threads is set (default: config.json's instance_count, 1 if unset)"
-        ),
+        int,
+        "N",
+        "sessions per model version, each running its own batches at the same time (Triton's "
+        "instance_group count); the intra-op threads are divided between them unless "
+        "--cpu-threads is set (default: config.json's instance_count, 1 if unset)",
     )
-    serve.add_argument(
+    _add_per_model_flag(
+        serve,
         "--inline-max-us",
-        type=_per_model(float),
-        action="append",
-        default=[],
-        metavar="[MODEL=]US",
-        help=(
-            "an idle model runs a request on the event loop's thread, without the hand-over to its "
-            "batcher's worker and back, when requests come less often than it runs and its recent "
-            f"runs of that size took at most US µs; 0: always hand over "
-            f"(default: config.json's inline_max_us, else {DEFAULT_INLINE_MAX_US:g})"
-        ),
+        float,
+        "US",
+        "an idle model runs a request on the event loop's thread, without the hand-over to its "
+        "batcher's worker and back, when requests come less often than it runs and its recent "
+        "runs of that size took at most US µs; 0: always hand over "
+        f"(default: config.json's inline_max_us, else {DEFAULT_INLINE_MAX_US:g})",
     )
     serve.add_argument(
         "--max-request-images", type=int, default=images, help=f"images per request (default: {images})"

@@ -184,7 +184,7 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             return Tensors(images=convert.decode_input(request, model.config.inputs[0]))
 
         def outputs(model: ServedVersion) -> list[RequestedOutput]:
-            return convert.requested_outputs(request, model.config, self._dataplane.num_classes(model))
+            return convert.requested_outputs(request, model.config, model.num_classes)
 
         def announce(request_id: str) -> None:
             context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))

@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer_configs  # this folder's module, beside the script
 
+from cnnserve.bench.report import write_run
 from cnnserve.bench.serve_process import LOOPBACK, ServerProcess, free_port, start_cnnserve
 
 SERVERS = ("cnnserve", "mlserver", "kserve", "ceiling")
@@ -328,8 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             args.peers_dir, Path(workdir), args.channels)  # fmt: skip
         result = run(settings)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        write_run(result, args.json)
     low, high = min(concurrency), max(concurrency)
     print(table(result, low, high))
     return 0
