@@ -2,7 +2,9 @@
 
 A server at concurrency 1 runs the model once per request, with the client's round trip in
 between; in-process benchmarks run it back to back. This prints the p50 of both, for each thread
-setting, so the two figures can be told apart on the machine at hand:
+setting, so the two figures can be told apart on the machine at hand, and the p50 after the same
+gap spent busy-waiting instead of asleep: what the sleep itself costs, apart from whatever else
+ran on the core in between.
 
     .venv/bin/python scripts/ort_idle_gap.py bench_results/models/mnist_cnn/1/model.onnx
 """
@@ -19,10 +21,14 @@ RUNS = 1000
 WARMUP = 200
 
 
-def p50_us(session: ort.InferenceSession, feed: dict, gap_s: float) -> float:
+def p50_us(session: ort.InferenceSession, feed: dict, gap_s: float, busy: bool = False) -> float:
     times = []
     for _ in range(RUNS):
-        if gap_s:
+        if busy:
+            until = time.perf_counter() + gap_s
+            while time.perf_counter() < until:
+                pass
+        elif gap_s:
             time.sleep(gap_s)
         start = time.perf_counter_ns()
         session.run(None, feed)
@@ -45,9 +51,11 @@ def main(argv: list[str]) -> int:
         for _ in range(WARMUP):
             session.run(None, feed)
         back_to_back, after_gap = p50_us(session, feed, 0.0), p50_us(session, feed, 0.001)
+        after_busy_wait = p50_us(session, feed, 0.001, busy=True)
         print(
             f"intra-op threads {threads}, spinning {'on' if spinning == '1' else 'off'}: "
-            f"p50 {back_to_back:.0f} µs back to back, {after_gap:.0f} µs after a 1 ms idle gap"
+            f"p50 {back_to_back:.0f} µs back to back, {after_gap:.0f} µs after a 1 ms idle gap, "
+            f"{after_busy_wait:.0f} µs after a 1 ms busy wait"
         )
     return 0
 

@@ -6,7 +6,15 @@ compare.py with the same load generator as the real servers, it is the most any 
 grpc.aio server can answer on this machine, which puts each server's figure in proportion.
 
     .venv/bin/python bench/peers/ceiling_server.py --port 8500 --model mnist_cnn \\
-        --image-shape 28,28,1 --classes 10
+        --image-shape 28,28,1 --classes 10 [--grpc-server sync]
+
+`--grpc-server sync` answers the same from gRPC's synchronous server (a thread pool) instead: the
+other Python stack's ceiling, to tell whether it would leave more room than grpc.aio.
+
+`--onnx MODEL.onnx` makes each ModelInfer run that file on its one image with ONNX Runtime (CPU,
+cnnserve's session settings: spinning off) where the handler runs (the event loop's thread, or a
+pool thread), and answer its logits: no batching, no checks, no statistics. It is what either
+stack gives a model server that does nothing but run the model.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Sequence
+from concurrent import futures
 
 import grpc
 
@@ -22,11 +31,37 @@ from cnnserve.protos import grpc_service_pb2_grpc
 from cnnserve.serving.config import EVENT_LOOPS, event_loop_factory
 
 MAX_CONCURRENT_RPCS_SOFT = 8192  # as cnnserve serve, so a flood queues rather than being cancelled
+SYNC_THREADS = 8  # the synchronous server's handler threads: enough for any one client's channels
+
+
+class OnnxAnswer:
+    """One image's logits from ONNX Runtime, as the reply to its request."""
+
+    def __init__(self, path: str, model: str, image_shape: Sequence[int]) -> None:
+        import numpy as np
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._np = np
+        self._session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+        self._logits = ["logits"] if "logits" in {o.name for o in self._session.get_outputs()} else None
+        self._shape = (1, *image_shape)
+        self._model = model
+
+    def __call__(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        images = self._np.frombuffer(request.raw_input_contents[0], self._np.uint8).reshape(self._shape)
+        logits = self._session.run(self._logits, {self._input: images})[0]
+        output = pb.ModelInferResponse.InferOutputTensor(name="logits", datatype="FP32", shape=logits.shape)
+        return pb.ModelInferResponse(model_name=self._model, model_version="1", outputs=[output],
+                                     raw_output_contents=[logits.astype("<f4").tobytes()])  # fmt: skip
 
 
 class FixedReplyServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, model: str, image_shape: Sequence[int], classes: int) -> None:
+    def __init__(self, model: str, image_shape: Sequence[int], classes: int, onnx: str | None = None) -> None:
         self.model = model
+        self.answer = OnnxAnswer(onnx, model, image_shape) if onnx else None
         tensor = pb.ModelMetadataResponse.TensorMetadata
         self.metadata = pb.ModelMetadataResponse(
             name=model, versions=["1"], platform="onnxruntime_onnx",
@@ -53,17 +88,47 @@ class FixedReplyServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return self.metadata
 
     async def ModelInfer(self, request, context):
-        return self.reply
+        return self.reply if self.answer is None else self.answer(request)
 
 
-async def serve(host: str, port: int, model: str, image_shape: Sequence[int], classes: int) -> None:
-    server = grpc.aio.server(options=[("grpc.max_concurrent_streams", MAX_CONCURRENT_RPCS_SOFT)])
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        FixedReplyServicer(model, image_shape, classes), server
-    )
+class SyncFixedReplyServicer(FixedReplyServicer):
+    """The same answers from plain methods, for gRPC's synchronous server."""
+
+    def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=True)
+
+    def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=request.name == self.model)
+
+    def ModelMetadata(self, request, context):
+        if request.name != self.model:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.name!r}")
+        return self.metadata
+
+    def ModelInfer(self, request, context):
+        return self.reply if self.answer is None else self.answer(request)
+
+
+OPTIONS = [("grpc.max_concurrent_streams", MAX_CONCURRENT_RPCS_SOFT)]
+
+
+async def serve(servicer: FixedReplyServicer, host: str, port: int) -> None:
+    server = grpc.aio.server(options=OPTIONS)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
     await server.wait_for_termination()
+
+
+def serve_sync(servicer: SyncFixedReplyServicer, host: str, port: int) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(SYNC_THREADS), options=OPTIONS)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    server.add_insecure_port(f"{host}:{port}")
+    server.start()
+    server.wait_for_termination()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,10 +140,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, required=True)
     # uvloop, as `cnnserve serve` by default: the ceiling is the faster of the two (BENCHMARKS.md).
     parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="uvloop")
+    parser.add_argument("--grpc-server", choices=("aio", "sync"), default="aio")
+    parser.add_argument("--onnx", help="run this ONNX file on each request's image instead of a fixed reply")
     args = parser.parse_args(argv)
     image_shape = [int(d) for d in args.image_shape.split(",")]
+    if args.grpc_server == "sync":
+        sync_servicer = SyncFixedReplyServicer(args.model, image_shape, args.classes, args.onnx)
+        serve_sync(sync_servicer, args.host, args.port)
+        return 0
+    servicer = FixedReplyServicer(args.model, image_shape, args.classes, args.onnx)
     with asyncio.Runner(loop_factory=event_loop_factory(args.event_loop)) as runner:
-        runner.run(serve(args.host, args.port, args.model, image_shape, args.classes))
+        runner.run(serve(servicer, args.host, args.port))
     return 0
 
 

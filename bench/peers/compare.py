@@ -30,8 +30,15 @@ import peer_configs  # this folder's module, beside the script
 
 from cnnserve.bench.report import write_run
 from cnnserve.bench.serve_process import LOOPBACK, ServerProcess, free_port, start_cnnserve
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.serving.workers import parse_workers
 
-SERVERS = ("cnnserve", "mlserver", "kserve", "ceiling")
+SERVERS = ("cnnserve", "cnnserve-workers", "cnnserve-stream", "mlserver", "kserve", "ceiling")
+PEERS = ("mlserver", "kserve")  # the servers issue 15's goals measure cnnserve against
+# cnnserve as it starts by default; with `--workers`; and its default server under the same load
+# sent as V2 ModelStreamInfer messages (neither peer streams single requests: KServe has no
+# ModelStreamInfer, MLServer's feeds one model's predict_stream).
+OURS = ("cnnserve", "cnnserve-workers", "cnnserve-stream")
 PEERS_DIR = Path(os.environ.get("CNNSERVE_PEERS_DIR", Path.home() / ".cache" / "cnnserve-peers"))
 START_TIMEOUT_S = 180.0
 IN_PROCESS_BATCH = 64
@@ -49,6 +56,7 @@ class Settings:
     workdir: Path
     channels: int = 8  # as `cnnserve bench server` (at most one per caller)
     in_process_s: float = 3.0
+    workers: int = 2  # cnnserve-workers: `serve --workers` (main(): one per available core)
 
 
 def model_file(repository: Path, model: str) -> peer_configs.ModelFile:
@@ -123,11 +131,12 @@ def check_answer(target: str, model: peer_configs.ModelFile) -> None:
 def launch(name: str, settings: Settings, model: peer_configs.ModelFile) -> tuple[ServerProcess, str]:
     """Starts `name` on free loopback ports; returns it and its gRPC target."""
     logs = settings.workdir
-    if name == "cnnserve":
+    if name in OURS:
+        workers = ["--workers", str(settings.workers)] if name == "cnnserve-workers" else []
         server, ports = start_cnnserve(
             ["--repository", str(settings.repository), "--models", model.name, "--host", LOOPBACK,
-             "--port", "0", "--http-port", "off", "--metrics-port", "off"],
-            logs, own_session=True, timeout_s=START_TIMEOUT_S, poll_s=0.2,
+             "--port", "0", "--http-port", "off", "--metrics-port", "off", *workers],
+            logs, name=name, own_session=True, timeout_s=START_TIMEOUT_S, poll_s=0.2,
         )  # fmt: skip
         return server, ports.grpc_target
     grpc_port = free_port()
@@ -158,13 +167,13 @@ def launch(name: str, settings: Settings, model: peer_configs.ModelFile) -> tupl
     return server, target
 
 
-def measure_server(target: str, settings: Settings) -> list[dict]:
+def measure_server(target: str, settings: Settings, streaming: bool = False) -> list[dict]:
     from cnnserve.bench.server_bench import ServerPlan, run_server_bench
 
     plan = ServerPlan(
         target=target, model=settings.model, protocol="v2", concurrency=settings.concurrency,
         duration_s=settings.duration_s, warmup_s=settings.warmup_s, noop_model=None,
-        channels=settings.channels,
+        channels=settings.channels, streaming=streaming,
     )  # fmt: skip
     sweep = asyncio.run(run_server_bench(plan))
     if sweep.stopped:
@@ -194,7 +203,7 @@ def measure_in_process(path: Path, batch_size: int = IN_PROCESS_BATCH, min_time_
 
 
 def peer_versions(settings: Settings, name: str) -> dict[str, str]:
-    if name in ("cnnserve", "ceiling"):
+    if name in (*OURS, "ceiling"):
         from cnnserve.bench.system import library_versions
 
         return library_versions()
@@ -225,6 +234,7 @@ def run(settings: Settings) -> dict:
         "servers": {},
     }
     configs = {
+        "cnnserve-workers": {"workers": settings.workers},
         "mlserver": {"model_settings": peer_configs.mlserver_model_settings(model)},
         "kserve": {"argv": peer_configs.kserve_argv(model, 0, 0)},
     }
@@ -233,13 +243,14 @@ def run(settings: Settings) -> dict:
         server, target = launch(name, settings, model)
         try:
             check_answer(target, model)
-            records = measure_server(target, settings)
+            records = measure_server(target, settings, streaming=name == "cnnserve-stream")
         finally:
             server.stop(timeout_s=30.0)
         result["servers"][name] = {"versions": peer_versions(settings, name), **configs.get(name, {}),
                                    "records": records}  # fmt: skip
     print("compare.py: in-process ONNX Runtime", file=sys.stderr)
     result["in_process"] = measure_in_process(model.path, min_time_s=settings.in_process_s)
+    result["in_process_batch1"] = measure_in_process(model.path, 1, min_time_s=settings.in_process_s)
     return result
 
 
@@ -257,7 +268,7 @@ def table(result: dict, low: int = 1, high: int = 32) -> str:
     lines = [header + f"| cnnserve's c={high} req/s ÷ this |", "| --- | --- | --- | --- | --- |"]
     for name, entry in servers.items():
         at_low, at_high = _point(entry["records"], low), _point(entry["records"], high)
-        peer = name != "cnnserve"
+        peer = name not in OURS
         p50 = f"{at_low['p50_ms']:.2f} ms" if at_low else "–"
         rps = f"{at_high['requests_per_s']:,.0f}" if at_high else "–"
         p50_ratio = _ratio(ours_low, at_low, "p50_ms") if peer else ""
@@ -274,6 +285,94 @@ def table(result: dict, low: int = 1, high: int = 32) -> str:
             f"{in_process['images_per_s']:,.0f} images/s{share} | | |"
         )
     return "\n".join(lines)
+
+
+# Issue 15's goals for single-image requests, each a factor of one figure from the same run.
+PEER_THROUGHPUT_FACTOR = 3.0  # c=high req/s ≥ 3× the best peer's
+IN_PROCESS_SHARE = 0.25  # c=high req/s ≥ 25% of in-process batch-64 images/s
+PEER_LATENCY_FACTOR = 0.7  # c=low p50 ≤ 0.7× the best peer's
+OWN_TIME_MARGIN_US = 100.0  # the server's own time at c=low ≤ in-process batch-1 p50 + 100 µs
+
+
+@dataclass(frozen=True)
+class Goal:
+    text: str
+    needs: str  # the bound and where it comes from
+    bound: float
+    concurrency: int
+    field: str  # of a server record
+    unit: str  # "req/s" | "ms" | "µs"
+    at_most: bool  # True: the figure must not exceed the bound
+
+    def cell(self, records: Sequence[dict]) -> str:
+        point = _point(records, self.concurrency)
+        value = point.get(self.field) if point else None
+        if value is None:
+            return "–"
+        text = f"{value:.2f} ms" if self.unit == "ms" else f"{value:,.0f} {self.unit}"
+        met = value <= self.bound if self.at_most else value >= self.bound
+        return f"{text} {'✅' if met else '❌'}"
+
+
+def goal_list(result: dict, low: int = 1, high: int = 32) -> list[Goal]:
+    """The goals whose reference (a peer, an in-process figure) this run measured."""
+    peers = [(name, result["servers"][name]["records"]) for name in PEERS if name in result["servers"]]
+    found: list[Goal] = []
+    if fastest := _best_peer(peers, high, "requests_per_s", max):
+        name, point = fastest
+        rps, factor = point["requests_per_s"], PEER_THROUGHPUT_FACTOR
+        needs = f"≥ {factor * rps:,.0f} req/s ({factor:g} × {_short(name)}'s {rps:,.0f})"
+        text = f"c={high} at ≥ {factor:g}× the best peer's req/s"
+        found.append(Goal(text, needs, factor * rps, high, "requests_per_s", "req/s", False))
+    if batch64 := result.get("in_process"):
+        images, share = batch64["images_per_s"], IN_PROCESS_SHARE
+        needs = f"≥ {share * images:,.0f} req/s ({100 * share:g}% of {images:,.0f} images/s)"
+        text = f"c={high} at ≥ {100 * share:g}% of in-process batch-{batch64['batch_size']} throughput"
+        found.append(Goal(text, needs, share * images, high, "requests_per_s", "req/s", False))
+    if quickest := _best_peer(peers, low, "p50_ms", min):
+        name, point = quickest
+        p50, factor = point["p50_ms"], PEER_LATENCY_FACTOR
+        needs = f"≤ {factor * p50:.2f} ms ({factor:g} × {_short(name)}'s {p50:.2f})"
+        text = f"c={low} p50 ≤ {factor:g}× the best peer's"
+        found.append(Goal(text, needs, factor * p50, low, "p50_ms", "ms", True))
+    if batch1 := result.get("in_process_batch1"):
+        alone_us, margin = 1e3 * batch1["p50_ms"], OWN_TIME_MARGIN_US
+        needs = f"≤ {alone_us + margin:,.0f} µs ({alone_us:,.0f} in-process batch 1 + {margin:g})"
+        text = f"the server's own time at c={low} ≤ in-process batch 1 + {margin:g} µs"
+        found.append(Goal(text, needs, alone_us + margin, low, "server_total_us", "µs", True))
+    return found
+
+
+def _best_peer(peers: list[tuple[str, list[dict]]], concurrency: int, field: str, pick) -> tuple | None:
+    """The peer whose record at `concurrency` has the best `field` (`pick`: max or min)."""
+    points = [(name, point) for name, records in peers if (point := _point(records, concurrency))]
+    return pick(points, key=lambda item: item[1][field]) if points else None
+
+
+def goals(result: dict, low: int = 1, high: int = 32) -> str:
+    """Issue 15's goals against each cnnserve configuration of the run, as markdown: what each
+    needs, from the best peer and the in-process figures of the same run, and whether it was met.
+    The ceiling's column shows what a server that does no work reaches under the same load."""
+    servers = result["servers"]
+    columns = [name for name in (*OURS, "ceiling") if name in servers]
+    lines = ["| goal | needs | " + " | ".join(_column(n, servers[n]) for n in columns) + " |",
+             "| --- | --- |" + " --- |" * len(columns)]  # fmt: skip
+    for goal in goal_list(result, low, high):
+        cells = " | ".join(goal.cell(servers[name]["records"]) for name in columns)
+        lines.append(f"| {goal.text} | {goal.needs} | {cells} |")
+    return "\n".join(lines)
+
+
+def _column(name: str, entry: dict) -> str:
+    if name == "cnnserve-workers":
+        return f"cnnserve --workers {entry['workers']}"
+    if name == "cnnserve-stream":
+        return "cnnserve, 1 worker, ModelStreamInfer"
+    return "cnnserve, 1 worker" if name == "cnnserve" else _short(name)
+
+
+def _short(name: str) -> str:
+    return {"mlserver": "MLServer", "kserve": "KServe", "ceiling": "the ceiling"}.get(name, name)
 
 
 def _ratio(ours: dict | None, theirs: dict | None, field: str) -> str:
@@ -295,7 +394,12 @@ def _label(name: str, entry: dict) -> str:
     if name == "ceiling":
         grpcio = versions.get("grpcio", "?")
         return f"grpc.aio servicer on uvloop, fixed reply, no model (grpcio {grpcio}; the ceiling)"
-    return f"cnnserve {versions.get('cnnserve', '?')} (ORT {versions.get('onnxruntime-gpu', '?')})"
+    ours, ort = versions.get("cnnserve", "?"), versions.get("onnxruntime-gpu", "?")
+    how = {
+        "cnnserve-workers": f", --workers {entry.get('workers')}",
+        "cnnserve-stream": ", V2 ModelStreamInfer",
+    }
+    return f"cnnserve {ours}{how.get(name, '')} (ORT {ort})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -308,11 +412,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--channels", type=int, default=8, help="as `cnnserve bench server` (default: 8)")
     parser.add_argument("--peers-dir", type=Path, default=PEERS_DIR, help="default: $CNNSERVE_PEERS_DIR")
+    parser.add_argument("--workers", default="auto", help="cnnserve-workers: serve --workers (auto)")
     parser.add_argument("--json", type=Path, help="write the run here")
     parser.add_argument("--table", type=Path, metavar="JSON", help="only print the table of a recorded run")
     args = parser.parse_args(argv)
     if args.table:
-        print(table(json.loads(args.table.read_text())))
+        recorded = json.loads(args.table.read_text())
+        print(table(recorded) + "\n\n" + goals(recorded))
         return 0
     servers = tuple(s for s in args.servers.split(",") if s)
     unknown = [s for s in servers if s not in SERVERS]
@@ -324,14 +430,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:
         print(f"compare.py: --concurrency takes integers, received {args.concurrency!r}", file=sys.stderr)
         return 2
+    try:
+        workers = parse_workers(args.workers)
+    except CnnserveError as error:
+        print(f"compare.py: {error}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="cnnserve-peers-") as workdir:
         settings = Settings(args.repository, args.model, servers, concurrency, args.duration, args.warmup,
-                            args.peers_dir, Path(workdir), args.channels)  # fmt: skip
+                            args.peers_dir, Path(workdir), args.channels, workers=workers)  # fmt: skip
         result = run(settings)
     if args.json:
         write_run(result, args.json)
     low, high = min(concurrency), max(concurrency)
-    print(table(result, low, high))
+    print(table(result, low, high) + "\n\n" + goals(result, low, high))
     return 0
 
 

@@ -76,8 +76,14 @@ def test_the_table_of_a_recorded_run():
     result = json.loads(RECORDED.read_text())
     text = compare.table(result, 1, 32)
     lines = text.splitlines()
-    assert lines[0].startswith("| server | c=1 p50 | c=32 req/s |") and len(lines) == 2 + 4 + 1
+    assert (
+        lines[0].startswith("| server | c=1 p50 | c=32 req/s |")
+        and len(lines) == 2 + len(result["servers"]) + 1
+    )
     ours = {r["concurrency"]: r for r in result["servers"]["cnnserve"]["records"]}
+    assert [line.split(" | ")[0] for line in lines[2:5]] == [
+        "| cnnserve 0.1.0 (ORT 1.31.1)", "| cnnserve 0.1.0, --workers 2 (ORT 1.31.1)",
+        "| cnnserve 0.1.0, V2 ModelStreamInfer (ORT 1.31.1)"]  # fmt: skip
     for name, label in (("mlserver", "Seldon MLServer 1.7.1"), ("kserve", "KServe 0.21.0 ModelServer"),
                         ("ceiling", "fixed reply, no model")):  # fmt: skip
         theirs = {r["concurrency"]: r for r in result["servers"][name]["records"]}
@@ -91,9 +97,70 @@ def test_the_table_of_a_recorded_run():
     assert f"(cnnserve at c=32: {share:.1f}%)" in lines[-1]
 
 
+def _record(concurrency: int, p50_ms: float, requests_per_s: float, server_us: float | None = None) -> dict:
+    return {"concurrency": concurrency, "p50_ms": p50_ms, "requests_per_s": requests_per_s,
+            "images_per_s": requests_per_s, "server_total_us": server_us}  # fmt: skip
+
+
+def _goal_rows(text: str) -> dict[str, list[str]]:
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()[2:]]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_goals_take_the_best_peer_per_figure_and_mark_each_configuration():
+    """The bounds come from the best peer of each figure (KServe's req/s, MLServer's p50 here)
+    and the in-process runs; each cnnserve configuration and the ceiling is marked against them."""
+    result = {
+        "servers": {
+            "cnnserve": {"records": [_record(1, 1.50, 600, 420.0), _record(32, 30.0, 1000, 300.0)]},
+            "cnnserve-workers": {"workers": 2,
+                                 "records": [_record(1, 0.60, 700, 290.0), _record(32, 9.0, 3500)]},
+            "mlserver": {"records": [_record(1, 1.00, 400), _record(32, 60.0, 500)]},
+            "kserve": {"records": [_record(1, 1.20, 500), _record(32, 40.0, 900)]},
+            "ceiling": {"records": [_record(1, 0.50, 900), _record(32, 14.0, 2600)]},
+        },
+        "in_process": {"batch_size": 64, "images_per_s": 12000.0},
+        "in_process_batch1": {"batch_size": 1, "p50_ms": 0.2},
+    }  # fmt: skip
+    text = compare.goals(result)
+    header = "| goal | needs | cnnserve, 1 worker | cnnserve --workers 2 | the ceiling |"
+    assert text.splitlines()[0] == header
+    rows = _goal_rows(text)
+    assert rows["c=32 at ≥ 3× the best peer's req/s"] == [
+        "≥ 2,700 req/s (3 × KServe's 900)", "1,000 req/s ❌", "3,500 req/s ✅", "2,600 req/s ❌"]  # fmt: skip
+    assert rows["c=32 at ≥ 25% of in-process batch-64 throughput"] == [
+        "≥ 3,000 req/s (25% of 12,000 images/s)",
+        "1,000 req/s ❌", "3,500 req/s ✅", "2,600 req/s ❌"]  # fmt: skip
+    assert rows["c=1 p50 ≤ 0.7× the best peer's"] == [
+        "≤ 0.70 ms (0.7 × MLServer's 1.00)", "1.50 ms ❌", "0.60 ms ✅", "0.50 ms ✅"]  # fmt: skip
+    assert rows["the server's own time at c=1 ≤ in-process batch 1 + 100 µs"] == [
+        "≤ 300 µs (200 in-process batch 1 + 100)", "420 µs ❌", "290 µs ✅", "–"]  # fmt: skip
+
+
+def test_goals_without_peers_or_in_process_figures_are_left_out():
+    result = {"servers": {"cnnserve": {"records": [_record(1, 1.5, 600, 400.0), _record(32, 30.0, 1000)]}}}
+    assert compare.goals(result).splitlines() == [
+        "| goal | needs | cnnserve, 1 worker |",
+        "| --- | --- | --- |",
+    ]
+
+
+def test_goals_of_the_recorded_run():
+    result = json.loads(RECORDED.read_text())
+    rows = _goal_rows(compare.goals(result))
+    kserve = {r["concurrency"]: r for r in result["servers"]["kserve"]["records"]}
+    ours = {r["concurrency"]: r for r in result["servers"]["cnnserve"]["records"]}
+    needs, mark = rows["c=32 at ≥ 3× the best peer's req/s"][:2]
+    best = kserve[32]["requests_per_s"]
+    assert needs == f"≥ {3 * best:,.0f} req/s (3 × KServe's {best:,.0f})"
+    met = "✅" if ours[32]["requests_per_s"] >= 3 * best else "❌"
+    assert mark == f"{ours[32]['requests_per_s']:,.0f} req/s {met}"
+
+
 def test_table_command_prints_a_recorded_run(capsys):
     assert compare.main(["--table", str(RECORDED)]) == 0
-    assert "Seldon MLServer" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Seldon MLServer" in out and "| goal | needs | cnnserve, 1 worker |" in out
 
 
 @pytest.mark.slow
@@ -101,18 +168,47 @@ def test_the_driver_measures_cnnserve_end_to_end(noop_repository, tmp_path):
     """The driver's own path (start, answer check, the load generator, stop, in-process ORT) on
     cnnserve and the fixed-reply ceiling, which run in this venv: the peers need their
     virtualenvs, which only `make bench-peers` builds."""
-    settings = compare.Settings(noop_repository, "noop", ("cnnserve", "ceiling"), (1, 2), 0.3, 0.2,
-                                tmp_path / "peers", tmp_path, channels=2, in_process_s=0.2)  # fmt: skip
+    servers = ("cnnserve", "cnnserve-workers", "cnnserve-stream", "ceiling")
+    settings = compare.Settings(noop_repository, "noop", servers, (1, 2), 0.3, 0.2, tmp_path / "peers",
+                                tmp_path, channels=2, in_process_s=0.2, workers=2)  # fmt: skip
     result = compare.run(settings)
-    for name in ("cnnserve", "ceiling"):
+    for name in servers:
         records = result["servers"][name]["records"]
         assert [(r["concurrency"], r["errors"]) for r in records] == [(1, 0), (2, 0)]
         assert all(r["requests"] > 0 and r["protocol"] == "v2" for r in records)
         assert records[1]["channels"] == 2
     (row,) = [line for line in compare.table(result, 1, 2).splitlines() if "fixed reply" in line]
     assert "grpcio 1.85.1" in row
+    assert result["servers"]["cnnserve-workers"]["workers"] == 2
+    assert all(r["streaming"] for r in result["servers"]["cnnserve-stream"]["records"])
+    assert not any(r["streaming"] for r in result["servers"]["cnnserve"]["records"])
+    assert "ready: 2 workers on 127.0.0.1:" in (tmp_path / "cnnserve-workers.log").read_text()
     assert result["in_process"]["batch_size"] == 64 and result["in_process"]["images_per_s"] > 0
+    assert result["in_process_batch1"]["batch_size"] == 1 and result["in_process_batch1"]["p50_ms"] > 0
     assert result["onnx"]["path"] == str((noop_repository / "noop" / "1" / "model.onnx").resolve())
+
+
+@pytest.mark.parametrize(
+    "extra", [["--grpc-server", "sync"], ["--onnx"], ["--onnx", "--grpc-server", "sync"]], ids=str
+)
+def test_the_ceilings_variants_answer_logits(model, tmp_path, extra):
+    """`ceiling_server.py --grpc-server sync` (gRPC's thread-pool server) and `--onnx FILE` (each
+    request's image through ONNX Runtime) answer a real request with logits [1, classes]."""
+    from cnnserve.bench.serve_process import ServerProcess, free_port
+
+    if "--onnx" in extra:  # the no-op model's own file
+        extra = [*extra[: extra.index("--onnx") + 1], str(model.path), *extra[extra.index("--onnx") + 1 :]]
+    port = free_port()
+    command = [sys.executable, str(PEERS / "ceiling_server.py"), "--port", str(port), "--model", model.name,
+               "--image-shape", ",".join(map(str, model.image_shape)), "--classes", str(model.classes),
+               *extra]  # fmt: skip
+    server = ServerProcess("ceiling", command, tmp_path / "ceiling.log")
+    server.start()
+    try:
+        compare.wait_ready(server, f"127.0.0.1:{port}", model.name, timeout_s=30)
+        compare.check_answer(f"127.0.0.1:{port}", model)  # raises unless logits [1, classes] come back
+    finally:
+        server.stop()
 
 
 def test_missing_peer_venv_is_one_line(model, tmp_path):

@@ -28,3 +28,26 @@ def test_the_report_prints_percent_of_all_samples(tmp_path, capsys):
     assert pyspy_shares.main([str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("10 samples") and " 90.0% main (a.py)" in out and " 60.0% handler (c.py)" in out
+
+
+THREADED = [
+    "thread (101): MainThread;main (a.py:1);handler (c.py:5) 3\n",
+    "thread (101): MainThread;main (a.py:1) 1\n",
+    "thread (102): Thread-1;run (threading.py:9);work (d.py:2) 4\n",
+]
+
+
+def test_thread_filter_counts_only_that_threads_samples(tmp_path, capsys):
+    path = tmp_path / "server.txt"
+    path.write_text("".join(THREADED))
+    assert pyspy_shares.main([str(path), "5", "--thread", "MainThread"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("4 samples") and " 75.0% handler (c.py)" in out and "work" not in out
+
+
+def test_thread_filter_matching_nothing_says_how_to_record(tmp_path, capsys):
+    path = tmp_path / "server.txt"
+    path.write_text("".join(PROFILE))
+    assert pyspy_shares.main([str(path), "--thread", "MainThread"]) == 1
+    assert "record with --threads" in capsys.readouterr().err
+    assert pyspy_shares.main([str(path), "--thread"]) == 2

@@ -1,0 +1,145 @@
+"""Per-thread CPU of a running server under `cnnserve bench server`'s load generator (Linux).
+
+Runs one closed-loop V2 level against TARGET from this process, with the load generator of
+`bench server`. Once the level's warm-up is over, it reads utime + stime of every thread of the
+server's process PID (`/proc/PID/task/*/stat`) and the machine's idle time (`/proc/stat`), then
+again WINDOW seconds later. It prints each thread's share of a core, the server's CPU per request
+and how idle the machine was. This tells which thread limits the server (its event loop's thread
+is the one whose id is PID) and what each request costs it, apart from the load generator:
+
+    .venv/bin/python scripts/thread_cpu.py --pid PID --target localhost:8500 --model noop --concurrency 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cnnserve.bench.server_bench import ServerPlan, run_server_bench
+
+WARMUP_S = 1.0
+SETTLE_S = 0.5  # after the warm-up, before the first reading
+
+
+@dataclass(frozen=True)
+class ThreadTime:
+    name: str
+    ticks: int  # utime + stime, in clock ticks
+
+
+def thread_times(pid: int, proc: Path = Path("/proc")) -> dict[int, ThreadTime]:
+    """Every thread of `pid` with its CPU time so far; threads that end while read are skipped."""
+    times = {}
+    for task in (proc / str(pid) / "task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        times[int(task.name)] = ThreadTime(name, int(fields[11]) + int(fields[12]))  # utime, stime
+    return times
+
+
+def machine_ticks(proc: Path = Path("/proc")) -> tuple[int, int]:
+    """(all, idle + iowait) clock ticks of every core, from the first line of /proc/stat."""
+    values = [int(v) for v in (proc / "stat").read_text().splitlines()[0].split()[1:]]
+    return sum(values), values[3] + values[4]
+
+
+def core_shares(before: dict[int, ThreadTime], after: dict[int, ThreadTime], seconds: float,
+                ticks_per_s: int) -> list[tuple[int, str, float]]:  # fmt: skip
+    """(tid, name, share of one core) per thread that ran in between, busiest first."""
+    shares = []
+    for tid, now in after.items():
+        then = before.get(tid, ThreadTime(now.name, 0))
+        shares.append((tid, now.name, (now.ticks - then.ticks) / ticks_per_s / seconds))
+    return sorted(shares, key=lambda item: -item[2])
+
+
+class _LevelStarted:
+    """The sweep's progress hooks: `step` comes just before the level's load begins."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def start(self, total: int) -> None:
+        pass
+
+    def step(self, label: str) -> None:
+        self.event.set()
+
+    def advance(self) -> None:
+        pass
+
+
+def measure(pid: int, plan: ServerPlan, window_s: float) -> tuple[dict, list[tuple[int, str, float]], float]:
+    """The level's record, each thread's share of a core over the window, and the machine's idle share."""
+    started = _LevelStarted()
+    outcome: dict = {}
+
+    def load() -> None:
+        try:
+            outcome["sweep"] = asyncio.run(run_server_bench(plan, progress=started))
+        except Exception as error:  # the load generator's own errors name the target and the status
+            outcome["error"] = error
+            started.event.set()
+
+    runner = threading.Thread(target=load, daemon=True)
+    runner.start()
+    if not started.event.wait(plan.connect_timeout_s + 30):
+        raise SystemExit(f"thread_cpu.py: the load never started against {plan.target}")
+    time.sleep(plan.warmup_s + SETTLE_S)
+    before, machine_before, start = thread_times(pid), machine_ticks(), time.monotonic()
+    time.sleep(window_s)
+    after, machine_after, seconds = thread_times(pid), machine_ticks(), time.monotonic() - start
+    runner.join()
+    if "error" in outcome:
+        raise SystemExit(f"thread_cpu.py: {outcome['error']}")
+    sweep = outcome["sweep"]
+    if sweep.stopped or not sweep.records:
+        raise SystemExit(f"thread_cpu.py: {sweep.stopped or 'no level was measured'}")
+    idle = (machine_after[1] - machine_before[1]) / max(1, machine_after[0] - machine_before[0])
+    shares = core_shares(before, after, seconds, os.sysconf("SC_CLK_TCK"))
+    return sweep.records[0].to_dict(), shares, idle
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pid", type=int, required=True, help="the server's process (its main thread)")
+    parser.add_argument("--target", required=True, help="HOST:PORT of its gRPC port")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--window", type=float, default=4.0, help="seconds the readings are apart")
+    parser.add_argument("--channels", type=int, default=8)
+    args = parser.parse_args(argv)
+    if not Path(f"/proc/{args.pid}/task").is_dir():
+        print(f"thread_cpu.py: no process {args.pid} to read (Linux /proc)", file=sys.stderr)
+        return 2
+    plan = ServerPlan(
+        target=args.target, model=args.model, protocol="v2", concurrency=(args.concurrency,),
+        duration_s=args.window + 2 * SETTLE_S, warmup_s=WARMUP_S, noop_model=None,
+        channels=min(args.channels, args.concurrency),
+    )  # fmt: skip
+    record, shares, idle = measure(args.pid, plan, args.window)
+    rps, client = record["requests_per_s"], record["client_cpu_pct"]
+    print(f"{args.model} at concurrency {args.concurrency}: {rps:,.0f} req/s, p50 {record['p50_ms']:.2f} ms; "
+          f"load generator {client:.0f}% of a core; machine idle {100 * idle:.0f}%")  # fmt: skip
+    for tid, name, share in shares:
+        if share >= 0.01:
+            role = "  (event loop: the main thread)" if tid == args.pid else ""
+            per_request = f"{1e6 * share / rps:6.0f} µs/request"
+            print(f"  {tid:>8} {name:<16} {100 * share:5.1f}% of a core, {per_request}{role}")
+    total = sum(share for _, _, share in shares)
+    print(f"  server: {100 * total:.1f}% of a core, {1e6 * total / rps:.0f} µs CPU per request")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
