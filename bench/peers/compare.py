@@ -1,14 +1,19 @@
 """cnnserve beside Seldon MLServer and KServe's ModelServer, one run, one load generator.
 
-Serves the same ONNX file (the one `cnnserve export` wrote) from cnnserve, MLServer and KServe in
-turn, each on free loopback ports, and measures each with the same load generator as
-`cnnserve bench server --protocol v2` (single images, closed loop, concurrency 1 and 32 by
-default), then ONNX Runtime in-process on that file at batch 64. Writes one JSON and prints the
-table (markdown). The peers run from the virtualenvs bench/peers/setup.sh creates.
+Serves the same ONNX file (the one `cnnserve export` wrote) from each server in turn, each on
+free loopback ports, and measures each with the same load generator as `cnnserve bench server
+--protocol v2` (single images, closed loop, concurrency 1 and 32 by default), then ONNX Runtime
+in-process on that file at batch 64 and batch 1. cnnserve runs three ways: with its defaults,
+with `serve --workers` (`--workers`, one per available core by default), and its default server
+again under the same load sent as ModelStreamInfer messages; the peers run as their defaults,
+and the ceiling is a grpc.aio server that runs no model. Writes one JSON and prints two markdown
+tables: the servers side by side, and issue 15's goals, met or not, against this run's best peer
+and in-process figures. The peers run from the virtualenvs bench/peers/setup.sh creates.
 
     .venv/bin/python bench/peers/compare.py --repository bench_results/models --model mnist_cnn \\
         --json bench_results/peers.json
-    .venv/bin/python bench/peers/compare.py --table bench_results/peers.json   # the table again
+    .venv/bin/python bench/peers/compare.py --table bench_results/peers.json   # the tables again
+    .venv/bin/python bench/peers/compare.py --servers cnnserve,cnnserve-stream,ceiling   # a subset
 """
 
 from __future__ import annotations

@@ -216,3 +216,9 @@ def test_missing_peer_venv_is_one_line(model, tmp_path):
                                 tmp_path)  # fmt: skip
     with pytest.raises(SystemExit, match=r"no kserve venv in .*; run bench/peers/setup.sh"):
         compare.launch("kserve", settings, model)
+
+
+def test_a_bad_workers_count_is_one_line(capsys, noop_repository):
+    assert compare.main(["--repository", str(noop_repository), "--model", "noop", "--workers", "many"]) == 2
+    expected = "compare.py: --workers: expected a number or 'auto', received 'many'"
+    assert capsys.readouterr().err.strip() == expected
