@@ -34,21 +34,27 @@ from cnnserve.bench.source_tree import SourceTree, export_revision
 class Level:
     concurrency: int
     images_per_request: int
+    streaming: bool = False  # sent as ModelStreamInfer messages (`bench server --streaming`)
 
     @property
     def label(self) -> str:
-        return f"c={self.concurrency}, {self.images_per_request} img/req"
+        return f"c={self.concurrency}, {self.images_per_request} img/req" + (
+            ", streaming" if self.streaming else ""
+        )
 
 
 def parse_levels(text: str) -> tuple[Level, ...]:
-    """`1,32,2x64`: concurrency, or concurrency x images per request."""
+    """`1,32,2x64,32s`: concurrency, or concurrency x images per request; `s` at the end streams."""
     levels = []
     for item in text.split(","):
-        concurrency, _, images = item.partition("x")
+        streaming = item.endswith("s")
+        concurrency, _, images = item.removesuffix("s").partition("x")
         try:
-            levels.append(Level(int(concurrency), int(images or 1)))
+            levels.append(Level(int(concurrency), int(images or 1), streaming))
         except ValueError:
-            raise SystemExit(f"server_ab: --levels takes C or CxIMAGES items, received {item!r}") from None
+            raise SystemExit(
+                f"server_ab: --levels takes C, CxIMAGES, Cs or CxIMAGESs items, received {item!r}"
+            ) from None
     if not levels or min(min(lv.concurrency, lv.images_per_request) for lv in levels) < 1:
         raise SystemExit(
             f"server_ab: --levels must name at least one level of positive numbers, received {text!r}"
@@ -60,6 +66,7 @@ def measure(target: str, model: str, level: Level, duration_s: float, warmup_s: 
     plan = ServerPlan(
         target=target, model=model, protocol="v2", concurrency=(level.concurrency,),
         images_per_request=level.images_per_request, duration_s=duration_s, warmup_s=warmup_s,
+        streaming=level.streaming,
     )  # fmt: skip
     sweep = asyncio.run(run_server_bench(plan))
     if sweep.stopped:
@@ -155,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="REV",
         help="server A runs this git revision's code (exported with git archive), B the working tree's",
     )
-    parser.add_argument("--levels", default="1,32,2x64", help="C or CxIMAGES items (default: 1,32,2x64)")
+    parser.add_argument("--levels", default="1,32,2x64",
+                        help="C or CxIMAGES items, s at the end to stream (default: 1,32,2x64)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)

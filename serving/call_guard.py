@@ -195,7 +195,8 @@ def _safe_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[
 
 def _bytes_pass_through(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
     """The response serializer, except that a handler may answer with the message already
-    serialized (V2 ModelInfer builds its bytes from a cached head: v2_converters)."""
+    serialized (V2 ModelInfer and ModelStreamInfer build their bytes from a cached head:
+    v2_converters)."""
     if serialize is None:
         return None
 
@@ -271,7 +272,11 @@ def guard_handler(method: str, handler: grpc.RpcMethodHandler, guard: CallGuard)
         return response
 
     replaced = {"stream_stream" if handler.response_streaming else "stream_unary": streaming_requests}
-    return handler._replace(request_deserializer=_safe_deserializer(handler.request_deserializer), **replaced)
+    return handler._replace(
+        request_deserializer=_safe_deserializer(handler.request_deserializer),
+        response_serializer=_bytes_pass_through(handler.response_serializer),
+        **replaced,
+    )
 
 
 async def _write_all(result: Any, context: grpc.aio.ServicerContext) -> None:

@@ -80,22 +80,22 @@ class V2Service(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    ) -> AsyncIterator[bytes | pb.ModelStreamInferResponse]:
         """Requests on one stream run concurrently, so they can share batches; answers come as they finish.
 
         When reading stops — the client half-closed, the server is draining, or a message could
         not be parsed — every request already read is still answered before the stream ends; the
         call guard then gives the stream its final status.
         """
-        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        # An answer is its serialized bytes (call_guard lets them through), an error a message.
+        answers: asyncio.Queue[bytes | pb.ModelStreamInferResponse | None] = asyncio.Queue()
         # Strong references: the event loop only keeps weak ones to running tasks.
         tasks: set[asyncio.Task[None]] = set()
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
                 inference = await self._infer(request, context)
-                response = convert.infer_response(inference, request.id)
-                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+                answers.put_nowait(convert.stream_response_bytes(inference, request.id))
             except asyncio.CancelledError:
                 raise
             except Exception as error:

@@ -11,12 +11,15 @@ from cnnserve.bench import server_ab
 
 
 def test_levels_parse_concurrency_and_images_per_request():
-    assert server_ab.parse_levels("1,32,2x64") == (
+    assert server_ab.parse_levels("1,32,2x64,32s,4x8s") == (
         server_ab.Level(1, 1),
         server_ab.Level(32, 1),
         server_ab.Level(2, 64),
+        server_ab.Level(32, 1, streaming=True),
+        server_ab.Level(4, 8, streaming=True),
     )
-    with pytest.raises(SystemExit, match="C or CxIMAGES items, received 'x'"):
+    assert server_ab.Level(32, 1, streaming=True).label == "c=32, 1 img/req, streaming"
+    with pytest.raises(SystemExit, match="Cs or CxIMAGESs items, received 'x'"):
         server_ab.parse_levels("1,x")
     with pytest.raises(SystemExit, match="positive numbers"):
         server_ab.parse_levels("0")
@@ -26,19 +29,26 @@ def test_levels_parse_concurrency_and_images_per_request():
 def test_both_event_loops_serve_and_the_table_reads_the_rounds(noop_repository: Path, tmp_path: Path, capsys):
     out = tmp_path / "ab.json"
     argv = ["--repository", str(noop_repository), "--model", "noop", "--a", "--event-loop asyncio",
-            "--b", "--event-loop uvloop", "--levels", "1,2x4", "--rounds", "2", "--duration", "0.3",
+            "--b", "--event-loop uvloop", "--levels", "1,2x4,2s", "--rounds", "2", "--duration", "0.3",
             "--warmup", "0.1", "--json", str(out)]  # fmt: skip
     assert server_ab.main(argv) == 0
     result = json.loads(out.read_text())
     assert len(result["rounds"]) == 2
     for records in result["rounds"]:
         for side in ("a", "b"):
-            got = [(r["concurrency"], r["images_per_request"], r["errors"]) for r in records[side]]
-            assert got == [(1, 1, 0), (2, 4, 0)]
+            got = [
+                (r["concurrency"], r["images_per_request"], r["streaming"], r["errors"])
+                for r in records[side]
+            ]
+            assert got == [(1, 1, False, 0), (2, 4, False, 0), (2, 1, True, 0)]
             assert all(r["requests"] > 0 for r in records[side])
     lines = capsys.readouterr().out.splitlines()
     rows = [line for line in lines if line.startswith("| c=")]
-    assert [row.split(" | ")[0] for row in rows] == ["| c=1, 1 img/req", "| c=2, 4 img/req"]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| c=1, 1 img/req",
+        "| c=2, 4 img/req",
+        "| c=2, 1 img/req, streaming",
+    ]
     first = result["rounds"][0]
     ratio = first["b"][0]["requests_per_s"] / first["a"][0]["requests_per_s"]
     second = result["rounds"][1]
@@ -149,3 +159,15 @@ def test_benchmarks_md_shows_the_recorded_before_and_after_runs(name):
     assert f"--a-revision {result['a_revision'].split()[0]}" in benchmarks
     rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
     assert len(rows) == len(result["levels"]) == 4 and all(row in benchmarks for row in rows)
+
+
+@pytest.mark.parametrize("name", ["stream_bytes_ab_mnist.json", "stream_bytes_ab_noop.json"])
+def test_benchmarks_md_shows_the_recorded_streaming_before_and_after_runs(name):
+    """The "ModelStreamInfer answers as bytes" tables: A ran the commit before, levels stream."""
+    result = json.loads((Path(__file__).parent / "data" / name).read_text())
+    benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
+    before = result["a_revision"].split()[1].strip("()")
+    assert result["a"] == result["b"] == "" and f"--a-revision {before[:7]}" in benchmarks
+    assert any(level["streaming"] for level in result["levels"])
+    rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
+    assert len(rows) == len(result["levels"]) == 3 and all(row in benchmarks for row in rows)

@@ -1,5 +1,6 @@
-"""ModelInfer answers with bytes built from a cached head: they must parse into exactly the message
-`infer_response` builds, for every mix of outputs, classification strings, sizes and ids."""
+"""ModelInfer and ModelStreamInfer answer with bytes built from a cached head: they must parse into
+exactly the message `infer_response` builds, for every mix of outputs, classification strings,
+sizes and ids."""
 
 from __future__ import annotations
 
@@ -32,7 +33,17 @@ for rows in (1, 5, 1):  # 1 again: the head comes from the cache
             expected = convert.infer_response(inference, request_id)
             assert pb.ModelInferResponse.FromString(wire) == expected, (rows, requested, request_id)
             assert wire == convert.infer_response_bytes(inference, request_id)
+            stream_wire = convert.stream_response_bytes(inference, request_id)
+            streamed = pb.ModelStreamInferResponse.FromString(stream_wire)
+            assert streamed == pb.ModelStreamInferResponse(infer_response=expected), (rows, requested)
             checked += 1
+# The length prefix past one varint byte (answers over 127 bytes) and past two (over 16 KiB).
+for rows in (40, 3000):
+    big = Inference(model, {"logits": rng.random((rows, 3), dtype=np.float32)}, None, 0, (Out("logits"),))
+    wire = convert.stream_response_bytes(big, "x")
+    expected = pb.ModelStreamInferResponse(infer_response=convert.infer_response(big, "x"))
+    assert pb.ModelStreamInferResponse.FromString(wire) == expected
+    checked += 1
 other = SimpleNamespace(name="m", version="4", provider="CPUExecutionProvider", config=model.config)
 inference = Inference(other, outputs, None, 0, (Out("logits"),))
 assert pb.ModelInferResponse.FromString(convert.infer_response_bytes(inference, "")).model_version == "4"
@@ -43,4 +54,4 @@ print("checked", checked)
 def test_cached_head_bytes_parse_into_the_built_response() -> None:
     done = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["checked", "18"]
+    assert done.stdout.split() == ["checked", "20"]
