@@ -182,21 +182,10 @@ def wire_output(array: np.ndarray) -> tuple[str, tuple[int, ...], bytes]:
     return v2_datatype(dtype_name(array.dtype)), array.shape, little.tobytes()
 
 
-def infer_response(inference: Inference, request_id: str) -> pb.ModelInferResponse:
-    """A served ModelInfer request: each requested output as raw bytes, and where it ran."""
-    model = inference.model
-    response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request_id)
-    response.parameters["execution_provider"].string_param = model.provider
-    for output, array in output_arrays(inference):
-        datatype, shape, raw = wire_output(array)
-        response.outputs.add(name=output.name, datatype=datatype, shape=shape)
-        response.raw_output_contents.append(raw)
-    return response
-
-
 def infer_response_bytes(inference: Inference, request_id: str) -> bytes:
-    """`infer_response(...).SerializeToString()`, with the part every answer of this model version
-    and shape shares serialized once.
+    """A served ModelInfer request's ModelInferResponse, serialized: each requested output as raw
+    bytes, and where it ran (the `execution_provider` parameter). The part every answer of this
+    model version and shape shares is serialized once.
 
     Protobuf parses concatenated messages as one, merged (repeated fields appended, in order):
     the shared head carries the names, the provider and the outputs' metadata, and each answer
@@ -220,8 +209,8 @@ _STREAM_INFER_RESPONSE_TAG = bytes([2 << 3 | 2])
 
 
 def stream_response_bytes(inference: Inference, request_id: str) -> bytes:
-    """`ModelStreamInferResponse(infer_response=infer_response(...)).SerializeToString()`: the
-    ModelInfer answer's bytes as the stream message's one field (a tag, the length, the bytes)."""
+    """The ModelStreamInferResponse of a served request, serialized: the ModelInfer answer's bytes
+    as the stream message's one field (a tag, the length, the bytes)."""
     answer = infer_response_bytes(inference, request_id)
     return _STREAM_INFER_RESPONSE_TAG + _varint(len(answer)) + answer
 
