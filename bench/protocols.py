@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from cnnserve.bench.serve_process import LOOPBACK, start_cnnserve
+from cnnserve.serving.wire_format import length_delimited, varint
 
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 ONE_IMAGE = np.random.default_rng(0).integers(0, 256, (1, 28, 28, 1), dtype=np.uint8)
@@ -38,23 +39,10 @@ ONE_IMAGE = np.random.default_rng(0).integers(0, 256, (1, 28, 28, 1), dtype=np.u
 def _v2_grpc_request(name: str, tensor: bytes, datatype: str, shape: list[int]) -> bytes:
     """A V2 ModelInferRequest, serialized by hand (this script must not import either copy of
     the V2 protos): fields model_name=1, inputs=5 {name=1, datatype=2, shape=3}, raw_input_contents=7."""
-
-    def field(number: int, payload: bytes) -> bytes:
-        return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-    packed_shape = b"".join(_varint(d) for d in shape)
+    field = length_delimited
+    packed_shape = b"".join(varint(d) for d in shape)
     tensor_message = field(1, b"images") + field(2, datatype.encode()) + field(3, packed_shape)
     return field(1, name.encode()) + field(5, tensor_message) + field(7, tensor)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def _percentiles(latency_s: list[float], window_s: float) -> dict:

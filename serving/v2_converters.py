@@ -21,6 +21,7 @@ from cnnserve.serving.dataplane import Inference, Label, RequestedOutput, ranked
 from cnnserve.serving.errors import InvalidInput
 from cnnserve.serving.image_decoding import split_bytes_tensor
 from cnnserve.serving.log_limit import shown
+from cnnserve.serving.wire_format import length_delimited
 
 # Triton datatype names ↔ numpy.
 V2_TO_NUMPY = {
@@ -204,25 +205,14 @@ def infer_response_bytes(inference: Inference, request_id: str) -> bytes:
     return head + pb.ModelInferResponse(id=request_id, raw_output_contents=raws).SerializeToString()
 
 
-# ModelStreamInferResponse's `infer_response` (field 2, length-delimited): its tag byte.
-_STREAM_INFER_RESPONSE_TAG = bytes([2 << 3 | 2])
+# ModelStreamInferResponse's field `infer_response` (grpc_service.proto).
+STREAM_INFER_RESPONSE_FIELD = 2
 
 
 def stream_response_bytes(inference: Inference, request_id: str) -> bytes:
     """The ModelStreamInferResponse of a served request, serialized: the ModelInfer answer's bytes
-    as the stream message's one field (a tag, the length, the bytes)."""
-    answer = infer_response_bytes(inference, request_id)
-    return _STREAM_INFER_RESPONSE_TAG + _varint(len(answer)) + answer
-
-
-def _varint(value: int) -> bytes:
-    """Protobuf's base-128 varint: seven bits per byte, low bits first, the high bit on all but the last."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    as the stream message's one field."""
+    return length_delimited(STREAM_INFER_RESPONSE_FIELD, infer_response_bytes(inference, request_id))
 
 
 @functools.lru_cache(maxsize=1024)  # versions × output sets × request sizes; each a few dozen bytes
