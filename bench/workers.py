@@ -29,10 +29,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnserve.bench.proc_cpu import cpu_seconds, machine_cpu_seconds
 from cnnserve.bench.serve_process import LOOPBACK, ServerProcess, cnnserve_command, start_cnnserve
 
 ROOT = Path(__file__).resolve().parent.parent
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 SERVER_FIELDS = (
     "concurrency", "requests", "errors", "window_s", "requests_per_s", "p50_ms", "p90_ms", "p99_ms",
     "server_queue_us", "server_compute_infer_us", "server_total_us", "server_batch_size",
@@ -48,11 +48,6 @@ class CpuSample:
     total_s: float
     by_pid: dict[int, float]
     main_thread_by_pid: dict[int, float]
-
-
-def _ticks(stat_path: Path) -> float:
-    fields = stat_path.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime, stime
 
 
 def _children(pid: int) -> list[int]:
@@ -81,8 +76,8 @@ def cpu_sample(root_pid: int) -> CpuSample:
     by_pid, main = {}, {}
     for pid in _tree(root_pid):
         try:
-            by_pid[pid] = _ticks(Path(f"/proc/{pid}/stat"))
-            main[pid] = _ticks(Path(f"/proc/{pid}/task/{pid}/stat"))
+            by_pid[pid] = cpu_seconds(Path(f"/proc/{pid}/stat"))
+            main[pid] = cpu_seconds(Path(f"/proc/{pid}/task/{pid}/stat"))
         except OSError:
             continue  # exited between the listing and the read
     return CpuSample(sum(by_pid.values()), by_pid, main)
@@ -90,8 +85,7 @@ def cpu_sample(root_pid: int) -> CpuSample:
 
 def machine_busy_s() -> float:
     """CPU seconds every process of the machine has used (/proc/stat: all but idle and iowait)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(fields) - fields[3] - fields[4]) / TICKS_PER_S
+    return machine_cpu_seconds()[1]
 
 
 def served_requests(target: str, model: str) -> int:

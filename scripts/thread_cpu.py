@@ -14,52 +14,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from cnnserve.bench.proc_cpu import machine_cpu_seconds, thread_cpu_seconds
 from cnnserve.bench.server_bench import ServerPlan, run_server_bench
 
 WARMUP_S = 1.0
 SETTLE_S = 0.5  # after the warm-up, before the first reading
 
 
-@dataclass(frozen=True)
-class ThreadTime:
-    name: str
-    ticks: int  # utime + stime, in clock ticks
-
-
-def thread_times(pid: int, proc: Path = Path("/proc")) -> dict[int, ThreadTime]:
-    """Every thread of `pid` with its CPU time so far; threads that end while read are skipped."""
-    times = {}
-    for task in (proc / str(pid) / "task").iterdir():
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        times[int(task.name)] = ThreadTime(name, int(fields[11]) + int(fields[12]))  # utime, stime
-    return times
-
-
-def machine_ticks(proc: Path = Path("/proc")) -> tuple[int, int]:
-    """(all, idle + iowait) clock ticks of every core, from the first line of /proc/stat."""
-    values = [int(v) for v in (proc / "stat").read_text().splitlines()[0].split()[1:]]
-    return sum(values), values[3] + values[4]
-
-
-def core_shares(before: dict[int, ThreadTime], after: dict[int, ThreadTime], seconds: float,
-                ticks_per_s: int) -> list[tuple[int, str, float]]:  # fmt: skip
-    """(tid, name, share of one core) per thread that ran in between, busiest first."""
+def core_shares(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                seconds: float) -> list[tuple[int, str, float]]:  # fmt: skip
+    """(tid, name, share of one core) per thread of `after` (`thread_cpu_seconds` readings
+    `seconds` apart), busiest first."""
     shares = []
-    for tid, now in after.items():
-        then = before.get(tid, ThreadTime(now.name, 0))
-        shares.append((tid, now.name, (now.ticks - then.ticks) / ticks_per_s / seconds))
+    for tid, (name, cpu_s) in after.items():
+        then = before.get(tid, (name, 0.0))[1]
+        shares.append((tid, name, (cpu_s - then) / seconds))
     return sorted(shares, key=lambda item: -item[2])
 
 
@@ -96,17 +70,18 @@ def measure(pid: int, plan: ServerPlan, window_s: float) -> tuple[dict, list[tup
     if not started.event.wait(plan.connect_timeout_s + 30):
         raise SystemExit(f"thread_cpu.py: the load never started against {plan.target}")
     time.sleep(plan.warmup_s + SETTLE_S)
-    before, machine_before, start = thread_times(pid), machine_ticks(), time.monotonic()
+    before, machine_before, start = thread_cpu_seconds(pid), machine_cpu_seconds(), time.monotonic()
     time.sleep(window_s)
-    after, machine_after, seconds = thread_times(pid), machine_ticks(), time.monotonic() - start
+    after, machine_after, seconds = thread_cpu_seconds(pid), machine_cpu_seconds(), time.monotonic() - start
     runner.join()
     if "error" in outcome:
         raise SystemExit(f"thread_cpu.py: {outcome['error']}")
     sweep = outcome["sweep"]
     if sweep.stopped or not sweep.records:
         raise SystemExit(f"thread_cpu.py: {sweep.stopped or 'no level was measured'}")
-    idle = (machine_after[1] - machine_before[1]) / max(1, machine_after[0] - machine_before[0])
-    shares = core_shares(before, after, seconds, os.sysconf("SC_CLK_TCK"))
+    all_s, busy_s = machine_after[0] - machine_before[0], machine_after[1] - machine_before[1]
+    idle = (all_s - busy_s) / all_s if all_s > 0 else 0.0
+    shares = core_shares(before, after, seconds)
     return sweep.records[0].to_dict(), shares, idle
 
 

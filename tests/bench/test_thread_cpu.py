@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+from cnnserve.bench.proc_cpu import thread_cpu_seconds
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import thread_cpu  # noqa: E402
@@ -27,13 +29,13 @@ def test_a_busy_thread_shows_its_share_of_a_core():
     busy = threading.Thread(target=spin, name="spinner")
     busy.start()
     try:
-        before = thread_cpu.thread_times(os.getpid())
+        before = thread_cpu_seconds(os.getpid())
         time.sleep(0.5)
-        after = thread_cpu.thread_times(os.getpid())
+        after = thread_cpu_seconds(os.getpid())
     finally:
         stop.set()
         busy.join()
-    shares = thread_cpu.core_shares(before, after, 0.5, os.sysconf("SC_CLK_TCK"))
+    shares = thread_cpu.core_shares(before, after, 0.5)
     assert shares == sorted(shares, key=lambda item: -item[2])
     assert busy.native_id in {tid for tid, _, _ in shares}
     assert shares[0][2] > 0.2  # one of this process's threads, the spinner or the one it holds the GIL from
