@@ -314,38 +314,58 @@ class Goal:
         value = point.get(self.field) if point else None
         if value is None:
             return "–"
-        text = f"{value:.2f} ms" if self.unit == "ms" else f"{value:,.0f} {self.unit}"
         met = value <= self.bound if self.at_most else value >= self.bound
-        return f"{text} {'✅' if met else '❌'}"
+        return f"{_number(value, self.unit)} {self.unit} {'✅' if met else '❌'}"
+
+
+def _number(value: float, unit: str) -> str:
+    """Milliseconds to two decimals, everything else (req/s, µs) whole, with thousands commas."""
+    return f"{value:.2f}" if unit == "ms" else f"{value:,.0f}"
+
+
+def _peer_goal(peers: list[tuple[str, list[dict]]], text: str, concurrency: int, field: str, unit: str,
+               factor: float, at_most: bool) -> Goal | None:  # fmt: skip
+    """A goal of `factor` × the best peer's `field` at `concurrency` (the lowest when `at_most`)."""
+    best = _best_peer(peers, concurrency, field, min if at_most else max)
+    if best is None:
+        return None
+    name, point = best
+    bound = factor * point[field]
+    needs = (f"{'≤' if at_most else '≥'} {_number(bound, unit)} {unit} "
+             f"({factor:g} × {_short(name)}'s {_number(point[field], unit)})")  # fmt: skip
+    return Goal(text, needs, bound, concurrency, field, unit, at_most)
 
 
 def goal_list(result: dict, low: int = 1, high: int = 32) -> list[Goal]:
     """The goals whose reference (a peer, an in-process figure) this run measured."""
     peers = [(name, result["servers"][name]["records"]) for name in PEERS if name in result["servers"]]
-    found: list[Goal] = []
-    if fastest := _best_peer(peers, high, "requests_per_s", max):
-        name, point = fastest
-        rps, factor = point["requests_per_s"], PEER_THROUGHPUT_FACTOR
-        needs = f"≥ {factor * rps:,.0f} req/s ({factor:g} × {_short(name)}'s {rps:,.0f})"
-        text = f"c={high} at ≥ {factor:g}× the best peer's req/s"
-        found.append(Goal(text, needs, factor * rps, high, "requests_per_s", "req/s", False))
-    if batch64 := result.get("in_process"):
-        images, share = batch64["images_per_s"], IN_PROCESS_SHARE
-        needs = f"≥ {share * images:,.0f} req/s ({100 * share:g}% of {images:,.0f} images/s)"
-        text = f"c={high} at ≥ {100 * share:g}% of in-process batch-{batch64['batch_size']} throughput"
-        found.append(Goal(text, needs, share * images, high, "requests_per_s", "req/s", False))
-    if quickest := _best_peer(peers, low, "p50_ms", min):
-        name, point = quickest
-        p50, factor = point["p50_ms"], PEER_LATENCY_FACTOR
-        needs = f"≤ {factor * p50:.2f} ms ({factor:g} × {_short(name)}'s {p50:.2f})"
-        text = f"c={low} p50 ≤ {factor:g}× the best peer's"
-        found.append(Goal(text, needs, factor * p50, low, "p50_ms", "ms", True))
-    if batch1 := result.get("in_process_batch1"):
-        alone_us, margin = 1e3 * batch1["p50_ms"], OWN_TIME_MARGIN_US
-        needs = f"≤ {alone_us + margin:,.0f} µs ({alone_us:,.0f} in-process batch 1 + {margin:g})"
-        text = f"the server's own time at c={low} ≤ in-process batch 1 + {margin:g} µs"
-        found.append(Goal(text, needs, alone_us + margin, low, "server_total_us", "µs", True))
-    return found
+    throughput = f"c={high} at ≥ {PEER_THROUGHPUT_FACTOR:g}× the best peer's req/s"
+    latency = f"c={low} p50 ≤ {PEER_LATENCY_FACTOR:g}× the best peer's"
+    found = [
+        _peer_goal(peers, throughput, high, "requests_per_s", "req/s", PEER_THROUGHPUT_FACTOR, at_most=False),
+        _in_process_share_goal(result.get("in_process"), high),
+        _peer_goal(peers, latency, low, "p50_ms", "ms", PEER_LATENCY_FACTOR, at_most=True),
+        _own_time_goal(result.get("in_process_batch1"), low),
+    ]
+    return [goal for goal in found if goal is not None]
+
+
+def _in_process_share_goal(batch64: dict | None, concurrency: int) -> Goal | None:
+    if not batch64:
+        return None
+    images, share = batch64["images_per_s"], IN_PROCESS_SHARE
+    needs = f"≥ {share * images:,.0f} req/s ({100 * share:g}% of {images:,.0f} images/s)"
+    text = f"c={concurrency} at ≥ {100 * share:g}% of in-process batch-{batch64['batch_size']} throughput"
+    return Goal(text, needs, share * images, concurrency, "requests_per_s", "req/s", False)
+
+
+def _own_time_goal(batch1: dict | None, concurrency: int) -> Goal | None:
+    if not batch1:
+        return None
+    alone_us, margin = 1e3 * batch1["p50_ms"], OWN_TIME_MARGIN_US
+    needs = f"≤ {alone_us + margin:,.0f} µs ({alone_us:,.0f} in-process batch 1 + {margin:g})"
+    text = f"the server's own time at c={concurrency} ≤ in-process batch 1 + {margin:g} µs"
+    return Goal(text, needs, alone_us + margin, concurrency, "server_total_us", "µs", True)
 
 
 def _best_peer(peers: list[tuple[str, list[dict]]], concurrency: int, field: str, pick) -> tuple | None:
