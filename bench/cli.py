@@ -242,6 +242,11 @@ def _register_server(stages: argparse._SubParsersAction) -> None:
         f"closed-loop caller; default: {DEFAULT_CHANNELS}). A server with N workers on one port "
         "needs several per worker to load every worker",
     )  # fmt: skip
+    server.add_argument(
+        "--server-pid", type=int,
+        help="the server's process on this machine: its process tree's CPU per request and the machine's "
+        "idle share are read from /proc over each window (default: not read)",
+    )  # fmt: skip
     server.add_argument("--images-per-request", type=int, default=1, help="default: 1")
     server.add_argument(
         "--duration", type=float, default=10.0, help="measured seconds per level (default: 10)"
@@ -291,7 +296,7 @@ def run_server_command(args: argparse.Namespace) -> int:
         noop_model=args.noop_model or None, client_processes=args.client_processes,
         connect_timeout_s=args.connect_timeout_s, request_timeout_s=args.timeout_s,
         request_rates=rates, arrivals=args.arrivals, streaming=args.streaming, channels=args.channels,
-        max_in_flight=args.max_in_flight,
+        max_in_flight=args.max_in_flight, server_pid=args.server_pid,
     )  # fmt: skip
     if plan.noop_model == plan.model:
         raise CnnserveError(f"--noop-model must differ from --model, both are {plan.model!r}")

@@ -167,6 +167,17 @@ def client_load_lines(records: Sequence[ServerRecord]) -> list[str]:
     return lines
 
 
+def server_cpu_lines(records: Sequence[ServerRecord]) -> list[str]:
+    """The server's own CPU per level (`--server-pid`): a server's cost apart from its speed, which
+    on a shared machine also depends on what the load generator leaves it."""
+    return [
+        f"server CPU: {r.model} at {r.level_label}: {r.server_cpu_pct:.0f}% of one core, "
+        f"{r.server_cpu_us_per_request:,.0f} µs per request; machine idle {r.machine_idle_pct:.0f}%"
+        for r in records
+        if r.server_cpu_pct is not None and r.server_cpu_us_per_request is not None
+    ]
+
+
 def progress() -> RichProgress:
     """The progress bar, on stderr."""
     return RichProgress(Console(stderr=True))
@@ -193,11 +204,12 @@ def show_local(result: LocalResult) -> None:
 
 
 def show_server(records: Sequence[ServerRecord]) -> None:
-    """`bench server`'s table (when a level was measured), the no-op overhead and the client's load."""
+    """`bench server`'s table (when a level was measured), the no-op overhead, the server's CPU and
+    the client's load."""
     out = console()
     if records:
         out.print(server_table(records))
-    for line in [*noop_overhead_lines(records), *client_load_lines(records)]:
+    for line in [*noop_overhead_lines(records), *server_cpu_lines(records), *client_load_lines(records)]:
         out.print(line)
 
 

@@ -1,12 +1,15 @@
 """CPU time from Linux's /proc: a process's or a thread's utime + stime, and the whole machine's.
 
-`bench/workers.py` samples a server's process tree with it and `scripts/thread_cpu.py` each
-thread of one server process; both difference two samples taken around a load.
+`bench server --server-pid` and `bench/workers.py` sample a server's process tree with it (a
+supervisor, its workers, a peer's worker processes), `scripts/thread_cpu.py` each thread of one
+server process; all difference two samples taken around a load.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -22,6 +25,50 @@ def stat_cpu_seconds(stat: str) -> float:
 
 def cpu_seconds(stat_path: Path) -> float:
     return stat_cpu_seconds(stat_path.read_text())
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds of a process tree at one moment: every process, and each one's main thread."""
+
+    total_s: float
+    by_pid: dict[int, float]
+    main_thread_by_pid: dict[int, float]
+
+
+def _children(pid: int, proc: Path) -> list[int]:
+    found = []
+    for task in (proc / str(pid) / "task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def process_tree(pid: int, proc: Path = PROC) -> list[int]:
+    """`pid` and every process below it, parents first."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        try:
+            todo += _children(current, proc)
+        except OSError:
+            continue
+    return pids
+
+
+def cpu_sample(root_pid: int, proc: Path = PROC) -> CpuSample:
+    """The CPU seconds so far of `root_pid`'s tree; a process that exits while read is left out."""
+    by_pid, main = {}, {}
+    for pid in process_tree(root_pid, proc):
+        try:
+            by_pid[pid] = cpu_seconds(proc / str(pid) / "stat")
+            main[pid] = cpu_seconds(proc / str(pid) / "task" / str(pid) / "stat")
+        except OSError:
+            continue
+    return CpuSample(sum(by_pid.values()), by_pid, main)
 
 
 def thread_cpu_seconds(pid: int, proc: Path = PROC) -> dict[int, tuple[str, float]]:
@@ -42,3 +89,28 @@ def machine_cpu_seconds(proc: Path = PROC) -> tuple[float, float]:
     fields = [int(x) for x in (proc / "stat").read_text().split("\n", 1)[0].split()[1:9]]
     total = sum(fields)
     return total / TICKS_PER_S, (total - fields[3] - fields[4]) / TICKS_PER_S
+
+
+@dataclass(frozen=True)
+class TreeReading:
+    """One moment's CPU seconds of a process tree and of the machine, and its monotonic time."""
+
+    wall_s: float
+    tree_s: float
+    machine_all_s: float
+    machine_busy_s: float
+
+
+def read_tree(pid: int, proc: Path = PROC) -> TreeReading:
+    machine_all, machine_busy = machine_cpu_seconds(proc)
+    return TreeReading(time.monotonic(), cpu_sample(pid, proc).total_s, machine_all, machine_busy)
+
+
+def tree_use(before: TreeReading, after: TreeReading) -> tuple[float, float]:
+    """(the tree's CPU as % of one core, the machine's idle %) between two readings."""
+    wall = after.wall_s - before.wall_s
+    every = after.machine_all_s - before.machine_all_s
+    busy = after.machine_busy_s - before.machine_busy_s
+    tree_pct = 100 * (after.tree_s - before.tree_s) / wall if wall > 0 else 0.0
+    idle_pct = 100 * (every - busy) / every if every > 0 else 0.0
+    return tree_pct, idle_pct

@@ -69,6 +69,11 @@ class ServerRecord:
     client_processes: int = 1
     client_loop_busy_pct: float | None = None  # the busiest client event-loop thread, % of the window
     client_cpu_pct: float | None = None  # all client processes together, % of one core
+    # The server's process tree (`--server-pid`, on this machine) over the window, % of one core,
+    # and what that is per answered request; and how idle the whole machine was meanwhile.
+    server_cpu_pct: float | None = None
+    server_cpu_us_per_request: float | None = None
+    machine_idle_pct: float | None = None
     # Open loop: offered requests per second and their spacing; latency is from the scheduled time.
     request_rate: float | None = None
     arrivals: str | None = None  # constant | poisson

@@ -37,6 +37,9 @@ EXTRA_COLUMNS = (
     "Arrivals",
     "Send Lag p99",
     "Max In Flight",
+    "Server CPU %",
+    "Server CPU usec/req",
+    "Machine Idle %",
 )
 
 
@@ -84,6 +87,9 @@ def perf_analyzer_row(r: ServerRecord) -> dict[str, object]:
         r.channels, int(r.streaming), r.arrivals or "",
         "" if r.send_lag_p99_ms is None else round(r.send_lag_p99_ms * 1e3),
         "" if r.max_in_flight is None else r.max_in_flight,
+        _csv_pct(r.server_cpu_pct),
+        "" if r.server_cpu_us_per_request is None else round(r.server_cpu_us_per_request),
+        _csv_pct(r.machine_idle_pct),
     ]  # fmt: skip
     return dict(zip(csv_columns([r]), values, strict=True))
 

@@ -3,7 +3,9 @@ rates) against one running server, then the no-op model.
 
 Per level: warm-up, one measurement window, the server's ModelStatistics read at the window's
 edges (their difference is the server's own queue/compute split for the window's requests; a
-server without the statistics extension leaves those fields empty). The sweep has a fixed
+server without the statistics extension leaves those fields empty) and, given the server's pid
+on this machine, its process tree's CPU time there too (what each request costs the server,
+whichever server it is). The sweep has a fixed
 length — levels × models × (warm-up + duration), plus an open loop's stragglers — and talks
 only to `--target`. A server that answers UNAVAILABLE between levels is going away (draining):
 the sweep stops there and returns what it measured.
@@ -29,6 +31,7 @@ from cnnserve.bench.load_generator import (
     describe,
 )
 from cnnserve.bench.load_options import ARRIVALS, DEFAULT_CHANNELS, DEFAULT_MAX_IN_FLIGHT
+from cnnserve.bench.proc_cpu import PROC, read_tree, tree_use
 from cnnserve.bench.records import ServerRecord, latency_fields, throughput_fields
 from cnnserve.bench.stats import summarize_ns
 from cnnserve.contracts.errors import CnnserveError
@@ -54,6 +57,8 @@ class ServerPlan:
     streaming: bool = False
     channels: int = DEFAULT_CHANNELS
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    # The server's process on this machine: its tree's CPU is read at each window's edges.
+    server_pid: int | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in protocol_adapter.PROTOCOLS:
@@ -87,6 +92,11 @@ class ServerPlan:
             raise CnnserveError(f"--client-processes must be >= 1, received {self.client_processes}")
         if not self.target or ":" not in self.target:
             raise CnnserveError(f"--target must be HOST:PORT, received {self.target!r}")
+        if self.server_pid is not None and not (PROC / str(self.server_pid) / "stat").is_file():
+            raise CnnserveError(
+                f"--server-pid {self.server_pid}: no such process on this machine; give the pid of the "
+                "server --target reaches (its CPU is read from /proc), or leave the flag out"
+            )
 
     @property
     def levels(self) -> tuple[Level, ...]:
@@ -166,20 +176,25 @@ async def _measure_level(channel, pool: ClientPool, spec: LoadSpec, level: Level
     start = time.monotonic_ns() + int(plan.warmup_s * 1e9)
     window = Window(start, start + int(plan.duration_s * 1e9))
     load = asyncio.ensure_future(pool.run(spec, level, window))
+    pid = plan.server_pid
     try:
         await _sleep_until(window.start_ns)
+        cpu_before = read_tree(pid) if pid is not None else None
         before = await _statistics(channel, spec.model, plan.request_timeout_s)
         await _sleep_until(window.end_ns)
+        cpu_after = read_tree(pid) if pid is not None else None
         after = await _statistics(channel, spec.model, plan.request_timeout_s)
     except BaseException:
         load.cancel()
         await asyncio.gather(load, return_exceptions=True)
         raise
     delta = after - before if before is not None and after is not None else None
-    return await load, window, delta
+    cpu = tree_use(cpu_before, cpu_after) if cpu_before and cpu_after else None
+    return await load, window, delta, cpu
 
 
-def _record(plan, spec, info, level: Level, result: LoadResult, window: Window, delta, flops, peak, system):
+def _record(plan, spec, info, level: Level, result: LoadResult, window: Window, delta, cpu, flops, peak,
+            system):  # fmt: skip
     if result.latencies_ns.size == 0:
         raise CnnserveError(
             f"{plan.target}: no request to {spec.model!r} succeeded at {level.label}"
@@ -215,6 +230,9 @@ def _record(plan, spec, info, level: Level, result: LoadResult, window: Window, 
         client_processes=plan.client_processes,
         client_loop_busy_pct=result.loop_busy_pct,
         client_cpu_pct=result.cpu_pct,
+        server_cpu_pct=cpu[0] if cpu else None,
+        server_cpu_us_per_request=1e4 * cpu[0] / requests_per_s if cpu and requests_per_s else None,
+        machine_idle_pct=cpu[1] if cpu else None,
         request_rate=level.rate_per_s,
         arrivals=level.arrivals if level.open_loop else None,
         send_lag_p99_ms=float(np.percentile(lag, 99) / 1e6) if lag is not None and lag.size else None,
@@ -261,13 +279,13 @@ async def run_server_bench(
                     if progress:
                         progress.step(f"{model} · {plan.protocol} · {label}")
                     try:
-                        result, window, delta = await _measure_level(channel, pool, spec, level, plan)
+                        result, window, delta, cpu = await _measure_level(channel, pool, spec, level, plan)
                     except ServerWentAway as gone:
                         return SweepResult(records, f"the server went away at {model} {label} ({gone})")
                     if result.latencies_ns.size == 0 and result.first_error.startswith("UNAVAILABLE"):
                         gone_at = f"the server went away at {model} {label} ({result.first_error})"
                         return SweepResult(records, gone_at)
-                    point = (result, window, delta, flops, peak_gflops, record_system)
+                    point = (result, window, delta, cpu, flops, peak_gflops, record_system)
                     records.append(_record(plan, spec, info, level, *point))
                     if progress:
                         progress.advance()

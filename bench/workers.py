@@ -26,10 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from cnnserve.bench.proc_cpu import cpu_seconds, machine_cpu_seconds
+from cnnserve.bench.proc_cpu import CpuSample, cpu_sample, machine_cpu_seconds, process_tree
 from cnnserve.bench.serve_process import LOOPBACK, ServerProcess, cnnserve_command, start_cnnserve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,48 +38,6 @@ SERVER_FIELDS = (
     "client_processes", "client_loop_busy_pct", "client_cpu_pct", "channels",
 )  # fmt: skip
 LOCAL_FIELDS = ("model", "backend", "batch_size", "p50_ms", "p99_ms", "images_per_s")
-
-
-@dataclass(frozen=True)
-class CpuSample:
-    """CPU seconds of a process tree at one moment: every process, and each one's main thread."""
-
-    total_s: float
-    by_pid: dict[int, float]
-    main_thread_by_pid: dict[int, float]
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def _tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        pids.append(current)
-        try:
-            todo += _children(current)
-        except OSError:
-            continue
-    return pids
-
-
-def cpu_sample(root_pid: int) -> CpuSample:
-    by_pid, main = {}, {}
-    for pid in _tree(root_pid):
-        try:
-            by_pid[pid] = cpu_seconds(Path(f"/proc/{pid}/stat"))
-            main[pid] = cpu_seconds(Path(f"/proc/{pid}/task/{pid}/stat"))
-        except OSError:
-            continue  # exited between the listing and the read
-    return CpuSample(sum(by_pid.values()), by_pid, main)
 
 
 def machine_busy_s() -> float:
@@ -199,7 +156,7 @@ def measure_servers(args, repository: Path, workdir: Path, scratch: Path) -> lis
             server = {
                 "workers": workers,
                 "command": shown(process.command),
-                "processes": len(_tree(process.pid)),
+                "processes": len(process_tree(process.pid)),
             }
             started.append((process, target, server))
         for process, _, server in started:

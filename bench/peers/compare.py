@@ -6,9 +6,11 @@ free loopback ports, and measures each with the same load generator as `cnnserve
 in-process on that file at batch 64 and batch 1. cnnserve runs three ways: with its defaults,
 with `serve --workers` (`--workers`, one per available core by default), and its default server
 again under the same load sent as ModelStreamInfer messages; the peers run as their defaults,
-and the ceiling is a grpc.aio server that runs no model. Writes one JSON and prints two markdown
-tables: the servers side by side, and issue 15's goals, met or not, against this run's best peer
-and in-process figures. The peers run from the virtualenvs bench/peers/setup.sh creates.
+and the ceiling is a grpc.aio server that runs no model. Each server's process tree's CPU is read
+over each window, and the model's own compute per image in-process on one thread. Writes one JSON
+and prints two markdown tables: the servers side by side, and issue 15's goals, met or not, against
+this run's best peer and in-process figures, with what this machine's cores allow at all. The peers
+run from the virtualenvs bench/peers/setup.sh creates.
 
     .venv/bin/python bench/peers/compare.py --repository bench_results/models --model mnist_cnn \\
         --json bench_results/peers.json
@@ -172,13 +174,14 @@ def launch(name: str, settings: Settings, model: peer_configs.ModelFile) -> tupl
     return server, target
 
 
-def measure_server(target: str, settings: Settings, streaming: bool = False) -> list[dict]:
+def measure_server(target: str, settings: Settings, pid: int, streaming: bool = False) -> list[dict]:
+    """The load levels against `target`, with the CPU of process `pid`'s tree over each window."""
     from cnnserve.bench.server_bench import ServerPlan, run_server_bench
 
     plan = ServerPlan(
         target=target, model=settings.model, protocol="v2", concurrency=settings.concurrency,
         duration_s=settings.duration_s, warmup_s=settings.warmup_s, noop_model=None,
-        channels=settings.channels, streaming=streaming,
+        channels=settings.channels, streaming=streaming, server_pid=pid,
     )  # fmt: skip
     sweep = asyncio.run(run_server_bench(plan))
     if sweep.stopped:
@@ -186,8 +189,10 @@ def measure_server(target: str, settings: Settings, streaming: bool = False) -> 
     return [record.to_dict() for record in sweep.records]
 
 
-def measure_in_process(path: Path, batch_size: int = IN_PROCESS_BATCH, min_time_s: float = 3.0) -> dict:
-    """ONNX Runtime in this process on the same file, as `cnnserve bench local` runs it."""
+def measure_in_process(path: Path, batch_size: int = IN_PROCESS_BATCH, min_time_s: float = 3.0,
+                       threads: int = 0) -> dict:  # fmt: skip
+    """ONNX Runtime in this process on the same file, as `cnnserve bench local` runs it (`threads`
+    intra-op threads, 0: one per usable core), and the process's CPU per image while it runs."""
     import numpy as np
 
     from cnnserve.bench.options import RuntimeOptions
@@ -195,14 +200,22 @@ def measure_in_process(path: Path, batch_size: int = IN_PROCESS_BATCH, min_time_
     from cnnserve.bench.stats import summarize_ns
     from cnnserve.bench.timing import RepeatPolicy, measure
 
-    backend = OrtBackend(path, RuntimeOptions(device="cpu"))
+    # One thread runs without spinning: its CPU time is the model's compute and nothing else.
+    options = RuntimeOptions(device="cpu", intra_op_threads=threads, allow_spinning=threads != 1)
+    backend = OrtBackend(path, options)
     shape = backend.session.get_inputs()[0].shape[1:]
     images = np.random.default_rng(0).integers(0, 256, (batch_size, *shape), dtype=np.uint8)
-    summary = summarize_ns(measure(lambda: backend.run(images), RepeatPolicy(min_time_s=min_time_s)))
+    policy = RepeatPolicy(min_time_s=min_time_s)
+    cpu_before = time.process_time()
+    durations = measure(lambda: backend.run(images), policy)
+    runs = len(durations) + policy.warmup_runs  # the process's CPU time covers both
+    cpu_s = time.process_time() - cpu_before
+    summary = summarize_ns(durations)
     return {
         "batch_size": batch_size,
         "p50_ms": summary.p50_ms,
         "images_per_s": summary.per_second(batch_size),
+        "cpu_us_per_image": 1e6 * cpu_s / (runs * batch_size),
         "settings": backend.settings(),
     }
 
@@ -248,7 +261,7 @@ def run(settings: Settings) -> dict:
         server, target = launch(name, settings, model)
         try:
             check_answer(target, model)
-            records = measure_server(target, settings, streaming=name == "cnnserve-stream")
+            records = measure_server(target, settings, server.pid, streaming=name == "cnnserve-stream")
         finally:
             server.stop(timeout_s=30.0)
         result["servers"][name] = {"versions": peer_versions(settings, name), **configs.get(name, {}),
@@ -256,6 +269,9 @@ def run(settings: Settings) -> dict:
     print("compare.py: in-process ONNX Runtime", file=sys.stderr)
     result["in_process"] = measure_in_process(model.path, min_time_s=settings.in_process_s)
     result["in_process_batch1"] = measure_in_process(model.path, 1, min_time_s=settings.in_process_s)
+    result["in_process_one_thread"] = measure_in_process(
+        model.path, min_time_s=settings.in_process_s, threads=1
+    )
     return result
 
 
@@ -269,8 +285,9 @@ def table(result: dict, low: int = 1, high: int = 32) -> str:
     servers = result["servers"]
     ours = servers.get("cnnserve", {}).get("records", [])
     ours_low, ours_high = _point(ours, low), _point(ours, high)
-    header = f"| server | c={low} p50 | c={high} req/s | cnnserve's c={low} p50 ÷ this "
-    lines = [header + f"| cnnserve's c={high} req/s ÷ this |", "| --- | --- | --- | --- | --- |"]
+    header = f"| server | c={low} p50 | c={high} req/s | c={high} CPU per request: server, load generator "
+    lines = [header + f"| cnnserve's c={low} p50 ÷ this | cnnserve's c={high} req/s ÷ this |",
+             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, entry in servers.items():
         at_low, at_high = _point(entry["records"], low), _point(entry["records"], high)
         peer = name not in OURS
@@ -278,18 +295,37 @@ def table(result: dict, low: int = 1, high: int = 32) -> str:
         rps = f"{at_high['requests_per_s']:,.0f}" if at_high else "–"
         p50_ratio = _ratio(ours_low, at_low, "p50_ms") if peer else ""
         rps_ratio = _ratio(ours_high, at_high, "requests_per_s") if peer else ""
-        lines.append(f"| {_label(name, entry)} | {p50} | {rps} | {p50_ratio} | {rps_ratio} |")
+        cpu = _cpu_cell(at_high)
+        lines.append(f"| {_label(name, entry)} | {p50} | {rps} | {cpu} | {p50_ratio} | {rps_ratio} |")
     in_process = result.get("in_process")
     if in_process:
         share = ""
         if ours_high:
             pct = 100 * ours_high["images_per_s"] / in_process["images_per_s"]
             share = f" (cnnserve at c={high}: {pct:.1f}%)"
+        one_thread = result.get("in_process_one_thread")
+        compute = ""
+        if one_thread:
+            compute = f"the model: {one_thread['cpu_us_per_image']:,.0f} µs per image (one thread)"
         lines.append(
             f"| in-process ONNX Runtime, same file, batch {in_process['batch_size']} | | "
-            f"{in_process['images_per_s']:,.0f} images/s{share} | | |"
+            f"{in_process['images_per_s']:,.0f} images/s{share} | {compute} | | |"
         )
     return "\n".join(lines)
+
+
+def load_generator_us(point: dict) -> float | None:
+    """The load generator's CPU per answered request (its processes' share of a core ÷ req/s)."""
+    cpu_pct, rps = point.get("client_cpu_pct"), point.get("requests_per_s")
+    return 1e4 * cpu_pct / rps if cpu_pct is not None and rps else None
+
+
+def _cpu_cell(point: dict | None) -> str:
+    if not point or point.get("server_cpu_us_per_request") is None:
+        return "–"
+    client = load_generator_us(point)
+    client_text = "–" if client is None else f"{client:,.0f} µs"
+    return f"{point['server_cpu_us_per_request']:,.0f} µs, {client_text}"
 
 
 # Issue 15's goals for single-image requests, each a factor of one figure from the same run.
@@ -374,6 +410,47 @@ def _best_peer(peers: list[tuple[str, list[dict]]], concurrency: int, field: str
     return pick(points, key=lambda item: item[1][field]) if points else None
 
 
+@dataclass(frozen=True)
+class MachineBound:
+    """The most single-image req/s this machine allows at c=high to a unary server that costs at
+    least what the ceiling costs per request, beside this run's load generator on the same cores,
+    when each request's image also costs the model's own compute: cores ÷ the three CPU times."""
+
+    cores: int
+    server_us: float  # the ceiling's CPU per request
+    client_us: float  # the load generator's, against the ceiling
+    model_us: float  # the model's compute per image: one thread, in-process batch 64
+    concurrency: int
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.cores * 1e6 / (self.server_us + self.client_us + self.model_us)
+
+    def text(self) -> str:
+        return (
+            f"What this machine allows at c={self.concurrency}: {self.cores} cores × 10⁶ ÷ "
+            f"({self.server_us:,.0f} µs, the ceiling's CPU per request + {self.client_us:,.0f} µs, the load "
+            f"generator's + {self.model_us:,.0f} µs, the model's compute per image) = "
+            f"{self.requests_per_s:,.0f} req/s for any unary server that costs at least what the ceiling "
+            "does per request. A goal that needs more is out of reach on this machine with the load "
+            "generator on the same cores (a stream costs less per request, so it is not bound by this)."
+        )
+
+
+def machine_bound(result: dict, high: int = 32) -> MachineBound | None:
+    """None when the run lacks the ceiling's CPU figures or the one-thread in-process run."""
+    ceiling = _point(result["servers"].get("ceiling", {}).get("records", []), high)
+    one_thread = result.get("in_process_one_thread")
+    cores = result.get("system", {}).get("usable_cores")
+    if not ceiling or not one_thread or not cores or ceiling.get("server_cpu_us_per_request") is None:
+        return None
+    client = load_generator_us(ceiling)
+    if client is None:
+        return None
+    server, model = ceiling["server_cpu_us_per_request"], one_thread["cpu_us_per_image"]
+    return MachineBound(cores, server, client, model, high)
+
+
 def goals(result: dict, low: int = 1, high: int = 32) -> str:
     """Issue 15's goals against each cnnserve configuration of the run, as markdown: what each
     needs, from the best peer and the in-process figures of the same run, and whether it was met.
@@ -382,10 +459,14 @@ def goals(result: dict, low: int = 1, high: int = 32) -> str:
     columns = [name for name in (*OURS, "ceiling") if name in servers]
     lines = ["| goal | needs | " + " | ".join(_column(n, servers[n]) for n in columns) + " |",
              "| --- | --- |" + " --- |" * len(columns)]  # fmt: skip
+    bound = machine_bound(result, high)
     for goal in goal_list(result, low, high):
         cells = " | ".join(goal.cell(servers[name]["records"]) for name in columns)
-        lines.append(f"| {goal.text} | {goal.needs} | {cells} |")
-    return "\n".join(lines)
+        needs = goal.needs
+        if bound and goal.field == "requests_per_s" and goal.bound > bound.requests_per_s:
+            needs += f"; above what this machine allows a unary server ({bound.requests_per_s:,.0f})"
+        lines.append(f"| {goal.text} | {needs} | {cells} |")
+    return "\n".join(lines) + (f"\n\n{bound.text()}" if bound else "")
 
 
 def _column(name: str, entry: dict) -> str:

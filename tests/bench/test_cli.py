@@ -59,6 +59,7 @@ def test_server_invalid_concurrency(capsys):
         (["--request-rate", "100", "--arrivals", "bursty"], "unknown --arrivals 'bursty'"),
         (["--streaming", "--protocol", "cnnserve"], "--streaming is V2's ModelStreamInfer"),
         (["--channels", "0"], "--channels must be >= 1"),
+        (["--server-pid", "99999999"], "--server-pid 99999999: no such process on this machine"),
     ],
 )
 def test_server_invalid_load_options(capsys, extra, expected):
@@ -71,10 +72,16 @@ def test_server_command_open_loop_streaming_csv(server, tmp_path):
     out = tmp_path / "open.csv"
     argv = ["bench", "server", "--target", server.target, "--model", "tiny", "--protocol", "v2",
             "--request-rate", "50,100", "--arrivals", "poisson", "--streaming", "--channels", "2",
-            "--duration", "0.5", "--warmup", "0.2", "--noop-model", "", "--csv", str(out)]  # fmt: skip
+            "--duration", "0.5", "--warmup", "0.2", "--noop-model", "", "--csv", str(out),
+            "--server-pid", str(server.process.pid)]  # fmt: skip
     assert main(argv) == 0
     rows = list(csv.DictReader(out.open()))
     assert [r["Request Rate"] for r in rows] == ["50.0", "100.0"]
+    # The server's CPU over each window: some, and per request, what its share and rate say.
+    for row in rows:
+        cpu_pct, per_request = float(row["Server CPU %"]), float(row["Server CPU usec/req"])
+        assert cpu_pct > 0 and 0 <= float(row["Machine Idle %"]) <= 100
+        assert per_request == pytest.approx(1e4 * cpu_pct / float(row["Requests/Second"]), rel=0.05, abs=2)
     assert {(r["Streaming"], r["Channels"], r["Arrivals"], r["Errors"]) for r in rows} == {
         ("1", "2", "poisson", "0")
     }

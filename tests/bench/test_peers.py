@@ -20,6 +20,7 @@ import compare  # noqa: E402
 import peer_configs  # noqa: E402
 
 RECORDED = Path(__file__).parent / "data" / "peers_run.json"
+RECORDED_WITH_CPU = Path(__file__).parent / "data" / "peers_run_0556.json"  # each server's CPU too
 MLSERVER_SCHEMA = json.loads((PEERS / "schemas" / "mlserver-1.7.1.json").read_text())
 KSERVE_FLAGS = set(json.loads((PEERS / "schemas" / "kserve-0.21.0.json").read_text())["model_server_flags"])
 
@@ -91,8 +92,8 @@ def test_the_table_of_a_recorded_run():
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == f"{theirs[1]['p50_ms']:.2f} ms"
         assert cells[2] == f"{theirs[32]['requests_per_s']:,.0f}"
-        assert cells[3] == f"{ours[1]['p50_ms'] / theirs[1]['p50_ms']:.2f}×"
-        assert cells[4] == f"{ours[32]['requests_per_s'] / theirs[32]['requests_per_s']:.2f}×"
+        assert cells[4] == f"{ours[1]['p50_ms'] / theirs[1]['p50_ms']:.2f}×"
+        assert cells[5] == f"{ours[32]['requests_per_s'] / theirs[32]['requests_per_s']:.2f}×"
     share = 100 * ours[32]["images_per_s"] / result["in_process"]["images_per_s"]
     assert f"(cnnserve at c=32: {share:.1f}%)" in lines[-1]
 
@@ -103,7 +104,8 @@ def _record(concurrency: int, p50_ms: float, requests_per_s: float, server_us: f
 
 
 def _goal_rows(text: str) -> dict[str, list[str]]:
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()[2:]]
+    table = text.split("\n\n")[0]  # the machine's bound may follow the table
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
     return {row[0]: row[1:] for row in rows}
 
 
@@ -137,6 +139,40 @@ def test_goals_take_the_best_peer_per_figure_and_mark_each_configuration():
         "≤ 300 µs (200 in-process batch 1 + 100)", "420 µs ❌", "290 µs ✅", "–"]  # fmt: skip
 
 
+def test_the_machines_bound_comes_from_the_ceilings_cpu_the_load_generators_and_the_models():
+    """2 cores, the ceiling at 500 µs and its load generator at 450 µs of CPU per request (90% of a
+    core at 2,000 req/s), the model 250 µs per image: at most 2e6 / 1,200 = 1,667 req/s. The goals
+    asking more are marked; the latency goals are not throughput and are left alone."""
+    ceiling = _record(32, 14.0, 2000) | {"server_cpu_us_per_request": 500.0, "client_cpu_pct": 90.0}
+    result = {
+        "system": {"usable_cores": 2},
+        "servers": {
+            "cnnserve": {"records": [_record(1, 1.50, 600, 420.0), _record(32, 30.0, 1000)]},
+            "kserve": {"records": [_record(1, 1.20, 500), _record(32, 40.0, 500)]},
+            "ceiling": {"records": [_record(1, 0.50, 900), ceiling]},
+        },
+        "in_process": {"batch_size": 64, "images_per_s": 12000.0},
+        "in_process_one_thread": {"batch_size": 64, "images_per_s": 4000.0, "cpu_us_per_image": 250.0},
+    }  # fmt: skip
+    bound = compare.machine_bound(result)
+    assert bound.client_us == pytest.approx(450.0) and bound.requests_per_s == pytest.approx(2e6 / 1200)
+    text = compare.goals(result)
+    rows = _goal_rows(text)
+    # 3 × KServe's 500 = 1,500 is within the bound; 25% of 12,000 = 3,000 is not.
+    assert rows["c=32 at ≥ 3× the best peer's req/s"][0] == "≥ 1,500 req/s (3 × KServe's 500)"
+    assert rows["c=32 at ≥ 25% of in-process batch-64 throughput"][0] == (
+        "≥ 3,000 req/s (25% of 12,000 images/s); above what this machine allows a unary server (1,667)"
+    )
+    assert text.split("\n\n")[1].startswith(
+        "What this machine allows at c=32: 2 cores × 10⁶ ÷ (500 µs, the ceiling's CPU per request + "
+        "450 µs, the load generator's + 250 µs, the model's compute per image) = 1,667 req/s"
+    )
+    (row,) = [line for line in compare.table(result).splitlines() if line.startswith("| grpc.aio")]
+    assert "| 500 µs, 450 µs |" in row
+    del result["in_process_one_thread"]
+    assert compare.machine_bound(result) is None and "\n\n" not in compare.goals(result)
+
+
 def test_goals_without_peers_or_in_process_figures_are_left_out():
     result = {"servers": {"cnnserve": {"records": [_record(1, 1.5, 600, 400.0), _record(32, 30.0, 1000)]}}}
     assert compare.goals(result).splitlines() == [
@@ -155,6 +191,25 @@ def test_goals_of_the_recorded_run():
     assert needs == f"≥ {3 * best:,.0f} req/s (3 × KServe's {best:,.0f})"
     met = "✅" if ours[32]["requests_per_s"] >= 3 * best else "❌"
     assert mark == f"{ours[32]['requests_per_s']:,.0f} req/s {met}"
+
+
+def test_cpu_figures_and_the_machines_bound_of_a_recorded_run():
+    """The 05:56 run read each server's CPU: the table shows it, and the bound is cores ÷ the
+    ceiling's, its load generator's and the model's one-thread CPU, as the figures say."""
+    result = json.loads(RECORDED_WITH_CPU.read_text())
+    lines = compare.table(result).splitlines()
+    for name, entry in result["servers"].items():
+        at_32 = {r["concurrency"]: r for r in entry["records"]}[32]
+        (row,) = [line for line in lines if line.startswith(f"| {compare._label(name, entry)} |")]
+        client = 1e4 * at_32["client_cpu_pct"] / at_32["requests_per_s"]
+        assert f"| {at_32['server_cpu_us_per_request']:,.0f} µs, {client:,.0f} µs |" in row
+    ceiling = {r["concurrency"]: r for r in result["servers"]["ceiling"]["records"]}[32]
+    bound = compare.machine_bound(result)
+    client = 1e4 * ceiling["client_cpu_pct"] / ceiling["requests_per_s"]
+    model = result["in_process_one_thread"]["cpu_us_per_image"]
+    costs = ceiling["server_cpu_us_per_request"] + client + model
+    assert bound.requests_per_s == pytest.approx(result["system"]["usable_cores"] * 1e6 / costs)
+    assert f"= {bound.requests_per_s:,.0f} req/s" in compare.goals(result)
 
 
 def test_table_command_prints_a_recorded_run(capsys):
@@ -185,6 +240,12 @@ def test_the_driver_measures_cnnserve_end_to_end(noop_repository, tmp_path):
     assert "ready: 2 workers on 127.0.0.1:" in (tmp_path / "cnnserve-workers.log").read_text()
     assert result["in_process"]["batch_size"] == 64 and result["in_process"]["images_per_s"] > 0
     assert result["in_process_batch1"]["batch_size"] == 1 and result["in_process_batch1"]["p50_ms"] > 0
+    # Each server's own CPU over each window, and the model's compute on one thread.
+    for name in servers:
+        assert all(20 < r["server_cpu_us_per_request"] < 1e6 for r in result["servers"][name]["records"])
+    one_thread = result["in_process_one_thread"]
+    assert one_thread["settings"]["intra_op_threads"] == 1 and one_thread["cpu_us_per_image"] > 0
+    assert compare.machine_bound(result, 2).requests_per_s > 0
     assert result["onnx"]["path"] == str((noop_repository / "noop" / "1" / "model.onnx").resolve())
 
 

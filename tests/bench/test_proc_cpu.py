@@ -1,11 +1,27 @@
-"""bench/proc_cpu.py: CPU seconds from /proc stat lines, fake and real."""
+"""bench/proc_cpu.py: CPU seconds from /proc stat lines, fake and real, of a thread, a process tree
+and the machine."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 
-from cnnserve.bench.proc_cpu import TICKS_PER_S, machine_cpu_seconds, stat_cpu_seconds, thread_cpu_seconds
+import pytest
+
+from cnnserve.bench.proc_cpu import (
+    TICKS_PER_S,
+    TreeReading,
+    cpu_sample,
+    machine_cpu_seconds,
+    stat_cpu_seconds,
+    thread_cpu_seconds,
+    tree_use,
+)
 
 
 def test_fields_count_from_the_names_closing_parenthesis():
@@ -24,3 +40,40 @@ def test_this_process_and_the_machine_use_cpu_as_it_spins():
     total_after, busy_after = machine_cpu_seconds()
     assert 0 < busy_after - busy_before <= total_after - total_before
     assert thread_cpu_seconds(os.getpid())[os.getpid()][1] > threads[os.getpid()][1]
+
+
+def test_cpu_sample_covers_the_whole_tree_and_each_main_thread(tmp_path):
+    # A parent that sleeps and a child that burns a fixed amount of CPU: the tree's time is the child's.
+    burner = (
+        "import sys\nx = 0\nfor i in range(10_000_000):\n    x += i\nprint(x, flush=True)\nsys.stdin.read()"
+    )
+    parent = textwrap.dedent(f"""
+        import subprocess, sys
+        child = subprocess.Popen([sys.executable, "-c", {burner!r}], stdin=subprocess.PIPE, stdout=sys.stdout)
+        print(child.pid, flush=True)
+        child.wait()
+    """)
+    process = subprocess.Popen(
+        [sys.executable, "-c", parent], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True
+    )
+    try:
+        child_pid = int(process.stdout.readline())
+        process.stdout.readline()  # the child finished its loop
+        sample = cpu_sample(process.pid)
+    finally:
+        process.kill()
+        process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child_pid, signal.SIGKILL)
+    assert set(sample.by_pid) == {process.pid, child_pid}
+    assert sample.by_pid[child_pid] > 0.1  # 10 M Python additions are well over 0.1 CPU s anywhere
+    assert sample.by_pid[process.pid] < sample.by_pid[child_pid] / 5
+    assert sample.main_thread_by_pid[child_pid] == pytest.approx(sample.by_pid[child_pid], abs=0.05)
+    assert sample.total_s == pytest.approx(sum(sample.by_pid.values()))
+
+
+def test_tree_use_is_cores_of_the_wall_time_and_the_machines_idle_share():
+    # 2 s apart: the tree used 1.5 CPU s (75% of a core); the machine's 4 CPU s had 3 busy.
+    before, after = TreeReading(10.0, 5.0, 100.0, 60.0), TreeReading(12.0, 6.5, 104.0, 63.0)
+    assert tree_use(before, after) == pytest.approx((75.0, 25.0))
+    assert tree_use(before, before) == (0.0, 0.0)  # no time passed: nothing to divide by

@@ -1,6 +1,7 @@
 """The load generator and sweep against a real `cnnserve serve` on port 0 (short windows)."""
 
 import asyncio
+import os
 
 import numpy as np
 import pytest
@@ -35,6 +36,21 @@ def test_sweep_measures_model_and_noop_with_server_split(server, protocol):
         # The client loop's own CPU time over the window: measured, and a share of the window.
         assert 0 < record.client_loop_busy_pct <= 105
         assert record.client_loop_busy_pct <= record.client_cpu_pct + 1  # the loop is part of the process
+
+
+def test_the_servers_cpu_is_read_over_each_window_when_its_pid_is_given(server):
+    plan = _plan(server.target, concurrency=(2,), noop_model=None, server_pid=server.process.pid)
+    (record,) = asyncio.run(run_server_bench(plan)).records
+    assert record.requests > 0 and record.errors == 0
+    cores = os.cpu_count() or 1
+    assert 0 < record.server_cpu_pct <= 100 * cores + 5
+    per_request = 1e4 * record.server_cpu_pct / record.requests_per_s
+    assert record.server_cpu_us_per_request == pytest.approx(per_request)
+    # A Python gRPC server cannot answer a request for under 20 µs of CPU, nor spend a second on one.
+    assert 20 < record.server_cpu_us_per_request < 1e6
+    assert 0 <= record.machine_idle_pct <= 100
+    (unread,) = asyncio.run(run_server_bench(_plan(server.target, concurrency=(1,), noop_model=None))).records
+    assert unread.server_cpu_pct is None and unread.server_cpu_us_per_request is None
 
 
 def test_several_client_processes(server):
