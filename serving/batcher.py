@@ -175,6 +175,7 @@ class Batcher:
         config: BatchingConfig,
         on_batch: Callable[[BatchRecord], None] | None = None,
         clock: Clock = time.monotonic_ns,
+        inline_run: RunFn | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -183,6 +184,8 @@ class Batcher:
         self._runs: tuple[RunFn, ...] = (run,) if callable(run) else tuple(run)
         if not self._runs:
             raise ValueError("a batcher needs at least one run function")
+        # Inline runs use instance 0's session, through this function (default: its worker's).
+        self._inline_run = inline_run or self._runs[0]
         self._on_batch = on_batch
         self._clock = clock
         # Guards the queue, the counters and the flags; the first instance's worker waits on it
@@ -312,7 +315,7 @@ class Batcher:
         """`images` (`rows` of them) as a batch of their own on instance 0, here and now."""
         started = self._clock()
         try:
-            outputs = self._runs[0](images)
+            outputs = self._inline_run(images)
             computed = self._clock()
             self._check_outputs(outputs, rows)
         except Exception as error:

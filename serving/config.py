@@ -128,6 +128,10 @@ class ServerOptions:
     # Idle ONNX Runtime workers spin instead of sleeping: lower batch-1 latency, but on a
     # small machine the spinning threads take CPU from the gRPC threads (BENCHMARKS.md).
     cpu_spinning: bool = False
+    # On CPU, models whose single-image run takes at least this many µs get a second, one-thread
+    # session per instance for runs of a few images while the cores are busy (session.ModelSession,
+    # core_load.py; BENCHMARKS.md); None: one session per instance.
+    small_run_session_us: float | None = 1000.0
     tls: TlsConfig | None = None
     ready_file: Path | None = None
     # poll: what `cnnserve export` commits into the repository goes live without a restart.
@@ -179,6 +183,10 @@ class ServerOptions:
             )
         if self.grace_s < 0:
             raise CnnserveError(f"--grace-s must be >= 0, received {self.grace_s}")
+        if self.small_run_session_us is not None and self.small_run_session_us < 0:
+            raise CnnserveError(
+                f"--small-run-session-us must be >= 0 or off, received {self.small_run_session_us:g}"
+            )
         if self.cpu_threads < 0:
             raise CnnserveError(f"--cpu-threads must be >= 0, received {self.cpu_threads}")
         for model, count in self.instances.given():

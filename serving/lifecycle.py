@@ -27,6 +27,7 @@ from cnnserve.contracts.errors import CnnserveError
 from cnnserve.contracts.model_repository import MODEL_NAME_PATTERN
 from cnnserve.serving.batcher import Batcher
 from cnnserve.serving.config import BatchingConfig, ServerOptions
+from cnnserve.serving.core_load import SpareCores
 from cnnserve.serving.errors import InvalidInput, ModelControlDisabled, ModelLoadFailed, ModelNotFound
 from cnnserve.serving.log_limit import RateLimitedLog, shown
 from cnnserve.serving.memory import return_free_memory
@@ -50,6 +51,7 @@ from cnnserve.serving.server_report import send_control
 from cnnserve.serving.session import (
     CPU,
     CUDA,
+    SMALL_RUN_ROWS,
     DeviceChoice,
     ModelSession,
     ProviderMismatch,
@@ -82,6 +84,8 @@ class ModelManager:
         self._cancelled = threading.Event()  # loads stop at their next session or warm-up batch
         self._poller: asyncio.Task[None] | None = None
         self._starting = True  # --device cuda refuses to start on a provider mismatch
+        # Small runs go to a one-thread session while this process's cores are busy (core_load).
+        self._spare_cores = SpareCores()
 
     @property
     def mode(self) -> str:
@@ -324,9 +328,10 @@ class ModelManager:
             return
         served.batcher = Batcher(
             f"{served.name}/{served.version}",
-            [session.run for session in served.sessions],
+            [session.run_batch for session in served.sessions],
             batching,
             on_batch=served.stats.record_batch,
+            inline_run=served.sessions[0].run,  # blocks the event loop: every intra-op thread helps
         )
         served.batcher.start()
         served.state = ModelState.READY
@@ -339,7 +344,7 @@ class ModelManager:
             served.name,
             served.version,
             served.provider,
-            _instances_text(len(served.sessions), settings.cpu_threads),
+            _instances_text(len(served.sessions), settings.cpu_threads, served.sessions[0].has_small_session),
             batching.max_batch_size,
             batching.max_queue_delay_s * 1000,
             _inline_text(batching),
@@ -399,7 +404,9 @@ class ModelManager:
         """Blocking: open the session, check it against config.json, warm every batch size."""
         check = self._check_cancelled
         check()
-        session = ModelSession(served.spec.model_path, settings)
+        small_us = self._options.small_run_session_us
+        spare = None if small_us is None else self._spare_cores
+        session = ModelSession(served.spec.model_path, settings, spare, small_us or 0.0)
         _check_matches_config(session, served)
         for size in range(1, served.batching.max_batch_size + 1):
             check()
@@ -422,9 +429,14 @@ async def _close(served: ServedVersion) -> None:
         await asyncio.to_thread(return_free_memory)
 
 
-def _instances_text(count: int, threads: int) -> str:
+def _instances_text(count: int, threads: int, small_session: bool = False) -> str:
     each = f"{threads} intra-op thread(s)" if threads else "ONNX Runtime's intra-op threads"
-    return f"{count} instance{'s' if count > 1 else ''}, {each}{' each' if count > 1 else ''}"
+    small = (
+        f", runs under {SMALL_RUN_ROWS} images on one thread while the cores are busy"
+        if small_session
+        else ""
+    )
+    return f"{count} instance{'s' if count > 1 else ''}, {each}{' each' if count > 1 else ''}{small}"
 
 
 def _inline_text(batching: BatchingConfig) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -57,13 +58,21 @@ def _add_per_model_flag(
     )
 
 
-def _port_or_off(text: str) -> int | None:
-    if text == "off":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number or 'off', got {text!r}") from None
+def _or_off(kind: type, what: str) -> Callable[[str], object]:
+    """An argparse type: `kind(text)`, or None for 'off'."""
+
+    def parse(text: str) -> object:
+        if text == "off":
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} or 'off', got {text!r}") from None
+
+    return parse
+
+
+_port_or_off = _or_off(int, "a port number")
 
 
 def _register_serve(commands: argparse._SubParsersAction) -> None:
@@ -193,6 +202,14 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="let idle ONNX Runtime threads spin (lower batch-1 latency, more CPU)",
     )
+    serve.add_argument(
+        "--small-run-session-us",
+        type=_or_off(float, "microseconds"),
+        default=1000.0,
+        help="on CPU, a model whose single-image run takes at least US µs gets a second, one-thread "
+        "session per instance for runs of fewer than 8 images while the cores are busy (a second copy "
+        "of its weights); 0: every model with several intra-op threads; off: none (default: 1000)",
+    )
     serve.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
     serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     serve.add_argument(
@@ -277,6 +294,7 @@ def build_options(args: argparse.Namespace) -> ServerOptions:
         grace_s=args.grace_s,
         cpu_threads=args.cpu_threads,
         cpu_spinning=args.cpu_spinning,
+        small_run_session_us=args.small_run_session_us,
         tls=tls,
         ready_file=args.ready_file,
         model_control=args.model_control,

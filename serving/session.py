@@ -11,9 +11,10 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ import onnxruntime as ort
 from cnnserve.contracts.errors import CnnserveError
 from cnnserve.contracts.names import CPU_PROVIDER as CPU
 from cnnserve.contracts.names import CUDA_PROVIDER as CUDA
+from cnnserve.serving.core_load import SpareCores
 from cnnserve.serving.cuda_options import CudaOptions
 from cnnserve.serving.nchwc_padding import PaddedConv, cpu_session_model
 
@@ -164,10 +166,38 @@ class ProviderMismatch(CnnserveError):
     """A session did not get the execution provider that was asked for."""
 
 
-class ModelSession:
-    """One ONNX Runtime session for one model version; `run` is blocking and thread-confined."""
+# Runs of fewer images than this may go to a one-thread session while the cores are busy.
+SMALL_RUN_ROWS = 8
+# Idle cores (of this process's) needed before a small run is split over the intra-op threads.
+PARALLEL_SPARE_CORES = 0.5
+# Only a model whose single-image run takes this long gets the one-thread session: a shorter run
+# rarely loses its second thread to the scheduler midway, a longer one often does (BENCHMARKS.md).
+SMALL_SESSION_MIN_RUN_US = 1000.0
 
-    def __init__(self, path: Path, settings: SessionSettings) -> None:
+
+def _threads(settings: SessionSettings) -> int:
+    """Intra-op threads a CPU session gets: as set, or (0) about one per core it may use."""
+    if settings.cpu_threads:
+        return settings.cpu_threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class ModelSession:
+    """One ONNX Runtime session for one model version; `run` is blocking and thread-confined.
+
+    On CPU with several intra-op threads and `spare` given, for a model whose single-image run
+    takes at least `small_session_min_us`, a second, one-thread session of the same model takes
+    the worker's runs (`run_batch`) of fewer than `SMALL_RUN_ROWS` images while fewer than
+    `PARALLEL_SPARE_CORES` of this process's cores are idle (core_load.py says why). It costs a
+    second copy of the model's weights; `has_small_session` says whether there is one."""
+
+    def __init__(
+        self,
+        path: Path,
+        settings: SessionSettings,
+        spare: SpareCores | None = None,
+        small_session_min_us: float = SMALL_SESSION_MIN_RUN_US,
+    ) -> None:
         # On CPU, filters are padded to ONNX Runtime's channel blocks (nchwc_padding: exact).
         source: str | bytes = str(path)
         self.padded_convs: list[PaddedConv] = []
@@ -179,6 +209,9 @@ class ModelSession:
             )
         except Exception as error:
             raise CnnserveError(f"ONNX Runtime cannot load {path}: {error}") from None
+        self._spare = spare
+        self._small: ort.InferenceSession | None = None
+        self.small_runs = 0  # runs the one-thread session took (written by the running thread)
         used = self._session.get_providers()[0]
         if used != settings.provider:
             raise ProviderMismatch(f"{path} runs on {used}, not the requested {settings.provider}")
@@ -191,6 +224,41 @@ class ModelSession:
         self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inputs[0].shape)
         self.output_names = tuple(output.name for output in self._session.get_outputs())
         self.io_binding = used == CUDA if settings.io_binding is None else settings.io_binding
+        several_threads = settings.provider == CPU and not self.io_binding and _threads(settings) > 1
+        if spare is not None and several_threads and self.single_image_run_us() >= small_session_min_us:
+            one_thread = replace(settings, cpu_threads=1)
+            try:
+                self._small = ort.InferenceSession(source, session_options(one_thread), providers(CPU))
+            except Exception as error:
+                raise CnnserveError(f"ONNX Runtime cannot load {path} on one thread: {error}") from None
+
+    def single_image_run_us(self) -> float:
+        """The fastest of a few single-image runs, after two to warm up (0: image size unknown)."""
+        if any(d < 0 for d in self.input_shape[1:]):
+            return 0.0
+        feed = {self.input_name: np.zeros((1, *self.input_shape[1:]), dtype=self.input_dtype)}
+        times = []
+        for attempt in range(5):
+            started = time.perf_counter()
+            self._session.run(None, feed)
+            if attempt >= 2:
+                times.append(time.perf_counter() - started)
+        return 1e6 * min(times)
+
+    @property
+    def has_small_session(self) -> bool:
+        return self._small is not None
+
+    def run_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """A batcher worker's run: on the one-thread session when it is small and the cores are
+        busy, else as `run`. (An inline run blocks the event loop, so it keeps every thread.)"""
+        if self._small is not None and images.shape[0] < SMALL_RUN_ROWS:
+            spare = self._spare.spare() if self._spare is not None else None
+            if spare is not None and spare < PARALLEL_SPARE_CORES:
+                self.small_runs += 1
+                values = self._small.run(None, {self.input_name: images})
+                return dict(zip(self.output_names, values, strict=True))
+        return self.run(images)
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         if self.io_binding:
@@ -206,4 +274,7 @@ class ModelSession:
     def warm(self, batch_sizes: Sequence[int], image_shape: Sequence[int]) -> None:
         """Run once per batch size so first requests do not pay for allocation or autotuning."""
         for size in batch_sizes:
-            self.run(np.zeros((size, *image_shape), dtype=self.input_dtype))
+            images = np.zeros((size, *image_shape), dtype=self.input_dtype)
+            self._session.run(None, {self.input_name: images})
+            if self._small is not None and size < SMALL_RUN_ROWS:
+                self._small.run(None, {self.input_name: images})

@@ -171,3 +171,21 @@ def test_benchmarks_md_shows_the_recorded_streaming_before_and_after_runs(name):
     assert any(level["streaming"] for level in result["levels"])
     rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
     assert len(rows) == len(result["levels"]) == 3 and all(row in benchmarks for row in rows)
+
+
+@pytest.mark.parametrize(
+    "name", ["small_runs_ab_cs231n.json", "small_runs_ab_mnist.json", "small_runs_ab_mnist_forced.json"]
+)
+def test_benchmarks_md_shows_the_recorded_small_run_session_runs(name):
+    """The "Small runs on one thread" tables: A ran the commit before the change and B the change,
+    or (forced) both the change, B with the second session for every model."""
+    result = json.loads((Path(__file__).parent / "data" / name).read_text())
+    benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
+    if "forced" in name:
+        assert result["a"] == "" and result["b"] == "--small-run-session-us 0" and not result["a_revision"]
+        assert f'--a "" --b "{result["b"]}"' in benchmarks
+    else:
+        before = result["a_revision"].split()[1].strip("()")
+        assert result["a"] == result["b"] == "" and f"--a-revision {before[:7]}" in benchmarks
+    rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
+    assert len(rows) == len(result["levels"]) == 4 and all(row in benchmarks for row in rows)

@@ -388,6 +388,25 @@ def test_an_idle_model_runs_a_request_on_the_loops_thread_once_it_knows_the_cost
     assert [(r.size, r.requests, r.infer_ns) for r in records] == [(1, 1, 200_000)] * 3
 
 
+def test_inline_runs_go_through_their_own_run_function_when_given_one() -> None:
+    """The server hands inline runs the session's every-thread `run` and the workers its
+    `run_batch`: each request reaches the function of the path it took, with its own rows."""
+    clock = FakeClock()
+    worker, inline = TimedModel(clock, cost_ns=200_000), TimedModel(clock, cost_ns=200_000)
+
+    async def scenario() -> list:
+        batcher = Batcher("test", worker, inline_config(), clock=clock, inline_run=inline)
+        batcher.start()
+        first = await batcher.submit(images(1))  # cost unknown: the worker
+        clock.now += 1_000_000
+        second = await batcher.submit(images(2))  # idle and cheap: inline
+        await batcher.close()
+        return [ids(r.outputs["logits"]) for r in (first, second)]
+
+    assert asyncio.run(scenario()) == [[1], [2]]
+    assert worker.on_loop_thread == [False] and inline.on_loop_thread == [True]
+
+
 def test_no_inline_run_above_the_limit_with_a_queue_delay_or_while_a_batch_runs() -> None:
     for cfg in (inline_config(max_inline_us=100), inline_config(delay_s=0.001)):
         clock = FakeClock() if cfg.max_queue_delay_s == 0 else TickingClock()

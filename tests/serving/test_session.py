@@ -85,3 +85,63 @@ def test_bench_offers_the_graph_optimizations_and_execution_modes_the_builder_kn
 
     assert tuple(session.GRAPH_OPTIMIZATION) == GRAPH_OPTIMIZATIONS
     assert tuple(session.EXECUTION_MODE) == EXECUTION_MODES
+
+
+class _FixedSpare:
+    """Stands in for core_load.SpareCores: this many idle cores, always."""
+
+    def __init__(self, cores: float | None) -> None:
+        self.cores = cores
+
+    def spare(self) -> float | None:
+        return self.cores
+
+
+def test_small_runs_take_the_one_thread_session_only_while_the_cores_are_busy(models: Path) -> None:
+    """A worker's run of under SMALL_RUN_ROWS images with less than PARALLEL_SPARE_CORES idle:
+    the one-thread session, with the same logits; larger runs, idle cores, an unknown load or an
+    inline run (`run`): the main one."""
+    busy = _FixedSpare(0.1)
+    model = ModelSession(models / "cnn/1/model.onnx", SessionSettings(CPU, cpu_threads=2), busy, 0.0)
+    reference = ModelSession(models / "cnn/1/model.onnx", SessionSettings(CPU, cpu_threads=2))
+    assert model.has_small_session and not reference.has_small_session  # no load reading: none
+    small, large = images(session.SMALL_RUN_ROWS - 1), images(session.SMALL_RUN_ROWS)
+    for batch in (small, large):
+        logits = model.run_batch(batch)["logits"]
+        np.testing.assert_allclose(logits, reference.run(batch)["logits"], rtol=1e-5, atol=1e-5)
+        assert model.small_runs == 1  # the small batch only
+    model.run(small)  # what an inline run calls: every thread, however busy the cores
+    for idle in (session.PARALLEL_SPARE_CORES, None):
+        busy.cores = idle
+        model.run_batch(small)
+    assert model.small_runs == 1
+
+
+def test_one_thread_or_a_cheap_model_needs_no_second_session(models: Path) -> None:
+    """One intra-op thread has nothing to save; nor has a model whose single image runs in less
+    than SMALL_SESSION_MIN_RUN_US (the test CNN: tens of µs)."""
+    path, busy = models / "cnn/1/model.onnx", _FixedSpare(0.0)
+    one_thread = ModelSession(path, SessionSettings(CPU, cpu_threads=1), busy, 0.0)
+    one_thread.run_batch(images(1))
+    assert not one_thread.has_small_session and one_thread.small_runs == 0
+    cheap = ModelSession(path, SessionSettings(CPU, cpu_threads=2), busy)
+    assert 0 < cheap.single_image_run_us() < session.SMALL_SESSION_MIN_RUN_US
+    assert not cheap.has_small_session
+
+
+def test_serve_cli_reads_the_small_run_session_threshold(capsys) -> None:
+    from cnnserve.cli import build_parser
+    from cnnserve.serving.serve_cli import build_options
+
+    def options(*flags: str):
+        return build_options(build_parser().parse_args(["serve", "--repository", "models", *flags]))
+
+    assert options().small_run_session_us == 1000.0
+    assert options("--small-run-session-us", "0").small_run_session_us == 0.0
+    assert options("--small-run-session-us", "off").small_run_session_us is None
+    with pytest.raises(SystemExit):  # argparse's one-line usage error, as for the port flags
+        options("--small-run-session-us", "fast")
+    expected = "argument --small-run-session-us: expected microseconds or 'off', got 'fast'"
+    assert expected in capsys.readouterr().err
+    with pytest.raises(CnnserveError, match="--small-run-session-us must be >= 0 or off, received -5"):
+        options("--small-run-session-us", "-5")

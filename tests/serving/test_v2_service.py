@@ -288,6 +288,27 @@ def test_an_idle_cheap_model_answers_one_request_at_a_time_inline(start_server, 
         assert server.stop() == 0
 
 
+def test_small_runs_get_a_one_thread_session_unless_turned_off(start_server, tmp_path) -> None:
+    """With two intra-op threads and `--small-run-session-us 0` the server opens the one-thread
+    session for small runs (and says so); with `off`, or the default 1000 µs for this cheap model,
+    none. All answer the model's logits."""
+    models = tmp_path / "models"
+    write_model(models, "cnn", cnn_model(seed=7), max_batch_size=8)
+    session = ort.InferenceSession(str(models / "cnn/1/model.onnx"), providers=["CPUExecutionProvider"])
+    batch = images(3, seed=8)
+    expected, _ = session.run(None, {"images": batch})
+    small = "runs under 8 images on one thread while the cores are busy"
+    cases = ((("--small-run-session-us", "0"), True), (("--small-run-session-us", "off"), False), ((), False))
+    for flags, opened in cases:
+        server = start_server("--cpu-threads", "2", *flags, models_dir=models)
+        got = (
+            triton.InferenceServerClient(server.target).infer("cnn", [image_input(batch)]).as_numpy("logits")
+        )
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        assert (small in server.log()) is opened, flags
+        assert server.stop() == 0
+
+
 def test_instances_out_of_range_is_refused_with_its_flag(tmp_path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "cnnserve", "serve", "--repository", str(tmp_path), "--instances", "0"],

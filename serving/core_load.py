@@ -1,0 +1,65 @@
+"""How many of this process's cores sat idle lately, from /proc/stat (Linux; elsewhere: unknown).
+
+A batch-1 run split over two ONNX Runtime threads is faster only while the second core is free.
+On a busy machine the second thread waits to be scheduled, and the first waits for it, so small
+runs cost more CPU per image and finish later than on one thread (BENCHMARKS.md, "Small runs on
+one thread"). OpenMP's dynamic adjustment makes the same choice from the system's load.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+PROC_STAT = Path("/proc/stat")
+REFRESH_S = 0.1  # readings this far apart: a tenth of a second of history per decision
+
+
+def _idle_and_total(text: str, cpus: set[int]) -> tuple[int, int]:
+    """Idle (idle + iowait) and all jiffies summed over the `cpuN` lines of `cpus`."""
+    idle = total = 0
+    for line in text.splitlines():
+        if not line.startswith("cpu") or line.startswith("cpu "):
+            continue
+        name, *fields = line.split()
+        if int(name[3:]) not in cpus:
+            continue
+        values = [int(v) for v in fields[:8]]
+        idle += values[3] + values[4]
+        total += sum(values)
+    return idle, total
+
+
+class SpareCores:
+    """Idle cores among this process's (its CPU affinity) over the last ~`REFRESH_S`; None until
+    two readings exist or where /proc/stat is missing. Cheap to ask often: it rereads /proc/stat
+    at most every `REFRESH_S`, on whichever thread asks first."""
+
+    def __init__(self, proc_stat: Path = PROC_STAT, clock=time.monotonic) -> None:
+        self._path = proc_stat
+        self._clock = clock
+        self._cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
+        self._lock = threading.Lock()
+        self._last: tuple[float, int, int] | None = None
+        self._spare: float | None = None
+
+    def spare(self) -> float | None:
+        now = self._clock()
+        last = self._last
+        if last is not None and now - last[0] < REFRESH_S:
+            return self._spare
+        if not self._lock.acquire(blocking=False):
+            return self._spare  # another thread is reading
+        try:
+            try:
+                idle, total = _idle_and_total(self._path.read_text(), self._cpus)
+            except (OSError, ValueError):
+                return None
+            if last is not None and total > last[2]:
+                self._spare = len(self._cpus) * (idle - last[1]) / (total - last[2])
+            self._last = (now, idle, total)
+            return self._spare
+        finally:
+            self._lock.release()

@@ -1,0 +1,62 @@
+"""serving/core_load.py: idle cores of this process's CPUs, from /proc/stat readings."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from cnnserve.serving.core_load import REFRESH_S, SpareCores, _idle_and_total
+
+
+def _stat(idle: tuple[int, ...], busy: tuple[int, ...]) -> str:
+    """A /proc/stat: the all-CPU line, then one line per CPU (user nice system idle iowait ...)."""
+    lines = [f"cpu  {sum(busy)} 0 0 {sum(idle)} 0 0 0 0 0 0"]
+    lines += [f"cpu{n} {b} 0 0 {i} 0 0 0 0 0 0" for n, (i, b) in enumerate(zip(idle, busy, strict=True))]
+    return "\n".join([*lines, "intr 12345", "ctxt 678"]) + "\n"
+
+
+def test_only_the_cpus_asked_for_count_and_iowait_is_idle():
+    text = "cpu  9 9 9 9 9 9 9 9\ncpu0 1 0 0 10 5 0 0 0\ncpu1 2 0 0 20 0 0 0 0\ncpu2 100 0 0 0 0 0 0 0\n"
+    assert _idle_and_total(text, {0, 1}) == (35, 38)
+    assert _idle_and_total(text, {2}) == (0, 100)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_spare_cores_are_the_idle_share_of_this_processes_cpus(tmp_path: Path):
+    cpus = sorted(os.sched_getaffinity(0))
+    count = max(cpus) + 1
+    path, clock = tmp_path / "stat", _Clock()
+    path.write_text(_stat((0,) * count, (0,) * count))
+    spare = SpareCores(path, clock)
+    assert spare.spare() is None  # one reading: no interval yet
+    # Over the next interval every CPU of ours was idle a quarter of the time.
+    path.write_text(_stat((25,) * count, (75,) * count))
+    clock.now += 1.5 * REFRESH_S
+    assert spare.spare() == pytest.approx(0.25 * len(cpus))
+    # Within REFRESH_S the last figure stands, whatever the file says now.
+    path.write_text(_stat((125,) * count, (75,) * count))
+    clock.now += REFRESH_S / 2
+    assert spare.spare() == pytest.approx(0.25 * len(cpus))
+    clock.now += 1.5 * REFRESH_S
+    assert spare.spare() == pytest.approx(len(cpus))  # all idle since the last reading
+
+
+def test_no_proc_stat_means_unknown(tmp_path: Path):
+    assert SpareCores(tmp_path / "missing").spare() is None
+
+
+def test_this_machine_reports_between_none_and_all_of_its_cores():
+    spare = SpareCores()
+    spare.spare()
+    time.sleep(3 * REFRESH_S)  # a few clock ticks of /proc/stat
+    assert 0 <= spare.spare() <= len(os.sched_getaffinity(0))
