@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnserve.serving.core_load import idle_and_total
+
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 PROC = Path("/proc")
 
@@ -84,11 +86,10 @@ def thread_cpu_seconds(pid: int, proc: Path = PROC) -> dict[int, tuple[str, floa
 
 
 def machine_cpu_seconds(proc: Path = PROC) -> tuple[float, float]:
-    """(all, busy) CPU seconds of every core so far, from /proc/stat's first line: user to steal,
-    busy being all but idle and iowait."""
-    fields = [int(x) for x in (proc / "stat").read_text().split("\n", 1)[0].split()[1:9]]
-    total = sum(fields)
-    return total / TICKS_PER_S, (total - fields[3] - fields[4]) / TICKS_PER_S
+    """(all, busy) CPU seconds of every core so far, from /proc/stat's first line, busy being all
+    but idle and iowait (the server's own reading, core_load.idle_and_total)."""
+    idle, total = idle_and_total((proc / "stat").read_text().split("\n", 1)[0].split()[1:])
+    return total / TICKS_PER_S, (total - idle) / TICKS_PER_S
 
 
 @dataclass(frozen=True)

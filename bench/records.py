@@ -120,6 +120,11 @@ def latency_fields(summary: LatencySummary) -> dict[str, float]:
     }
 
 
+def cpu_us_per_request(cpu_pct: float | None, requests_per_s: float | None) -> float | None:
+    """µs of CPU per answered request from a share of one core (%) over the same window."""
+    return 1e4 * cpu_pct / requests_per_s if cpu_pct is not None and requests_per_s else None
+
+
 def throughput_fields(
     images_per_s: float, flops_per_image: int | None, peak_gflops: float | None, on_cpu: bool
 ) -> dict[str, float | None]:

@@ -32,7 +32,7 @@ from cnnserve.bench.load_generator import (
 )
 from cnnserve.bench.load_options import ARRIVALS, DEFAULT_CHANNELS, DEFAULT_MAX_IN_FLIGHT
 from cnnserve.bench.proc_cpu import PROC, read_tree, tree_use
-from cnnserve.bench.records import ServerRecord, latency_fields, throughput_fields
+from cnnserve.bench.records import ServerRecord, cpu_us_per_request, latency_fields, throughput_fields
 from cnnserve.bench.stats import summarize_ns
 from cnnserve.contracts.errors import CnnserveError
 
@@ -231,7 +231,7 @@ def _record(plan, spec, info, level: Level, result: LoadResult, window: Window, 
         client_loop_busy_pct=result.loop_busy_pct,
         client_cpu_pct=result.cpu_pct,
         server_cpu_pct=cpu[0] if cpu else None,
-        server_cpu_us_per_request=1e4 * cpu[0] / requests_per_s if cpu and requests_per_s else None,
+        server_cpu_us_per_request=cpu_us_per_request(cpu[0], requests_per_s) if cpu else None,
         machine_idle_pct=cpu[1] if cpu else None,
         request_rate=level.rate_per_s,
         arrivals=level.arrivals if level.open_loop else None,

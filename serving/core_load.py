@@ -11,24 +11,31 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 PROC_STAT = Path("/proc/stat")
 REFRESH_S = 0.1  # readings this far apart: a tenth of a second of history per decision
 
 
+def idle_and_total(fields: Sequence[str]) -> tuple[int, int]:
+    """Idle (idle + iowait) and all (user to steal) jiffies of one /proc/stat `cpu` line's
+    numbers; guest time is already inside user."""
+    values = [int(v) for v in fields[:8]]
+    return values[3] + values[4], sum(values)
+
+
 def _idle_and_total(text: str, cpus: set[int]) -> tuple[int, int]:
-    """Idle (idle + iowait) and all jiffies summed over the `cpuN` lines of `cpus`."""
+    """`idle_and_total` summed over the `cpuN` lines of `cpus`."""
     idle = total = 0
     for line in text.splitlines():
         if not line.startswith("cpu") or line.startswith("cpu "):
             continue
         name, *fields = line.split()
-        if int(name[3:]) not in cpus:
-            continue
-        values = [int(v) for v in fields[:8]]
-        idle += values[3] + values[4]
-        total += sum(values)
+        if int(name[3:]) in cpus:
+            cpu_idle, cpu_total = idle_and_total(fields)
+            idle += cpu_idle
+            total += cpu_total
     return idle, total
 
 
@@ -44,8 +51,11 @@ class SpareCores:
         self._lock = threading.Lock()
         self._last: tuple[float, int, int] | None = None
         self._spare: float | None = None
+        self._unreadable = False  # no /proc/stat here: never try again
 
     def spare(self) -> float | None:
+        if self._unreadable:
+            return None
         now = self._clock()
         last = self._last
         if last is not None and now - last[0] < REFRESH_S:
@@ -56,6 +66,7 @@ class SpareCores:
             try:
                 idle, total = _idle_and_total(self._path.read_text(), self._cpus)
             except (OSError, ValueError):
+                self._unreadable = True
                 return None
             if last is not None and total > last[2]:
                 self._spare = len(self._cpus) * (idle - last[1]) / (total - last[2])

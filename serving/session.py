@@ -26,6 +26,7 @@ from cnnserve.contracts.names import CUDA_PROVIDER as CUDA
 from cnnserve.serving.core_load import SpareCores
 from cnnserve.serving.cuda_options import CudaOptions
 from cnnserve.serving.nchwc_padding import PaddedConv, cpu_session_model
+from cnnserve.serving.workers import affinity_cores
 
 _LOGGER = logging.getLogger(__name__)
 _ORT_TO_NUMPY = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(int64)": "int64"}
@@ -177,9 +178,7 @@ SMALL_SESSION_MIN_RUN_US = 1000.0
 
 def _threads(settings: SessionSettings) -> int:
     """Intra-op threads a CPU session gets: as set, or (0) about one per core it may use."""
-    if settings.cpu_threads:
-        return settings.cpu_threads
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return settings.cpu_threads or affinity_cores()
 
 
 class ModelSession:

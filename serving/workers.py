@@ -46,9 +46,14 @@ PR_SET_PDEATHSIG = 1
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
+def affinity_cores() -> int:
+    """Cores this process may be scheduled on (its CPU affinity; elsewhere, the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def available_cores(cgroup_root: Path = CGROUP_ROOT) -> int:
     """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (containers)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = affinity_cores()
     quota = cgroup_cpu_quota(cgroup_root)
     return max(1, min(cores, math.ceil(quota)) if quota else cores)
 

@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer_configs  # this folder's module, beside the script
 
+from cnnserve.bench.records import cpu_us_per_request
 from cnnserve.bench.report import write_run
 from cnnserve.bench.serve_process import LOOPBACK, ServerProcess, free_port, start_cnnserve
 from cnnserve.contracts.errors import CnnserveError
@@ -316,8 +317,7 @@ def table(result: dict, low: int = 1, high: int = 32) -> str:
 
 def load_generator_us(point: dict) -> float | None:
     """The load generator's CPU per answered request (its processes' share of a core ÷ req/s)."""
-    cpu_pct, rps = point.get("client_cpu_pct"), point.get("requests_per_s")
-    return 1e4 * cpu_pct / rps if cpu_pct is not None and rps else None
+    return cpu_us_per_request(point.get("client_cpu_pct"), point.get("requests_per_s"))
 
 
 def _cpu_cell(point: dict | None) -> str:

@@ -77,3 +77,10 @@ def test_tree_use_is_cores_of_the_wall_time_and_the_machines_idle_share():
     before, after = TreeReading(10.0, 5.0, 100.0, 60.0), TreeReading(12.0, 6.5, 104.0, 63.0)
     assert tree_use(before, after) == pytest.approx((75.0, 25.0))
     assert tree_use(before, before) == (0.0, 0.0)  # no time passed: nothing to divide by
+
+
+def test_machine_cpu_seconds_reads_the_all_cpu_line(tmp_path):
+    """user 100, nice 0, system 50, idle 700, iowait 50, irq to steal 100: all 1,000 ticks, busy 250;
+    guest (the ninth number on) is inside user already and left out."""
+    (tmp_path / "stat").write_text("cpu  100 0 50 700 50 40 30 30 999 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    assert machine_cpu_seconds(tmp_path) == (1000 / TICKS_PER_S, 250 / TICKS_PER_S)

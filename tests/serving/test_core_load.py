@@ -51,8 +51,13 @@ def test_spare_cores_are_the_idle_share_of_this_processes_cpus(tmp_path: Path):
     assert spare.spare() == pytest.approx(len(cpus))  # all idle since the last reading
 
 
-def test_no_proc_stat_means_unknown(tmp_path: Path):
-    assert SpareCores(tmp_path / "missing").spare() is None
+def test_no_proc_stat_means_unknown_and_is_not_looked_for_again(tmp_path: Path):
+    path, clock = tmp_path / "missing", _Clock()
+    spare = SpareCores(path, clock)
+    assert spare.spare() is None
+    path.write_text(_stat((0,) * 2, (0,) * 2))  # appears later: the batcher's runs never reread it
+    clock.now += 10 * REFRESH_S
+    assert spare.spare() is None and spare._last is None
 
 
 def test_this_machine_reports_between_none_and_all_of_its_cores():
