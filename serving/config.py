@@ -132,6 +132,9 @@ class ServerOptions:
     # session per instance for runs of a few images while the cores are busy (session.ModelSession,
     # core_load.py; BENCHMARKS.md); None: one session per instance.
     small_run_session_us: float | None = 1000.0
+    # After the last inference in flight ends, the event loop keeps polling this many µs instead
+    # of sleeping, so the next request finds a warm core (idle_poll.py); None: it sleeps at once.
+    idle_poll_us: float | None = None
     tls: TlsConfig | None = None
     ready_file: Path | None = None
     # poll: what `cnnserve export` commits into the repository goes live without a restart.
@@ -183,6 +186,8 @@ class ServerOptions:
             )
         if self.grace_s < 0:
             raise CnnserveError(f"--grace-s must be >= 0, received {self.grace_s}")
+        if self.idle_poll_us is not None and self.idle_poll_us <= 0:
+            raise CnnserveError(f"--idle-poll-us must be > 0 or off, received {self.idle_poll_us:g}")
         if self.small_run_session_us is not None and self.small_run_session_us < 0:
             raise CnnserveError(
                 f"--small-run-session-us must be >= 0 or off, received {self.small_run_session_us:g}"

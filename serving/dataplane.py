@@ -23,6 +23,7 @@ from cnnserve.contracts.names import LOGITS, PROBABILITIES
 from cnnserve.serving.access_log import MAX_REQUEST_ID_CHARS, AccessLog, AccessRecord, new_request_id
 from cnnserve.serving.batcher import BatchedResult
 from cnnserve.serving.errors import InvalidInput, ServingError
+from cnnserve.serving.idle_poll import IdlePoll
 from cnnserve.serving.image_decoding import ImageLimits, decode_images
 from cnnserve.serving.registry import ModelRegistry, ServedVersion
 
@@ -114,6 +115,7 @@ class DataPlane:
         max_request_images: int,
         access_log: AccessLog | None = None,
         image_limits: ImageLimits | None = None,
+        idle_poll: IdlePoll | None = None,
     ) -> None:
         self.registry = registry
         self.max_request_images = max_request_images
@@ -123,6 +125,7 @@ class DataPlane:
         self._decoders = ThreadPoolExecutor(max(1, (os.cpu_count() or 2) // 2), thread_name_prefix="decode")
         self.ready = False  # set once every model has loaded and warmed
         self.access_log = access_log or AccessLog(enabled=False)
+        self.idle_poll = idle_poll  # counts what is in flight on the loop (serve --idle-poll-us)
 
     def find(self, name: str, version: str = "") -> ServedVersion:
         """The version that serves a request for `name` (and `version`, if given)."""
@@ -228,6 +231,16 @@ class DataPlane:
 
         Without the access log, no log scope is entered: this runs once per request on the event
         loop's thread, so its steps are plain calls and one try (scripts/handler_cost.py)."""
+        poll = self.idle_poll
+        if poll is None:
+            return await self._logged_run(call)
+        poll.begin()
+        try:
+            return await self._logged_run(call)
+        finally:
+            poll.end()
+
+    async def _logged_run(self, call: InferenceCall) -> Inference:
         if not self.access_log.enabled:
             return await self._run(call, None)
         found = call.found

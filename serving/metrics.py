@@ -135,6 +135,13 @@ class ServingCollector(Collector):
         yield from (request_us, queue_us, input_us, infer_us, output_us)
         yield from (pending, pending_images, info, instances, batch_size, batch_latency, load_failures)
         yield from (request_histogram, queue_histogram, compute_histogram)
+        idle_poll = CounterMetricFamily(
+            "cnnserve_idle_poll_seconds",
+            "Seconds the event loop polled instead of sleeping after the last request in flight "
+            "(--idle-poll-us): CPU spent for lower latency at low concurrency",
+        )
+        idle_poll.add_metric([], report.idle_poll_s)
+        yield idle_poll
         if report.processes:
             yield from _worker_processes(report)
 

@@ -36,6 +36,7 @@ from cnnserve.serving.config import ServerOptions, event_loop_factory
 from cnnserve.serving.dataplane import DataPlane
 from cnnserve.serving.errors import ServingError
 from cnnserve.serving.http_service import HttpService
+from cnnserve.serving.idle_poll import IdlePoll
 from cnnserve.serving.image_decoding import ImageLimits
 from cnnserve.serving.lifecycle import LoadingCancelled, ModelManager
 from cnnserve.serving.memory import fix_mmap_threshold
@@ -189,18 +190,24 @@ async def _build(options: ServerOptions, worker: WorkerSlot | None) -> _Server:
     registry = ModelRegistry()
     manager = ModelManager(options, registry, worker.sibling_report_ports if worker else None)
     manager.check()  # a bad --repository, --models or override fails before listening
+    idle_poll = IdlePoll(options.idle_poll_us) if options.idle_poll_us is not None else None
     dataplane = DataPlane(
         registry,
         options.max_request_images,
         AccessLog(options.access_log),
         ImageLimits(options.max_image_bytes, options.max_image_pixels),
+        idle_poll,
     )
     health = health_aio.HealthServicer()
     await _set_health(health, serving=False)
     guard = CallGuard()
 
+    def own_report() -> ServerReport:
+        polled_s = idle_poll.polled_s if idle_poll is not None else 0.0
+        return ServerReport.of(registry, worker.index if worker else None, polled_s)
+
     async def reports() -> ServerReport:
-        own = ServerReport.of(registry, worker.index if worker else None)
+        own = own_report()
         if worker is None:
             return own
         siblings = await asyncio.to_thread(fetch_all, worker.sibling_report_ports())
@@ -210,7 +217,7 @@ async def _build(options: ServerOptions, worker: WorkerSlot | None) -> _Server:
         options, dataplane, manager, health, guard, reports, share_port=worker is not None
     )
     metrics = MetricsServer(
-        lambda: ServerReport.of(registry, worker.index if worker else None),
+        own_report,
         _control(manager, asyncio.get_running_loop()) if worker else None,
     )
     http = HttpService(dataplane, manager, reports, options.max_message_bytes)
@@ -265,6 +272,12 @@ async def _report_ready(server: _Server, ready_versions: int) -> None:
         __version__,
         os.getpid(),
     )
+    if options.idle_poll_us is not None:
+        _LOGGER.info(
+            "idle polling: the event loop polls for %g µs after the last request in flight instead of "
+            "sleeping (--idle-poll-us; its CPU: cnnserve_idle_poll_seconds_total)",
+            options.idle_poll_us,
+        )
 
 
 async def _drain(server: _Server) -> None:

@@ -63,9 +63,10 @@ class ServerReport:
     versions: tuple[VersionReport, ...] = ()
     load_failures: tuple[tuple[str, str, int], ...] = ()  # (model, version, failed loads)
     processes: tuple[ProcessReport, ...] = ()  # per worker, under --workers
+    idle_poll_s: float = 0.0  # the event loops' polling after going idle (--idle-poll-us)
 
     @classmethod
-    def of(cls, registry: ModelRegistry, worker: int | None = None) -> ServerReport:
+    def of(cls, registry: ModelRegistry, worker: int | None = None, idle_poll_s: float = 0.0) -> ServerReport:
         versions = []
         for served in registry.versions():
             batcher = served.batcher
@@ -84,7 +85,7 @@ class ServerReport:
             )
         failures = tuple((name, version, n) for (name, version), n in sorted(registry.load_failures.items()))
         process = ProcessReport.of_this_process(str(worker)) if worker is not None else None
-        return cls(tuple(versions), failures, (process,) if process else ())
+        return cls(tuple(versions), failures, (process,) if process else (), idle_poll_s)
 
     @classmethod
     def merged(cls, reports: list[ServerReport]) -> ServerReport:
@@ -117,7 +118,12 @@ class ServerReport:
             for name, version, count in report.load_failures:
                 failures[(name, version)] = max(failures.get((name, version), 0), count)
         processes = tuple(sorted((p for r in reports for p in r.processes), key=lambda p: p.worker))
-        return cls(tuple(versions), tuple((n, v, c) for (n, v), c in sorted(failures.items())), processes)
+        return cls(
+            tuple(versions),
+            tuple((n, v, c) for (n, v), c in sorted(failures.items())),
+            processes,
+            sum(r.idle_poll_s for r in reports),
+        )
 
     def to_json(self) -> str:
         return json.dumps(
@@ -125,6 +131,7 @@ class ServerReport:
                 "versions": [{**v.__dict__, "stats": v.stats.to_json()} for v in self.versions],
                 "load_failures": [list(f) for f in self.load_failures],
                 "processes": [p.__dict__ for p in self.processes],
+                "idle_poll_s": self.idle_poll_s,
             }
         )
 
@@ -136,7 +143,8 @@ class ServerReport:
             for v in raw["versions"]
         )
         failures = tuple((str(n), str(v), int(c)) for n, v, c in raw["load_failures"])
-        return cls(versions, failures, tuple(ProcessReport(**p) for p in raw.get("processes", [])))
+        processes = tuple(ProcessReport(**p) for p in raw.get("processes", []))
+        return cls(versions, failures, processes, float(raw.get("idle_poll_s", 0.0)))
 
 
 def send_control(port: int, action: str, model: str, timeout_s: float = 600.0) -> tuple[str, str]:

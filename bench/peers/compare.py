@@ -3,9 +3,10 @@
 Serves the same ONNX file (the one `cnnserve export` wrote) from each server in turn, each on
 free loopback ports, and measures each with the same load generator as `cnnserve bench server
 --protocol v2` (single images, closed loop, concurrency 1 and 32 by default), then ONNX Runtime
-in-process on that file at batch 64 and batch 1. cnnserve runs three ways: with its defaults,
-with `serve --workers` (`--workers`, one per available core by default), and its default server
-again under the same load sent as ModelStreamInfer messages; the peers run as their defaults,
+in-process on that file at batch 64 and batch 1. cnnserve runs four ways: with its defaults,
+with `serve --workers` (`--workers`, one per available core by default), with `serve
+--idle-poll-us 1000`, and its default server again under the same load sent as ModelStreamInfer
+messages; the peers run as their defaults,
 and the ceiling is a grpc.aio server that runs no model. Each server's process tree's CPU is read
 over each window, and the model's own compute per image in-process on one thread. Writes one JSON
 and prints two markdown tables: the servers side by side, and issue 15's goals, met or not, against
@@ -41,12 +42,14 @@ from cnnserve.bench.serve_process import LOOPBACK, ServerProcess, free_port, sta
 from cnnserve.contracts.errors import CnnserveError
 from cnnserve.serving.workers import parse_workers
 
-SERVERS = ("cnnserve", "cnnserve-workers", "cnnserve-stream", "mlserver", "kserve", "ceiling")
 PEERS = ("mlserver", "kserve")  # the servers issue 15's goals measure cnnserve against
-# cnnserve as it starts by default; with `--workers`; and its default server under the same load
-# sent as V2 ModelStreamInfer messages (neither peer streams single requests: KServe has no
+# cnnserve as it starts by default; with `--workers`; with `--idle-poll-us` (its event loop polls
+# for IDLE_POLL_US after each answer); and its default server under the same load sent as V2
+# ModelStreamInfer messages (neither peer streams single requests: KServe has no
 # ModelStreamInfer, MLServer's feeds one model's predict_stream).
-OURS = ("cnnserve", "cnnserve-workers", "cnnserve-stream")
+OURS = ("cnnserve", "cnnserve-workers", "cnnserve-poll", "cnnserve-stream")
+IDLE_POLL_US = 1000  # longer than this load generator's gap between an answer and its next call
+SERVERS = (*OURS, "mlserver", "kserve", "ceiling")
 PEERS_DIR = Path(os.environ.get("CNNSERVE_PEERS_DIR", Path.home() / ".cache" / "cnnserve-peers"))
 START_TIMEOUT_S = 180.0
 IN_PROCESS_BATCH = 64
@@ -140,10 +143,13 @@ def launch(name: str, settings: Settings, model: peer_configs.ModelFile) -> tupl
     """Starts `name` on free loopback ports; returns it and its gRPC target."""
     logs = settings.workdir
     if name in OURS:
-        workers = ["--workers", str(settings.workers)] if name == "cnnserve-workers" else []
+        extra = {
+            "cnnserve-workers": ["--workers", str(settings.workers)],
+            "cnnserve-poll": ["--idle-poll-us", str(IDLE_POLL_US)],
+        }.get(name, [])
         server, ports = start_cnnserve(
             ["--repository", str(settings.repository), "--models", model.name, "--host", LOOPBACK,
-             "--port", "0", "--http-port", "off", "--metrics-port", "off", *workers],
+             "--port", "0", "--http-port", "off", "--metrics-port", "off", *extra],
             logs, name=name, own_session=True, timeout_s=START_TIMEOUT_S, poll_s=0.2,
         )  # fmt: skip
         return server, ports.grpc_target
@@ -254,6 +260,7 @@ def run(settings: Settings) -> dict:
     }
     configs = {
         "cnnserve-workers": {"workers": settings.workers},
+        "cnnserve-poll": {"idle_poll_us": IDLE_POLL_US},
         "mlserver": {"model_settings": peer_configs.mlserver_model_settings(model)},
         "kserve": {"argv": peer_configs.kserve_argv(model, 0, 0)},
     }
@@ -474,6 +481,8 @@ def _column(name: str, entry: dict) -> str:
         return f"cnnserve --workers {entry['workers']}"
     if name == "cnnserve-stream":
         return "cnnserve, 1 worker, ModelStreamInfer"
+    if name == "cnnserve-poll":
+        return f"cnnserve, 1 worker, --idle-poll-us {entry.get('idle_poll_us', IDLE_POLL_US)}"
     return "cnnserve, 1 worker" if name == "cnnserve" else _short(name)
 
 
@@ -504,6 +513,7 @@ def _label(name: str, entry: dict) -> str:
     how = {
         "cnnserve-workers": f", --workers {entry.get('workers')}",
         "cnnserve-stream": ", V2 ModelStreamInfer",
+        "cnnserve-poll": f", --idle-poll-us {entry.get('idle_poll_us', IDLE_POLL_US)}",
     }
     return f"cnnserve {ours}{how.get(name, '')} (ORT {ort})"
 

@@ -223,7 +223,7 @@ def test_the_driver_measures_cnnserve_end_to_end(noop_repository, tmp_path):
     """The driver's own path (start, answer check, the load generator, stop, in-process ORT) on
     cnnserve and the fixed-reply ceiling, which run in this venv: the peers need their
     virtualenvs, which only `make bench-peers` builds."""
-    servers = ("cnnserve", "cnnserve-workers", "cnnserve-stream", "ceiling")
+    servers = ("cnnserve", "cnnserve-workers", "cnnserve-poll", "cnnserve-stream", "ceiling")
     settings = compare.Settings(noop_repository, "noop", servers, (1, 2), 0.3, 0.2, tmp_path / "peers",
                                 tmp_path, channels=2, in_process_s=0.2, workers=2)  # fmt: skip
     result = compare.run(settings)
@@ -238,6 +238,10 @@ def test_the_driver_measures_cnnserve_end_to_end(noop_repository, tmp_path):
     assert all(r["streaming"] for r in result["servers"]["cnnserve-stream"]["records"])
     assert not any(r["streaming"] for r in result["servers"]["cnnserve"]["records"])
     assert "ready: 2 workers on 127.0.0.1:" in (tmp_path / "cnnserve-workers.log").read_text()
+    polling = f"idle polling: the event loop polls for {compare.IDLE_POLL_US} µs"
+    assert polling in (tmp_path / "cnnserve-poll.log").read_text()
+    assert polling not in (tmp_path / "cnnserve.log").read_text()
+    assert result["servers"]["cnnserve-poll"]["idle_poll_us"] == compare.IDLE_POLL_US
     assert result["in_process"]["batch_size"] == 64 and result["in_process"]["images_per_s"] > 0
     assert result["in_process_batch1"]["batch_size"] == 1 and result["in_process_batch1"]["p50_ms"] > 0
     # Each server's own CPU over each window, and the model's compute on one thread.

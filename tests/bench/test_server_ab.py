@@ -189,3 +189,14 @@ def test_benchmarks_md_shows_the_recorded_small_run_session_runs(name):
         assert result["a"] == result["b"] == "" and f"--a-revision {before[:7]}" in benchmarks
     rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
     assert len(rows) == len(result["levels"]) == 4 and all(row in benchmarks for row in rows)
+
+
+@pytest.mark.parametrize("name", ["idle_poll_ab_mnist.json", "idle_poll_ab_mnist_2000.json"])
+def test_benchmarks_md_shows_the_recorded_idle_poll_runs(name):
+    """The "Idle polling" tables: both servers the same code, B with `--idle-poll-us`."""
+    result = json.loads((Path(__file__).parent / "data" / name).read_text())
+    benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
+    assert result["a"] == "" and result["b"].startswith("--idle-poll-us ") and not result["a_revision"]
+    assert f'--b "{result["b"]}"' in benchmarks
+    rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
+    assert len(rows) == len(result["levels"]) >= 2 and all(row in benchmarks for row in rows)
