@@ -230,25 +230,23 @@ class DataPlane:
         """Find the model, read the call's tensors, batch and run them; log and count the outcome.
 
         Without the access log, no log scope is entered: this runs once per request on the event
-        loop's thread, so its steps are plain calls and one try (scripts/handler_cost.py)."""
+        loop's thread, so its steps are plain calls and one try (scripts/handler_cost.py); the
+        idle poll's count wraps it without another coroutine."""
         poll = self.idle_poll
-        if poll is None:
-            return await self._logged_run(call)
-        poll.begin()
+        if poll is not None:
+            poll.begin()
         try:
-            return await self._logged_run(call)
+            if not self.access_log.enabled:
+                return await self._run(call, None)
+            found = call.found
+            name, version = (found.name, found.version) if found else (call.model_name, call.model_version)
+            with self._logged(call.protocol, name, version, call.request_id, call.started_ns) as record:
+                if record is not None and call.announce_id is not None:
+                    call.announce_id(record.request_id)
+                return await self._run(call, record)
         finally:
-            poll.end()
-
-    async def _logged_run(self, call: InferenceCall) -> Inference:
-        if not self.access_log.enabled:
-            return await self._run(call, None)
-        found = call.found
-        name, version = (found.name, found.version) if found else (call.model_name, call.model_version)
-        with self._logged(call.protocol, name, version, call.request_id, call.started_ns) as record:
-            if record is not None and call.announce_id is not None:
-                call.announce_id(record.request_id)
-            return await self._run(call, record)
+            if poll is not None:
+                poll.end()
 
     async def _run(self, call: InferenceCall, record: AccessRecord | None) -> Inference:
         body = await call.receive() if call.receive is not None else b""

@@ -476,13 +476,22 @@ def goals(result: dict, low: int = 1, high: int = 32) -> str:
     return "\n".join(lines) + (f"\n\n{bound.text()}" if bound else "")
 
 
+def _serve_flag(name: str, entry: dict) -> str:
+    """The `serve` flag a cnnserve configuration of the run was started with, as recorded."""
+    if name == "cnnserve-workers":
+        return f"--workers {entry['workers']}"
+    if name == "cnnserve-poll":
+        return f"--idle-poll-us {entry['idle_poll_us']}"
+    return ""
+
+
 def _column(name: str, entry: dict) -> str:
     if name == "cnnserve-workers":
-        return f"cnnserve --workers {entry['workers']}"
+        return f"cnnserve {_serve_flag(name, entry)}"
     if name == "cnnserve-stream":
         return "cnnserve, 1 worker, ModelStreamInfer"
     if name == "cnnserve-poll":
-        return f"cnnserve, 1 worker, --idle-poll-us {entry.get('idle_poll_us', IDLE_POLL_US)}"
+        return f"cnnserve, 1 worker, {_serve_flag(name, entry)}"
     return "cnnserve, 1 worker" if name == "cnnserve" else _short(name)
 
 
@@ -510,12 +519,9 @@ def _label(name: str, entry: dict) -> str:
         grpcio = versions.get("grpcio", "?")
         return f"grpc.aio servicer on uvloop, fixed reply, no model (grpcio {grpcio}; the ceiling)"
     ours, ort = versions.get("cnnserve", "?"), versions.get("onnxruntime-gpu", "?")
-    how = {
-        "cnnserve-workers": f", --workers {entry.get('workers')}",
-        "cnnserve-stream": ", V2 ModelStreamInfer",
-        "cnnserve-poll": f", --idle-poll-us {entry.get('idle_poll_us', IDLE_POLL_US)}",
-    }
-    return f"cnnserve {ours}{how.get(name, '')} (ORT {ort})"
+    how = ", V2 ModelStreamInfer" if name == "cnnserve-stream" else ""
+    flag = _serve_flag(name, entry)
+    return f"cnnserve {ours}{how}{f', {flag}' if flag else ''} (ORT {ort})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
