@@ -16,11 +16,11 @@ shared under one lock; futures are only ever touched on the event loop's thread.
 
 An idle model may run a request inline, on the event loop's thread, and skip both hops: when
 nothing is queued or running, its recent runs of that many images took at most
-`max_inline_run_s`, and at least that long has passed since its last run ended. The last
-condition keeps batching under load: a request that comes sooner than the model runs waits for a
-worker (and for company), while a server that answers one request at a time, or whose loop costs
-more per request than the model does, saves the two thread wake-ups. The loop is blocked while
-it runs, so `max_inline_run_s` is kept small.
+`max_inline_run_s` (the median of the last `RECENT_RUNS`), and at least that long has passed
+since its last run ended. The last condition keeps batching under load: a request that comes
+sooner than the model runs waits for a worker (and for company), while a server that answers one
+request at a time, or whose loop costs more per request than the model does, saves the two
+thread wake-ups. The loop is blocked while it runs, so `max_inline_run_s` is kept small.
 
 With several instances (sessions) of one version, each has a worker on the same queue: the
 first takes whatever waits, the others (helpers) only `SHARE_MIN_ROWS` images or more, and a
@@ -55,6 +55,10 @@ Clock = Callable[[], int]
 # instance's next batch instead (one instance batching small requests beats two racing for them:
 # BENCHMARKS.md), and a large batch is split across idle instances in shares no smaller than this.
 SHARE_MIN_ROWS = 8
+# The inline decision reads the median of this many recent runs of a batch size: one slow run (a
+# preempted thread, a busy neighbour) moves it not at all, a model that turned slow leaves the
+# inline path within three runs.
+RECENT_RUNS = 5
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,21 @@ class _Pending:
 Slice = tuple[_Pending, int, int]  # request, first row, end row
 
 
+class _RecentRuns:
+    """The last `RECENT_RUNS` run times of one batch size and their median (upper, if even)."""
+
+    __slots__ = ("_times", "median_ns")
+
+    def __init__(self) -> None:
+        self._times: deque[int] = deque(maxlen=RECENT_RUNS)
+        self.median_ns = 0
+
+    def add(self, infer_ns: int) -> None:
+        self._times.append(infer_ns)
+        ordered = sorted(self._times)
+        self.median_ns = ordered[len(ordered) // 2]
+
+
 def plan_batch(
     queue: deque[_Pending], max_batch_size: int, now_ns: int
 ) -> tuple[list[Slice], list[_Pending]]:
@@ -196,9 +215,9 @@ class Batcher:
         self._helpers_waiting = 0
         self._busy = 0  # runs in progress: workers between taking a batch and asking for the next
         self._max_inline_ns = config.inline_run_limit_ns
-        # Recent run time by batch size (a moving average), and when the last run ended: what the
-        # inline decision reads. Written by whichever thread ran; a stale read only costs a hop.
-        self._run_ns: dict[int, float] = {}
+        # Recent run times by batch size, and when the last run ended: what the inline decision
+        # reads. Written by whichever thread ran; a stale read only costs a hop.
+        self._recent_runs: dict[int, _RecentRuns] = {}
         self._last_end_ns = 0
         self._share_min = min(SHARE_MIN_ROWS, config.max_batch_size)  # rows worth a helper
         self._queue: deque[_Pending] = deque()
@@ -308,8 +327,11 @@ class Batcher:
         """Run this request on the loop's thread (hold the lock)? See the module docstring."""
         if not self._max_inline_ns or self._queue or self._busy:
             return False
-        cost = self._run_ns.get(rows)
-        return cost is not None and cost <= self._max_inline_ns and now_ns - self._last_end_ns >= cost
+        recent = self._recent_runs.get(rows)
+        if recent is None:
+            return False  # no run of this many images seen yet: the cost is unknown
+        cost = recent.median_ns
+        return cost <= self._max_inline_ns and now_ns - self._last_end_ns >= cost
 
     def _run_inline(self, images: np.ndarray, rows: int, submitted_ns: int) -> BatchedResult:
         """`images` (`rows` of them) as a batch of their own on instance 0, here and now."""
@@ -332,8 +354,10 @@ class Batcher:
         return BatchedResult(outputs, started - submitted_ns, 0, computed - started, 0, (rows,))
 
     def _note_run(self, rows: int, infer_ns: int, end_ns: int) -> None:
-        previous = self._run_ns.get(rows)
-        self._run_ns[rows] = infer_ns if previous is None else previous + (infer_ns - previous) / 8
+        recent = self._recent_runs.get(rows)
+        if recent is None:
+            recent = self._recent_runs[rows] = _RecentRuns()
+        recent.add(infer_ns)
         self._last_end_ns = end_ns
 
     def _expire(self, pending: _Pending) -> None:

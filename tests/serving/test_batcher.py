@@ -388,6 +388,30 @@ def test_an_idle_model_runs_a_request_on_the_loops_thread_once_it_knows_the_cost
     assert [(r.size, r.requests, r.infer_ns) for r in records] == [(1, 1, 200_000)] * 3
 
 
+def test_one_slow_run_keeps_a_cheap_model_off_the_inline_path_for_two_requests_only() -> None:
+    """The cost read is the median of recent runs: a first run slowed to 5 ms (a preempted thread
+    under load) costs two more worker runs, not a dozen; a model that stays slow for three runs in
+    a row leaves the inline path."""
+    clock = FakeClock()
+    model = TimedModel(clock, cost_ns=5_000_000)
+
+    async def scenario() -> None:
+        batcher = Batcher("test", model, inline_config(), clock=clock)
+        batcher.start()
+        for i in range(6):
+            await batcher.submit(images(i))
+            model.cost_ns = 200_000
+            clock.now += 10_000_000  # quiet: longer than any run
+        for i in range(6):
+            model.cost_ns = 5_000_000  # the model turns slow (e.g. another process took the core)
+            await batcher.submit(images(i))
+            clock.now += 10_000_000
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert model.on_loop_thread == [False, False, False, True, True, True] + [True] * 3 + [False] * 3
+
+
 def test_inline_runs_go_through_their_own_run_function_when_given_one() -> None:
     """The server hands inline runs the session's every-thread `run` and the workers its
     `run_batch`: each request reaches the function of the path it took, with its own rows."""

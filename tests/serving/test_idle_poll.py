@@ -111,7 +111,9 @@ def test_a_window_must_be_positive() -> None:
 
 
 def test_polling_really_keeps_the_loop_iterating_and_ends_by_itself() -> None:
-    """On a real clock: the loop turns thousands of times while polling, then goes quiet."""
+    """On a real clock: the loop keeps turning while polling, then goes quiet. (How many turns
+    depends on who else wants the core: each turn yields it, and a loaded CI machine took 13 in
+    20 ms where an idle one takes thousands.)"""
     poll = IdlePoll(20_000)  # 20 ms
 
     async def scenario() -> tuple[int, int]:
@@ -133,7 +135,7 @@ def test_polling_really_keeps_the_loop_iterating_and_ends_by_itself() -> None:
         return turns, poll.polling
 
     turns, still_polling = asyncio.run(scenario())
-    assert turns > 50 and not still_polling
+    assert turns >= 3 and not still_polling  # it rescheduled itself, then stopped by itself
     assert 0.018 <= poll.polled_s <= 0.1
 
 
