@@ -3,15 +3,15 @@
 Serves the same ONNX file (the one `cnnserve export` wrote) from each server in turn, each on
 free loopback ports, and measures each with the same load generator as `cnnserve bench server
 --protocol v2` (single images, closed loop, concurrency 1 and 32 by default), then ONNX Runtime
-in-process on that file at batch 64 and batch 1. cnnserve runs four ways: with its defaults,
-with `serve --workers` (`--workers`, one per available core by default), with `serve
---idle-poll-us 1000`, and its default server again under the same load sent as ModelStreamInfer
-messages; the peers run as their defaults,
-and the ceiling is a grpc.aio server that runs no model. Each server's process tree's CPU is read
-over each window, and the model's own compute per image in-process on one thread. Writes one JSON
-and prints two markdown tables: the servers side by side, and issue 15's goals, met or not, against
-this run's best peer and in-process figures, with what this machine's cores allow at all. The peers
-run from the virtualenvs bench/peers/setup.sh creates.
+in-process on that file at batch 64 and batch 1. cnnserve runs five ways (`OURS`): with its
+defaults, with `serve --workers` (`--workers`, one per available core by default), with `serve
+--idle-poll-us 1000`, and under the same load sent as ModelStreamInfer messages, without and with
+`--idle-poll-us 1000`; the peers run as their defaults, and the ceiling is a grpc.aio server
+that runs no model. Each server's process tree's CPU is read over each window, and the model's
+own compute per image in-process on one thread. Writes one JSON and prints two markdown tables:
+the servers side by side, and issue 15's goals, met or not, against this run's best peer and
+in-process figures, with what this machine's cores allow at all. The peers run from the
+virtualenvs bench/peers/setup.sh creates.
 
     .venv/bin/python bench/peers/compare.py --repository bench_results/models --model mnist_cnn \\
         --json bench_results/peers.json
@@ -43,12 +43,37 @@ from cnnserve.contracts.errors import CnnserveError
 from cnnserve.serving.workers import parse_workers
 
 PEERS = ("mlserver", "kserve")  # the servers issue 15's goals measure cnnserve against
-# cnnserve as it starts by default; with `--workers`; with `--idle-poll-us` (its event loop polls
-# for IDLE_POLL_US after each answer); and its default server under the same load sent as V2
-# ModelStreamInfer messages (neither peer streams single requests: KServe has no
-# ModelStreamInfer, MLServer's feeds one model's predict_stream).
-OURS = ("cnnserve", "cnnserve-workers", "cnnserve-poll", "cnnserve-stream")
 IDLE_POLL_US = 1000  # longer than this load generator's gap between an answer and its next call
+
+
+@dataclass(frozen=True)
+class OurServer:
+    """One way this run starts and loads cnnserve: `serve --workers`, `serve --idle-poll-us
+    IDLE_POLL_US`, and whether the load comes as V2 ModelStreamInfer messages (neither peer
+    streams single requests: KServe has no ModelStreamInfer, MLServer's feeds one model's
+    predict_stream)."""
+
+    workers: bool = False
+    polls: bool = False
+    streaming: bool = False
+
+    def serve_flags(self, workers: int) -> list[str]:
+        return [*(["--workers", str(workers)] if self.workers else []),
+                *(["--idle-poll-us", str(IDLE_POLL_US)] if self.polls else [])]  # fmt: skip
+
+    def recorded(self, workers: int) -> dict:
+        """What the run's JSON keeps of the flags, which the tables read back."""
+        return {**({"workers": workers} if self.workers else {}),
+                **({"idle_poll_us": IDLE_POLL_US} if self.polls else {})}  # fmt: skip
+
+
+OURS = {
+    "cnnserve": OurServer(),
+    "cnnserve-workers": OurServer(workers=True),
+    "cnnserve-poll": OurServer(polls=True),
+    "cnnserve-stream": OurServer(streaming=True),
+    "cnnserve-stream-poll": OurServer(polls=True, streaming=True),
+}
 SERVERS = (*OURS, "mlserver", "kserve", "ceiling")
 PEERS_DIR = Path(os.environ.get("CNNSERVE_PEERS_DIR", Path.home() / ".cache" / "cnnserve-peers"))
 START_TIMEOUT_S = 180.0
@@ -143,10 +168,7 @@ def launch(name: str, settings: Settings, model: peer_configs.ModelFile) -> tupl
     """Starts `name` on free loopback ports; returns it and its gRPC target."""
     logs = settings.workdir
     if name in OURS:
-        extra = {
-            "cnnserve-workers": ["--workers", str(settings.workers)],
-            "cnnserve-poll": ["--idle-poll-us", str(IDLE_POLL_US)],
-        }.get(name, [])
+        extra = OURS[name].serve_flags(settings.workers)
         server, ports = start_cnnserve(
             ["--repository", str(settings.repository), "--models", model.name, "--host", LOOPBACK,
              "--port", "0", "--http-port", "off", "--metrics-port", "off", *extra],
@@ -259,8 +281,7 @@ def run(settings: Settings) -> dict:
         "servers": {},
     }
     configs = {
-        "cnnserve-workers": {"workers": settings.workers},
-        "cnnserve-poll": {"idle_poll_us": IDLE_POLL_US},
+        **{name: ours.recorded(settings.workers) for name, ours in OURS.items()},
         "mlserver": {"model_settings": peer_configs.mlserver_model_settings(model)},
         "kserve": {"argv": peer_configs.kserve_argv(model, 0, 0)},
     }
@@ -269,7 +290,7 @@ def run(settings: Settings) -> dict:
         server, target = launch(name, settings, model)
         try:
             check_answer(target, model)
-            records = measure_server(target, settings, server.pid, streaming=name == "cnnserve-stream")
+            records = measure_server(target, settings, server.pid, streaming=_streamed(name))
         finally:
             server.stop(timeout_s=30.0)
         result["servers"][name] = {"versions": peer_versions(settings, name), **configs.get(name, {}),
@@ -476,23 +497,30 @@ def goals(result: dict, low: int = 1, high: int = 32) -> str:
     return "\n".join(lines) + (f"\n\n{bound.text()}" if bound else "")
 
 
-def _serve_flag(name: str, entry: dict) -> str:
-    """The `serve` flag a cnnserve configuration of the run was started with, as recorded."""
-    if name == "cnnserve-workers":
-        return f"--workers {entry['workers']}"
-    if name == "cnnserve-poll":
-        return f"--idle-poll-us {entry['idle_poll_us']}"
-    return ""
+def _serve_flag(entry: dict) -> str:
+    """The `serve` flags a cnnserve configuration of the run was started with, as recorded."""
+    flags = [f"--workers {entry['workers']}"] if "workers" in entry else []
+    if "idle_poll_us" in entry:
+        flags.append(f"--idle-poll-us {entry['idle_poll_us']}")
+    return " ".join(flags)
+
+
+def _streamed(name: str) -> bool:
+    return name in OURS and OURS[name].streaming
 
 
 def _column(name: str, entry: dict) -> str:
-    if name == "cnnserve-workers":
-        return f"cnnserve {_serve_flag(name, entry)}"
-    if name == "cnnserve-stream":
-        return "cnnserve, 1 worker, ModelStreamInfer"
-    if name == "cnnserve-poll":
-        return f"cnnserve, 1 worker, {_serve_flag(name, entry)}"
-    return "cnnserve, 1 worker" if name == "cnnserve" else _short(name)
+    if name not in OURS:
+        return _short(name)
+    flag = _serve_flag(entry)
+    if "workers" in entry:
+        return f"cnnserve {flag}"
+    parts = [
+        "cnnserve, 1 worker",
+        *(["ModelStreamInfer"] if _streamed(name) else []),
+        *([flag] if flag else []),
+    ]
+    return ", ".join(parts)
 
 
 def _short(name: str) -> str:
@@ -519,8 +547,8 @@ def _label(name: str, entry: dict) -> str:
         grpcio = versions.get("grpcio", "?")
         return f"grpc.aio servicer on uvloop, fixed reply, no model (grpcio {grpcio}; the ceiling)"
     ours, ort = versions.get("cnnserve", "?"), versions.get("onnxruntime-gpu", "?")
-    how = ", V2 ModelStreamInfer" if name == "cnnserve-stream" else ""
-    flag = _serve_flag(name, entry)
+    how = ", V2 ModelStreamInfer" if _streamed(name) else ""
+    flag = _serve_flag(entry)
     return f"cnnserve {ours}{how}{f', {flag}' if flag else ''} (ORT {ort})"
 
 

@@ -212,6 +212,16 @@ def test_cpu_figures_and_the_machines_bound_of_a_recorded_run():
     assert f"= {bound.requests_per_s:,.0f} req/s" in compare.goals(result)
 
 
+def test_benchmarks_md_shows_run_10_as_its_json_renders(capsys):
+    """BENCHMARKS.md's run 10 tables (five cnnserve configurations, the streamed one polled too)
+    are what `compare.py --table` prints from the recorded JSON, line for line."""
+    assert compare.main(["--table", str(RECORDED.parent / "peers_run_1833.json")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
+    assert len(lines) >= 15 and all(line in benchmarks for line in lines)
+    assert any("ModelStreamInfer, --idle-poll-us 1000 (ORT" in line for line in lines)
+
+
 def test_table_command_prints_a_recorded_run(capsys):
     assert compare.main(["--table", str(RECORDED)]) == 0
     out = capsys.readouterr().out
@@ -223,7 +233,14 @@ def test_the_driver_measures_cnnserve_end_to_end(noop_repository, tmp_path):
     """The driver's own path (start, answer check, the load generator, stop, in-process ORT) on
     cnnserve and the fixed-reply ceiling, which run in this venv: the peers need their
     virtualenvs, which only `make bench-peers` builds."""
-    servers = ("cnnserve", "cnnserve-workers", "cnnserve-poll", "cnnserve-stream", "ceiling")
+    servers = (
+        "cnnserve",
+        "cnnserve-workers",
+        "cnnserve-poll",
+        "cnnserve-stream",
+        "cnnserve-stream-poll",
+        "ceiling",
+    )
     settings = compare.Settings(noop_repository, "noop", servers, (1, 2), 0.3, 0.2, tmp_path / "peers",
                                 tmp_path, channels=2, in_process_s=0.2, workers=2)  # fmt: skip
     result = compare.run(settings)
@@ -242,6 +259,14 @@ def test_the_driver_measures_cnnserve_end_to_end(noop_repository, tmp_path):
     assert polling in (tmp_path / "cnnserve-poll.log").read_text()
     assert polling not in (tmp_path / "cnnserve.log").read_text()
     assert result["servers"]["cnnserve-poll"]["idle_poll_us"] == compare.IDLE_POLL_US
+    assert polling in (tmp_path / "cnnserve-stream-poll.log").read_text()
+    assert all(r["streaming"] for r in result["servers"]["cnnserve-stream-poll"]["records"])
+    assert "idle_poll_us" not in result["servers"]["cnnserve-stream"]
+    (goals_head, *_) = compare.goals(result, 1, 2).splitlines()
+    assert goals_head.endswith(
+        "| cnnserve, 1 worker, ModelStreamInfer | cnnserve, 1 worker, ModelStreamInfer, --idle-poll-us 1000 "
+        "| the ceiling |"
+    )
     assert result["in_process"]["batch_size"] == 64 and result["in_process"]["images_per_s"] > 0
     assert result["in_process_batch1"]["batch_size"] == 1 and result["in_process_batch1"]["p50_ms"] > 0
     # Each server's own CPU over each window, and the model's compute on one thread.

@@ -191,7 +191,9 @@ def test_benchmarks_md_shows_the_recorded_small_run_session_runs(name):
     assert len(rows) == len(result["levels"]) == 4 and all(row in benchmarks for row in rows)
 
 
-@pytest.mark.parametrize("name", ["idle_poll_ab_mnist.json", "idle_poll_ab_mnist_2000.json"])
+@pytest.mark.parametrize(
+    "name", ["idle_poll_ab_mnist.json", "idle_poll_ab_mnist_2000.json", "idle_poll_ab_stream.json"]
+)
 def test_benchmarks_md_shows_the_recorded_idle_poll_runs(name):
     """The "Idle polling" tables: both servers the same code, B with `--idle-poll-us`."""
     result = json.loads((Path(__file__).parent / "data" / name).read_text())
