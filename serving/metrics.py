@@ -68,6 +68,11 @@ class ServingCollector(Collector):
             "cnnserve_inline_execution_count",
             "Model executions run on the event loop's thread, without the hand-over to a worker",
         )
+        small_runs = counter(
+            "cnnserve_small_run_count",
+            "Model executions of a few images run on the one-thread session while the cores were busy "
+            "(--small-run-session-us)",
+        )
         instances = GaugeMetricFamily(
             "cnnserve_model_instances",
             "ONNX Runtime sessions serving each ready model version (--instances; all workers together)",
@@ -107,6 +112,7 @@ class ServingCollector(Collector):
             count.add_metric(labels, stats.inference_count)
             executions.add_metric(labels, stats.execution_count)
             inline.add_metric(labels, stats.inline_count)
+            small_runs.add_metric(labels, served.small_runs)
             request_us.add_metric(labels, stats.success.ns / 1000)
             queue_us.add_metric(labels, stats.queue.ns / 1000)
             input_us.add_metric(labels, stats.compute_input.ns / 1000)
@@ -131,7 +137,7 @@ class ServingCollector(Collector):
             request_histogram.add_metric(labels, *_buckets(stats.request_latency))
             queue_histogram.add_metric(labels, *_buckets(stats.queue_latency))
             compute_histogram.add_metric([*labels, served.provider], *_buckets(stats.compute_latency))
-        yield from (success, failure, count, executions, inline)
+        yield from (success, failure, count, executions, inline, small_runs)
         yield from (request_us, queue_us, input_us, infer_us, output_us)
         yield from (pending, pending_images, info, instances, batch_size, batch_latency, load_failures)
         yield from (request_histogram, queue_histogram, compute_histogram)

@@ -34,6 +34,7 @@ class VersionReport:
     queued_images: int
     stats: Snapshot
     instances: int = 0  # ONNX Runtime sessions serving the version (0 until it is loaded)
+    small_runs: int = 0  # worker runs that took the one-thread session (session.py), all instances
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class ServerReport:
                     batcher.queued_images if batcher else 0,
                     served.stats.snapshot(),
                     len(served.sessions),
+                    sum(session.small_runs for session in served.sessions),
                 )
             )
         failures = tuple((name, version, n) for (name, version), n in sorted(registry.load_failures.items()))
@@ -111,6 +113,7 @@ class ServerReport:
                     sum(p.queued_images for p in parts),
                     Snapshot.merged([p.stats for p in parts]),
                     sum(p.instances for p in parts),
+                    sum(p.small_runs for p in parts),
                 )
             )
         failures: dict[tuple[str, str], int] = {}

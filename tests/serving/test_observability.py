@@ -128,3 +128,25 @@ def test_json_logs_with_one_access_line_per_request_and_its_id(start_server) -> 
     errors = [e for e in entries if e.get("status") == "INVALID_ARGUMENT"]
     assert 1 <= len(errors) <= 2  # 50 bad requests, rate-limited to a line a second
     assert "images.shape" in errors[0]["error"]
+
+
+def test_small_runs_are_a_counter_that_adds_up_over_workers_and_survives_json() -> None:
+    """`cnnserve_small_run_count_total`: each version's one-thread-session runs, summed over
+    workers; a 0.1.0 worker's report (no such field) reads as 0."""
+    from cnnserve.serving.metrics import ServingCollector
+    from cnnserve.serving.registry import ModelState
+    from cnnserve.serving.server_report import ServerReport, VersionReport
+    from cnnserve.serving.stats import Snapshot
+
+    def report(small_runs: int) -> ServerReport:
+        version = VersionReport(
+            "cnn", "1", ModelState.READY, "CPUExecutionProvider", 8, 0, 0, Snapshot(), 1, small_runs
+        )
+        return ServerReport((version,))
+
+    merged = ServerReport.merged([ServerReport.from_json(report(3).to_json()), report(4)])
+    assert merged.versions[0].small_runs == 7
+    found = [s for family in ServingCollector(lambda: merged).collect() for s in family.samples]
+    assert value(found, "cnnserve_small_run_count_total", model="cnn", version="1") == 7
+    old = report(5).to_json().replace(', "small_runs": 5', "")
+    assert "small_runs" not in old and ServerReport.from_json(old).versions[0].small_runs == 0

@@ -7,9 +7,11 @@ protos/grpc_service.proto for why ours must stay in the server process).
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.request import urlopen
 
@@ -290,22 +292,35 @@ def test_an_idle_cheap_model_answers_one_request_at_a_time_inline(start_server, 
 
 def test_small_runs_get_a_one_thread_session_unless_turned_off(start_server, tmp_path) -> None:
     """With two intra-op threads and `--small-run-session-us 0` the server opens the one-thread
-    session for small runs (and says so); with `off`, or the default 1000 µs for this cheap model,
-    none. All answer the model's logits."""
+    session for small runs (and says so), and with every core kept busy (two spinning processes)
+    the worker's runs take it, which `cnnserve_small_run_count_total` counts; with `off`, or the
+    default 1000 µs for this cheap model, none. All answer the model's logits."""
     models = tmp_path / "models"
     write_model(models, "cnn", cnn_model(seed=7), max_batch_size=8)
     session = ort.InferenceSession(str(models / "cnn/1/model.onnx"), providers=["CPUExecutionProvider"])
     batch = images(3, seed=8)
     expected, _ = session.run(None, {"images": batch})
     small = "runs under 8 images on one thread while the cores are busy"
+    label = frozenset({"model": "cnn", "version": "1"}.items())
     cases = ((("--small-run-session-us", "0"), True), (("--small-run-session-us", "off"), False), ((), False))
     for flags, opened in cases:
-        server = start_server("--cpu-threads", "2", *flags, models_dir=models)
-        got = (
-            triton.InferenceServerClient(server.target).infer("cnn", [image_input(batch)]).as_numpy("logits")
-        )
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        server = start_server("--cpu-threads", "2", "--inline-max-us", "0", *flags, models_dir=models)
+        client = triton.InferenceServerClient(server.target)
+        spinners = [
+            subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)
+        ]
+        try:
+            for _ in range(8):  # the load reading covers the last tenth of a second: spaced out
+                got = client.infer("cnn", [image_input(batch)]).as_numpy("logits")
+                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+                time.sleep(0.15)
+        finally:
+            for spinner in spinners:
+                spinner.kill()
+                spinner.wait()
         assert (small in server.log()) is opened, flags
+        small_runs = scrape(server)[("cnnserve_small_run_count_total", label)]
+        assert small_runs >= 1 if opened else small_runs == 0, (flags, small_runs)
         assert server.stop() == 0
 
 
