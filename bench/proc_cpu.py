@@ -113,5 +113,7 @@ def tree_use(before: TreeReading, after: TreeReading) -> tuple[float, float]:
     every = after.machine_all_s - before.machine_all_s
     busy = after.machine_busy_s - before.machine_busy_s
     tree_pct = 100 * (after.tree_s - before.tree_s) / wall if wall > 0 else 0.0
-    idle_pct = 100 * (every - busy) / every if every > 0 else 0.0
+    # Seconds are tick counts over TICKS_PER_S: a machine busy for the whole window can read a
+    # busy share a rounding error above its total, which is still no idle time, not negative.
+    idle_pct = max(0.0, 100 * (every - busy) / every) if every > 0 else 0.0
     return tree_pct, idle_pct

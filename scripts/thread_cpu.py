@@ -80,7 +80,7 @@ def measure(pid: int, plan: ServerPlan, window_s: float) -> tuple[dict, list[tup
     if sweep.stopped or not sweep.records:
         raise SystemExit(f"thread_cpu.py: {sweep.stopped or 'no level was measured'}")
     all_s, busy_s = machine_after[0] - machine_before[0], machine_after[1] - machine_before[1]
-    idle = (all_s - busy_s) / all_s if all_s > 0 else 0.0
+    idle = max(0.0, (all_s - busy_s) / all_s) if all_s > 0 else 0.0  # tree_use says why
     shares = core_shares(before, after, seconds)
     return sweep.records[0].to_dict(), shares, idle
 

@@ -79,6 +79,13 @@ def test_tree_use_is_cores_of_the_wall_time_and_the_machines_idle_share():
     before, after = TreeReading(10.0, 5.0, 100.0, 60.0), TreeReading(12.0, 6.5, 104.0, 63.0)
     assert tree_use(before, after) == pytest.approx((75.0, 25.0))
     assert tree_use(before, before) == (0.0, 0.0)  # no time passed: nothing to divide by
+    # Fully busy, the float seconds can put busy a rounding error above all (CI read this pair).
+    busy_all = TreeReading(10.0, 5.0, 8108.38, 4533.78), TreeReading(12.0, 6.5, 8108.98, 4534.38)
+    assert (
+        busy_all[1].machine_busy_s - busy_all[0].machine_busy_s
+        > busy_all[1].machine_all_s - busy_all[0].machine_all_s
+    )
+    assert tree_use(*busy_all)[1] == 0.0
 
 
 def test_machine_cpu_seconds_reads_the_all_cpu_line(tmp_path):
