@@ -143,12 +143,14 @@ def start_cnnserve(
     timeout_s: float = START_TIMEOUT_S,
     poll_s: float = 0.05,
     env: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
 ) -> tuple[ServerProcess, ReadyPorts]:
     """`cnnserve serve SERVE_ARGS --ready-file WORKDIR/NAME.ready.json`, its log in WORKDIR/NAME.log;
-    returns once it is ready. `serve_args` should bind port 0 (`--port 0`) so runs never collide."""
+    returns once it is ready. `serve_args` should bind port 0 (`--port 0`) so runs never collide.
+    `prefix` runs before the command (e.g. cpu_cgroup's, to start it inside a cgroup)."""
     ready = workdir / f"{name}.ready.json"
     ready.unlink(missing_ok=True)
-    command = cnnserve_command("serve", *serve_args, "--ready-file", str(ready))
+    command = [*prefix, *cnnserve_command("serve", *serve_args, "--ready-file", str(ready))]
     server = ServerProcess(name, command, workdir / f"{name}.log", cwd=cwd, own_session=own_session)
     server.start(env)
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shlex
 import statistics
@@ -24,10 +25,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cnnserve.bench.cpu_cgroup import quota_cgroup
 from cnnserve.bench.report import write_run
 from cnnserve.bench.serve_process import LOOPBACK, start_cnnserve
 from cnnserve.bench.server_bench import ServerPlan, run_server_bench
 from cnnserve.bench.source_tree import SourceTree, export_revision
+from cnnserve.contracts.errors import CnnserveError
 
 
 @dataclass(frozen=True)
@@ -97,57 +100,67 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     if args.a_revision:
         tree = export_revision(args.a_revision, workdir / "a_tree")
         result["a_revision"] = f"{tree.revision} ({tree.commit[:12]})"
+    if args.cpu_quota is not None:
+        result["cpu_quota"] = args.cpu_quota
     servers = {}
-    try:
-        for side in ("a", "b"):
-            other_code = tree if side == "a" else None
-            servers[side] = start_cnnserve(
-                [*common, *flags[side]],
-                workdir,
-                name=f"server_{side}",
-                cwd=other_code.path if other_code else None,
-                env=other_code.env() if other_code else None,
-            )
-        for index in range(args.rounds):
-            print(f"server_ab: round {index + 1} of {args.rounds}", file=sys.stderr)
-            records = {side: [] for side in ("a", "b")}
-            for level in levels:
-                for side in ("a", "b"):
-                    target = servers[side][1].grpc_target
-                    records[side].append(measure(target, args.model, level, args.duration, args.warmup))
-            result["rounds"].append(records)
-    finally:
-        for server, _ in servers.values():
-            server.stop()
+    with contextlib.ExitStack() as cgroups:  # closed after the servers stop: a cgroup must be empty
+        try:
+            for side in ("a", "b"):
+                other_code = tree if side == "a" else None
+                prefix: tuple[str, ...] = ()
+                if args.cpu_quota is not None:
+                    cgroup = cgroups.enter_context(quota_cgroup(args.cpu_quota, f"cnnserve-ab-{side}"))
+                    prefix = cgroup.enter_prefix()
+                servers[side] = start_cnnserve(
+                    [*common, *flags[side]],
+                    workdir,
+                    name=f"server_{side}",
+                    cwd=other_code.path if other_code else None,
+                    env=other_code.env() if other_code else None,
+                    prefix=prefix,
+                )
+            _measure_rounds(args, levels, servers, result)
+        finally:
+            for server, _ in servers.values():
+                server.stop()
     return result
 
 
-def table(result: dict) -> str:
-    """Per level: req/s and p50 of A and B in each round, then the median ratio B / A."""
+def _measure_rounds(args: argparse.Namespace, levels: tuple[Level, ...], servers: dict, result: dict) -> None:
+    for index in range(args.rounds):
+        print(f"server_ab: round {index + 1} of {args.rounds}", file=sys.stderr)
+        records = {side: [] for side in ("a", "b")}
+        for level in levels:
+            for side in ("a", "b"):
+                target = servers[side][1].grpc_target
+                records[side].append(measure(target, args.model, level, args.duration, args.warmup))
+        result["rounds"].append(records)
+
+
+def table(result: dict, p99: bool = False) -> str:
+    """Per level: req/s and p50 (and with `p99`, p99) of A and B in each round, then the median
+    ratio B / A."""
     a, b = result["a"] or "(defaults)", result["b"] or "(defaults)"
     a_code = f" at {result['a_revision']}" if result.get("a_revision") else ""
     b_code = " in the working tree" if a_code else ""
+    quota = result.get("cpu_quota")
+    limited = f"; each server in its own cgroup limited to {quota:g} CPU(s)" if quota is not None else ""
     lines = [
         f"A: `{a}`{a_code}; B: `{b}`{b_code}; {result['model']}, V2, {len(result['rounds'])} round(s) of "
-        f"{result['duration_s']:g} s per level, A then B.",
+        f"{result['duration_s']:g} s per level, A then B{limited}.",
         "",
         "| level | A req/s by round | B req/s by round | B / A req/s (median) | A p50 ms | B p50 ms "
-        "| B / A p50 (median) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| B / A p50 (median) |" + (" A p99 ms | B p99 ms | B / A p99 (median) |" if p99 else ""),
+        "| --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- | --- |" if p99 else ""),
     ]
+    fields = (("requests_per_s", ",.0f"), ("p50_ms", ".2f"), *((("p99_ms", ".2f"),) if p99 else ()))
     for index, level in enumerate(result["levels"]):
         pairs = [(r["a"][index], r["b"][index]) for r in result["rounds"]]
-        rps = statistics.median(y["requests_per_s"] / x["requests_per_s"] for x, y in pairs)
-        p50 = statistics.median(y["p50_ms"] / x["p50_ms"] for x, y in pairs)
-        label = Level(**level).label
-        cells = [
-            " / ".join(f"{pair[side][field]:{spec}}" for pair in pairs)
-            for field, spec in (("requests_per_s", ",.0f"), ("p50_ms", ".2f"))
-            for side in (0, 1)
-        ]
-        lines.append(
-            f"| {label} | {cells[0]} | {cells[1]} | {rps:.2f}× | {cells[2]} | {cells[3]} | {p50:.2f}× |"
-        )
+        cells = [Level(**level).label]
+        for field, spec in fields:
+            cells += [" / ".join(f"{pair[side][field]:{spec}}" for pair in pairs) for side in (0, 1)]
+            cells.append(f"{statistics.median(y[field] / x[field] for x, y in pairs):.2f}×")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -167,19 +180,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--cpu-quota", type=float, metavar="CORES",
+                        help="each server in a new cgroup limited to CORES CPUs (Linux, root)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the run here")
     parser.add_argument("--table", type=Path, metavar="JSON", help="only print the table of a recorded run")
+    parser.add_argument("--p99", action="store_true", help="the table shows each side's p99 too")
     args = parser.parse_args(argv)
     if args.table:
-        print(table(json.loads(args.table.read_text())))
+        print(table(json.loads(args.table.read_text()), args.p99))
         return 0
     if args.rounds < 1:
         raise SystemExit("server_ab: --rounds must be at least 1")
     with tempfile.TemporaryDirectory(prefix="cnnserve-ab-") as workdir:
-        result = run(args, Path(workdir))
+        try:
+            result = run(args, Path(workdir))
+        except CnnserveError as error:
+            raise SystemExit(f"server_ab: {error}") from None
     if args.json:
         write_run(result, args.json)
-    print(table(result))
+    print(table(result, args.p99))
     return 0
 
 

@@ -10,12 +10,15 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from cnnserve.contracts.errors import CnnserveError
 from cnnserve.contracts.model_repository import MAX_INLINE_US, MAX_INSTANCES, check_inline_max_us
 from cnnserve.contracts.names import DEFAULT_MAX_QUEUE_SIZE, DEVICES, MAX_MESSAGE_BYTES
 from cnnserve.serving.cuda_options import CudaOptions
+
+if TYPE_CHECKING:
+    from cnnserve.serving.cpu_limits import CoreBudget
 
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 LOG_FORMATS = ("text", "json")
@@ -124,7 +127,8 @@ class ServerOptions:
     max_request_images: int = 4096
     max_message_bytes: int = MAX_MESSAGE_BYTES
     grace_s: float = 30.0
-    cpu_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
+    # 0: ONNX Runtime's default (one per physical core), or the cores a cgroup quota allows.
+    cpu_threads: int = 0
     # Idle ONNX Runtime workers spin instead of sleeping: lower batch-1 latency, but on a
     # small machine the spinning threads take CPU from the gRPC threads (BENCHMARKS.md).
     cpu_spinning: bool = False
@@ -213,12 +217,15 @@ class ServerOptions:
         """Sessions for a model whose config.json says `instance_count`."""
         return self.instances.for_model(name, instance_count)
 
-    def threads_per_instance(self, count: int, cores: int) -> int:
+    def threads_per_instance(self, count: int, budget: CoreBudget) -> int:
         """Intra-op threads of each of `count` instances: `--cpu-threads`, or this process's cores
-        shared between them (0, ONNX Runtime's own choice, for one instance on all cores)."""
-        if self.cpu_threads or (count == 1 and not self.core_share):
+        shared between them. One instance on every core gets 0 (ONNX Runtime's own choice, one
+        per physical core) unless a cgroup quota allows fewer cores: ONNX Runtime does not read it."""
+        if self.cpu_threads:
             return self.cpu_threads
-        return max(1, (self.core_share or cores) // count)
+        if count == 1 and not self.core_share and not budget.quota_limited:
+            return 0
+        return max(1, (self.core_share or budget.cores) // count)
 
     def batching_for(
         self, name: str, max_batch_size: int, max_queue_delay_ms: float, inline_max_us: float | None = None

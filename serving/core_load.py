@@ -3,7 +3,9 @@
 A batch-1 run split over two ONNX Runtime threads is faster only while the second core is free.
 On a busy machine the second thread waits to be scheduled, and the first waits for it, so small
 runs cost more CPU per image and finish later than on one thread (BENCHMARKS.md, "Small runs on
-one thread"). OpenMP's dynamic adjustment makes the same choice from the system's load.
+one thread"). OpenMP's dynamic adjustment makes the same choice from the system's load. Under a cgroup CPU
+quota (cpu_limits.py) idle host cores are not this process's to use: what is spare is at most
+the quota less what the cgroup used over the same interval.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from cnnserve.serving.cpu_limits import CpuQuota
 
 PROC_STAT = Path("/proc/stat")
 REFRESH_S = 0.1  # readings this far apart: a tenth of a second of history per decision
@@ -40,16 +44,19 @@ def _idle_and_total(text: str, cpus: set[int]) -> tuple[int, int]:
 
 
 class SpareCores:
-    """Idle cores among this process's (its CPU affinity) over the last ~`REFRESH_S`; None until
-    two readings exist or where /proc/stat is missing. Cheap to ask often: it rereads /proc/stat
-    at most every `REFRESH_S`, on whichever thread asks first."""
+    """Idle cores among this process's (its CPU affinity) over the last ~`REFRESH_S`, no more than
+    `quota` left unused; None until two readings exist or where /proc/stat is missing. Cheap to
+    ask often: it rereads /proc/stat at most every `REFRESH_S`, on whichever thread asks first."""
 
-    def __init__(self, proc_stat: Path = PROC_STAT, clock=time.monotonic) -> None:
+    def __init__(
+        self, proc_stat: Path = PROC_STAT, clock=time.monotonic, quota: CpuQuota | None = None
+    ) -> None:
         self._path = proc_stat
         self._clock = clock
+        self._quota = quota
         self._cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
         self._lock = threading.Lock()
-        self._last: tuple[float, int, int] | None = None
+        self._last: tuple[float, int, int, int | None] | None = None  # when, idle, total, cgroup ns
         self._spare: float | None = None
         self._unreadable = False  # no /proc/stat here: never try again
 
@@ -68,9 +75,14 @@ class SpareCores:
             except (OSError, ValueError):
                 self._unreadable = True
                 return None
+            used_ns = self._quota.usage_ns() if self._quota is not None else None
             if last is not None and total > last[2]:
-                self._spare = len(self._cpus) * (idle - last[1]) / (total - last[2])
-            self._last = (now, idle, total)
+                spare = len(self._cpus) * (idle - last[1]) / (total - last[2])
+                if used_ns is not None and last[3] is not None and now > last[0]:
+                    used = (used_ns - last[3]) / 1e9 / (now - last[0])  # cores the cgroup used
+                    spare = min(spare, max(0.0, self._quota.cores - used))  # type: ignore[union-attr]
+                self._spare = spare
+            self._last = (now, idle, total, used_ns)
             return self._spare
         finally:
             self._lock.release()

@@ -28,6 +28,7 @@ from cnnserve.contracts.model_repository import MODEL_NAME_PATTERN
 from cnnserve.serving.batcher import Batcher
 from cnnserve.serving.config import BatchingConfig, ServerOptions
 from cnnserve.serving.core_load import SpareCores
+from cnnserve.serving.cpu_limits import core_budget
 from cnnserve.serving.errors import InvalidInput, ModelControlDisabled, ModelLoadFailed, ModelNotFound
 from cnnserve.serving.log_limit import RateLimitedLog, shown
 from cnnserve.serving.memory import return_free_memory
@@ -59,7 +60,6 @@ from cnnserve.serving.session import (
     resolve_device,
 )
 from cnnserve.serving.stats import ModelStats
-from cnnserve.serving.workers import available_cores
 
 _LOGGER = logging.getLogger(__name__)
 _POLL_ERRORS = RateLimitedLog(_LOGGER, interval_s=60)
@@ -84,8 +84,10 @@ class ModelManager:
         self._cancelled = threading.Event()  # loads stop at their next session or warm-up batch
         self._poller: asyncio.Task[None] | None = None
         self._starting = True  # --device cuda refuses to start on a provider mismatch
+        # The cores sessions are sized for: affinity, capped by a cgroup CPU quota (cpu_limits).
+        self._cores = core_budget()
         # Small runs go to a one-thread session while this process's cores are busy (core_load).
-        self._spare_cores = SpareCores()
+        self._spare_cores = SpareCores(quota=self._cores.quota)
 
     @property
     def mode(self) -> str:
@@ -383,6 +385,8 @@ class ModelManager:
             self.device.provider,
             self.device.reason,
         )
+        if self.device.provider == CPU:
+            _LOGGER.info("cores this process may use: %s", self._cores.describe())
 
     def _instances(self, served: ServedVersion) -> int:
         return self._options.instances_for(served.name, served.config.instance_count)
@@ -391,7 +395,7 @@ class ModelManager:
         assert self.device is not None, "the device is resolved before the first load"
         return SessionSettings(
             self.device.provider,
-            self._options.threads_per_instance(self._instances(served), available_cores()),
+            self._options.threads_per_instance(self._instances(served), self._cores),
             allow_spinning=self._options.cpu_spinning,
             cuda=self._options.cuda,
         )

@@ -181,7 +181,8 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         "--cpu-threads",
         type=int,
         default=DEFAULTS["cpu_threads"],
-        help="ONNX Runtime intra-op threads, 0 = one per core",
+        help="ONNX Runtime intra-op threads per model instance; 0 = ONNX Runtime's default (one per "
+        "physical core), or the cores a cgroup CPU quota allows where that is fewer",
     )
     serve.add_argument(
         "--cuda-device-id",

@@ -24,9 +24,9 @@ from cnnserve.contracts.errors import CnnserveError
 from cnnserve.contracts.names import CPU_PROVIDER as CPU
 from cnnserve.contracts.names import CUDA_PROVIDER as CUDA
 from cnnserve.serving.core_load import SpareCores
+from cnnserve.serving.cpu_limits import affinity_cores
 from cnnserve.serving.cuda_options import CudaOptions
 from cnnserve.serving.nchwc_padding import PaddedConv, cpu_session_model
-from cnnserve.serving.workers import affinity_cores
 
 _LOGGER = logging.getLogger(__name__)
 _ORT_TO_NUMPY = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(int64)": "int64"}

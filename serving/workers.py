@@ -23,7 +23,6 @@ import contextlib
 import ctypes
 import json
 import logging
-import math
 import multiprocessing
 import os
 import signal
@@ -32,45 +31,15 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from cnnserve.contracts.errors import CnnserveError
 from cnnserve.serving.config import ServerOptions
+from cnnserve.serving.cpu_limits import available_cores, core_budget
 
 _LOGGER = logging.getLogger(__name__)
 RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10, 30)
 PR_SET_PDEATHSIG = 1
-
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def affinity_cores() -> int:
-    """Cores this process may be scheduled on (its CPU affinity; elsewhere, the machine's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def available_cores(cgroup_root: Path = CGROUP_ROOT) -> int:
-    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (containers)."""
-    cores = affinity_cores()
-    quota = cgroup_cpu_quota(cgroup_root)
-    return max(1, min(cores, math.ceil(quota)) if quota else cores)
-
-
-def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
-    """CPUs allowed by the cgroup: v2 `cpu.max` ("200000 100000" = 2), or v1 cfs quota/period."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-    except (OSError, ValueError):
-        return None
-    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 def parse_workers(text: str) -> int:
@@ -148,8 +117,8 @@ class Supervisor:
             if self._options.http_port is not None
             else (None, None)
         )
-        cores = available_cores()
-        share = max(1, cores // self._count)
+        budget = core_budget()
+        share = max(1, budget.cores // self._count)
         threads = (
             f"{self._options.cpu_threads} intra-op thread(s) per model instance"
             if self._options.cpu_threads
@@ -167,12 +136,12 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         _LOGGER.info(
-            "starting %d workers on %s:%d (%s; %d core(s) available)",
+            "starting %d workers on %s:%d (%s; %s)",
             self._count,
             self._options.host,
             port,
             threads,
-            cores,
+            budget.describe(),
         )
         try:
             for index in range(self._count):

@@ -202,3 +202,50 @@ def test_benchmarks_md_shows_the_recorded_idle_poll_runs(name):
     assert f'--b "{result["b"]}"' in benchmarks
     rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
     assert len(rows) == len(result["levels"]) >= 2 and all(row in benchmarks for row in rows)
+
+
+@pytest.mark.slow
+def test_cpu_quota_runs_each_server_in_its_own_limited_cgroup(noop_repository: Path, tmp_path: Path, capsys):
+    """--cpu-quota: both servers start inside new cgroups (the server's own log says its quota),
+    which are gone once the run ends."""
+    from cnnserve.bench.cpu_cgroup import writable_cpu_hierarchy
+
+    found = writable_cpu_hierarchy()
+    if found is None:
+        pytest.skip("no cgroup hierarchy with the cpu controller is writable here")
+    out = tmp_path / "quota.json"
+    argv = ["--repository", str(noop_repository), "--model", "noop", "--a", "--cpu-threads 2", "--b", "",
+            "--cpu-quota", "0.5", "--levels", "1", "--rounds", "1", "--duration", "0.3", "--warmup", "0.1",
+            "--json", str(out), "--p99"]  # fmt: skip
+    before = set(found[0].iterdir())
+    assert server_ab.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["cpu_quota"] == 0.5 and all(result["rounds"][0][side][0]["errors"] == 0 for side in "ab")
+    assert set(found[0].iterdir()) == before  # both cgroups removed
+    text = capsys.readouterr().out
+    assert "each server in its own cgroup limited to 0.5 CPU(s)." in text
+    assert "| B / A p50 (median) | A p99 ms | B p99 ms | B / A p99 (median) |" in text
+
+
+def test_cpu_quota_says_what_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from cnnserve.bench import cpu_cgroup
+    from cnnserve.contracts.errors import CnnserveError
+
+    with pytest.raises(CnnserveError, match="above 0 cores, received 0"), cpu_cgroup.quota_cgroup(0):
+        pass
+    monkeypatch.setattr(cpu_cgroup, "writable_cpu_hierarchy", lambda: None)
+    argv = ["--repository", str(tmp_path), "--model", "noop", "--cpu-quota", "1", "--rounds", "1"]
+    with pytest.raises(SystemExit, match="server_ab: no cgroup hierarchy with the cpu controller"):
+        server_ab.main(argv)
+
+
+@pytest.mark.parametrize("name", ["cpu_quota_ab_cs231n.json", "cpu_quota_ab_mnist.json"])
+def test_benchmarks_md_shows_the_recorded_cpu_quota_runs(name):
+    """The "Under a cgroup CPU quota" tables: A with ONNX Runtime's own thread count on this
+    machine (2), B the default, both servers in a 1-CPU cgroup; shown with their p99."""
+    result = json.loads((Path(__file__).parent / "data" / name).read_text())
+    benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
+    assert result["a"] == "--cpu-threads 2" and result["b"] == "" and result["cpu_quota"] == 1.0
+    assert f'--model {result["model"]} --a "--cpu-threads 2" --b "" --cpu-quota 1' in benchmarks
+    rows = [line for line in server_ab.table(result, p99=True).splitlines() if line.startswith("| c=")]
+    assert len(rows) == len(result["levels"]) == 4 and all(row in benchmarks for row in rows)

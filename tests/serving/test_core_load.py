@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cnnserve.serving.core_load import REFRESH_S, SpareCores, _idle_and_total
+from cnnserve.serving.cpu_limits import CpuQuota
 
 
 def _stat(idle: tuple[int, ...], busy: tuple[int, ...]) -> str:
@@ -49,6 +50,30 @@ def test_spare_cores_are_the_idle_share_of_this_processes_cpus(tmp_path: Path):
     assert spare.spare() == pytest.approx(0.25 * len(cpus))
     clock.now += 1.5 * REFRESH_S
     assert spare.spare() == pytest.approx(len(cpus))  # all idle since the last reading
+
+
+def test_spare_cores_under_a_quota_are_what_the_cgroup_left_unused(tmp_path: Path):
+    """Idle host cores count only up to the quota less the cgroup's own use over the interval."""
+    cpus = len(os.sched_getaffinity(0))
+    count = max(os.sched_getaffinity(0)) + 1
+    stat, usage, clock = tmp_path / "stat", tmp_path / "cpuacct.usage", _Clock()
+    stat.write_text(_stat((0,) * count, (0,) * count))
+    usage.write_text("0\n")
+    spare = SpareCores(stat, clock, quota=CpuQuota(1.0, tmp_path, usage))
+    assert spare.spare() is None
+    clock.now += 2 * REFRESH_S
+    stat.write_text(_stat((100,) * count, (0,) * count))  # every host core idle
+    usage.write_text(f"{int(0.9 * 2 * REFRESH_S * 1e9)}\n")  # yet the cgroup used 0.9 of its 1 CPU
+    assert spare.spare() == pytest.approx(0.1)
+    clock.now += 2 * REFRESH_S
+    usage.write_text(f"{int(3 * 2 * REFRESH_S * 1e9)}\n")  # over its quota (a burst): nothing spare
+    stat.write_text(_stat((200,) * count, (0,) * count))
+    assert spare.spare() == 0.0
+    clock.now += 2 * REFRESH_S
+    stat.write_text(
+        _stat((250,) * count, (50,) * count)
+    )  # half the host busy, the cgroup idle: the host decides
+    assert spare.spare() == pytest.approx(min(0.5 * cpus, 1.0))
 
 
 def test_no_proc_stat_means_unknown_and_is_not_looked_for_again(tmp_path: Path):

@@ -24,7 +24,6 @@ from test_shutdown_under_load import SERVED, signal_until_exit, wait_for_load
 
 from cnnserve.protos import classifier_pb2 as pb
 from cnnserve.serving.converters import encode_tensor
-from cnnserve.serving.workers import available_cores, cgroup_cpu_quota
 
 LOOPS = 32
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -140,17 +139,6 @@ def test_sigterm_drains_every_worker_without_a_cancelled_call(one_model: Path, s
     assert set(loops.codes) <= SERVED, (loops.codes, loops.details.most_common(3))
     assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
     assert "Traceback" not in server.log()
-
-
-def test_available_cores_respects_a_cgroup_quota(tmp_path: Path) -> None:
-    (tmp_path / "cpu.max").write_text("150000 100000\n")
-    assert cgroup_cpu_quota(tmp_path) == 1.5
-    assert available_cores(tmp_path) == min(2, len(os.sched_getaffinity(0)))
-    (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert cgroup_cpu_quota(tmp_path) is None
-    assert available_cores(tmp_path) == len(os.sched_getaffinity(0))
-    (tmp_path / "cpu.max").write_text("50000 100000\n")
-    assert available_cores(tmp_path) == 1
 
 
 def ready_on_every_connection(server: ServerProcess, model: str, connections: int = 16) -> set[bool]:

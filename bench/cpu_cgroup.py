@@ -1,0 +1,85 @@
+"""A child cgroup with a CPU quota, to run a server as a container with `--cpus N` runs it.
+
+Needs a cgroup hierarchy with the cpu controller that this process may write: cgroup v1's cpu
+mount, or v2 with `cpu` in the root's `cgroup.subtree_control` (usually root only). A process
+enters it by writing its pid to `cgroup.procs` before it starts the server, so every thread the
+server makes is inside from the start (`enter_prefix`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.serving.cpu_limits import PROC_SELF, cgroup_mounts
+
+PERIOD_US = 100_000  # the kernel's default CFS period
+
+
+def writable_cpu_hierarchy(proc_self: Path = PROC_SELF) -> tuple[Path, str] | None:
+    """A cgroup directory with the cpu controller where this process may make children: (it, "v1"|"v2")."""
+    try:
+        mounts = cgroup_mounts((proc_self / "mountinfo").read_text())
+    except OSError:
+        return None
+    for mount in mounts:
+        if mount.fstype == "cgroup" and "cpu" in mount.options and os.access(mount.point, os.W_OK):
+            return mount.point, "v1"
+    for mount in mounts:
+        controls = mount.point / "cgroup.subtree_control"
+        writable = mount.fstype == "cgroup2" and os.access(mount.point, os.W_OK) and controls.exists()
+        if writable and "cpu" in controls.read_text().split():
+            return mount.point, "v2"
+    return None
+
+
+@dataclass(frozen=True)
+class QuotaCgroup:
+    directory: Path
+    cores: float
+
+    def enter_prefix(self) -> tuple[str, ...]:
+        """A command prefix: the shell moves itself into the cgroup, then execs the command."""
+        return ("sh", "-c", f'echo $$ > "{self.directory / "cgroup.procs"}" && exec "$@"', "sh")
+
+
+@contextmanager
+def quota_cgroup(cores: float, name: str = "cnnserve") -> Iterator[QuotaCgroup]:
+    """A new cgroup limited to `cores` CPUs per period; removed on exit (its processes must be gone)."""
+    if cores <= 0:
+        raise CnnserveError(f"a CPU quota must be above 0 cores, received {cores:g}")
+    found = writable_cpu_hierarchy()
+    if found is None:
+        raise CnnserveError(
+            "no cgroup hierarchy with the cpu controller is writable here; run as root on Linux "
+            "(cgroup v1's cpu mount, or v2 with cpu in cgroup.subtree_control)"
+        )
+    parent, kind = found
+    directory = parent / f"{name}-{uuid.uuid4().hex[:8]}"
+    quota_us = max(1000, round(cores * PERIOD_US))
+    try:
+        directory.mkdir()
+        if kind == "v1":
+            (directory / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (directory / "cpu.cfs_quota_us").write_text(str(quota_us))
+        else:
+            (directory / "cpu.max").write_text(f"{quota_us} {PERIOD_US}")
+    except OSError as error:
+        if directory.exists():
+            directory.rmdir()
+        raise CnnserveError(f"cannot make a cgroup with a CPU quota in {parent}: {error}") from None
+    try:
+        yield QuotaCgroup(directory, cores)
+    finally:
+        for _ in range(50):  # a process that just exited may take a moment to leave it
+            try:
+                directory.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
