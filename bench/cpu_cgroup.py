@@ -9,6 +9,7 @@ server makes is inside from the start (`enter_prefix`).
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,7 +52,8 @@ class QuotaCgroup:
 
 @contextmanager
 def quota_cgroup(cores: float, name: str = "cnnserve") -> Iterator[QuotaCgroup]:
-    """A new cgroup limited to `cores` CPUs per period; removed on exit (its processes must be gone)."""
+    """A new cgroup limited to `cores` CPUs per period that a process was seen to enter; removed on
+    exit (its processes must be gone by then)."""
     if cores <= 0:
         raise CnnserveError(f"a CPU quota must be above 0 cores, received {cores:g}")
     found = writable_cpu_hierarchy()
@@ -74,8 +76,14 @@ def quota_cgroup(cores: float, name: str = "cnnserve") -> Iterator[QuotaCgroup]:
         if directory.exists():
             directory.rmdir()
         raise CnnserveError(f"cannot make a cgroup with a CPU quota in {parent}: {error}") from None
+    cgroup = QuotaCgroup(directory, cores)
+    entered = subprocess.run([*cgroup.enter_prefix(), "true"], capture_output=True, text=True)
+    if entered.returncode != 0:  # e.g. cgroup v2's rules on where processes may live
+        directory.rmdir()
+        reason = entered.stderr.strip() or f"exit {entered.returncode}"
+        raise CnnserveError(f"cannot move a process into the new cgroup {directory}: {reason}")
     try:
-        yield QuotaCgroup(directory, cores)
+        yield cgroup
     finally:
         for _ in range(50):  # a process that just exited may take a moment to leave it
             try:
