@@ -212,14 +212,19 @@ def test_cpu_figures_and_the_machines_bound_of_a_recorded_run():
     assert f"= {bound.requests_per_s:,.0f} req/s" in compare.goals(result)
 
 
-def test_benchmarks_md_shows_run_10_as_its_json_renders(capsys):
-    """BENCHMARKS.md's run 10 tables (five cnnserve configurations, the streamed one polled too)
-    are what `compare.py --table` prints from the recorded JSON, line for line."""
-    assert compare.main(["--table", str(RECORDED.parent / "peers_run_1833.json")]) == 0
+@pytest.mark.parametrize("stamp", ["1833", "2135"])
+def test_benchmarks_md_shows_runs_10_and_12_as_their_json_renders(stamp, capsys):
+    """BENCHMARKS.md's tables of run 10 (five cnnserve configurations, the streamed one polled
+    too) and run 12 (the first where a unary configuration met the c=1 goal) are what
+    `compare.py --table` prints from the recorded JSON, line for line."""
+    assert compare.main(["--table", str(RECORDED.parent / f"peers_run_{stamp}.json")]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
     assert len(lines) >= 15 and all(line in benchmarks for line in lines)
     assert any("ModelStreamInfer, --idle-poll-us 1000 (ORT" in line for line in lines)
+    (goal,) = [line for line in lines if line.startswith("| c=1 p50 ≤ 0.7× the best peer's |")]
+    polled = goal.split(" | ")[4]  # cnnserve, 1 worker, --idle-poll-us 1000
+    assert polled == ("0.91 ms ✅" if stamp == "2135" else "1.31 ms ❌")
 
 
 def test_table_command_prints_a_recorded_run(capsys):
@@ -312,3 +317,18 @@ def test_a_bad_workers_count_is_one_line(capsys, noop_repository):
     assert compare.main(["--repository", str(noop_repository), "--model", "noop", "--workers", "many"]) == 2
     expected = "compare.py: --workers: expected a number or 'auto', received 'many'"
     assert capsys.readouterr().err.strip() == expected
+
+
+@pytest.mark.parametrize("stamp", ["2135", "2139", "2141"])
+def test_benchmarks_md_runs_12_to_14_table_reads_the_recorded_runs(stamp):
+    """Each cell of the runs 12-14 table is that run's c=1 p50 and c=32 req/s."""
+    result = json.loads((RECORDED.parent / f"peers_run_{stamp}.json").read_text())
+    column = ["2135", "2139", "2141"].index(stamp)
+    benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
+    section = benchmarks[benchmarks.index("Runs 12–14 (c=1 p50; c=32 req/s):") :]
+    labels = {"cnnserve": "cnnserve, 1 worker", "kserve": "KServe", "ceiling": "the ceiling (no model)"}
+    for name, label in labels.items():
+        records = {r["concurrency"]: r for r in result["servers"][name]["records"]}
+        (row,) = [line for line in section.splitlines() if line.startswith(f"| {label} |")][:1]
+        cell = row.split(" | ")[1 + column].rstrip(" |")
+        assert cell == f"{records[1]['p50_ms']:.2f} ms; {records[32]['requests_per_s']:,.0f}"

@@ -249,3 +249,19 @@ def test_benchmarks_md_shows_the_recorded_cpu_quota_runs(name):
     assert f'--model {result["model"]} --a "--cpu-threads 2" --b "" --cpu-quota 1' in benchmarks
     rows = [line for line in server_ab.table(result, p99=True).splitlines() if line.startswith("| c=")]
     assert len(rows) == len(result["levels"]) == 4 and all(row in benchmarks for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("name", "flag"),
+    [
+        ("stream32_ab_small_run_session.json", "--small-run-session-us 0"),
+        ("stream32_ab_threads1.json", "--cpu-threads 1"),
+        ("stream32_ab_instances2.json", "--instances 2"),
+    ],
+)
+def test_benchmarks_md_shows_the_recorded_streamed_concurrency_32_runs(name, flag):
+    result = json.loads((Path(__file__).parent / "data" / name).read_text())
+    benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
+    assert result["a"] == "" and result["b"] == flag and f'--a "" --b "{flag}"' in benchmarks
+    rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
+    assert len(rows) == len(result["levels"]) == 3 and all(row in benchmarks for row in rows)
