@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from cnnserve.serving.cpu_limits import available_cores
+
 LIBRARIES = (
     "cnnserve", "numpy", "onnxruntime-gpu", "onnxruntime", "tensorflow-cpu", "tensorflow", "keras",
     "ai-edge-litert", "tf2onnx", "onnx", "grpcio", "tritonclient", "protobuf",
@@ -18,7 +20,7 @@ LIBRARIES = (
 class SystemInfo:
     cpu_model: str
     logical_cores: int
-    usable_cores: int  # this process's CPU affinity: what a container or taskset allows
+    usable_cores: int  # CPU affinity capped by a cgroup quota: what a container or taskset allows
     platform: str
     python: str
     libraries: dict[str, str] = field(default_factory=dict)
@@ -35,10 +37,8 @@ def cpu_model() -> str:
 
 
 def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """The cores a server here would plan for: CPU affinity, capped by a cgroup CPU quota."""
+    return available_cores()
 
 
 def library_versions() -> dict[str, str]:
