@@ -4,12 +4,18 @@ Needs a cgroup hierarchy with the cpu controller that this process may write: cg
 mount, or v2 with `cpu` in the root's `cgroup.subtree_control` (usually root only). A process
 enters it by writing its pid to `cgroup.procs` before it starts the server, so every thread the
 server makes is inside from the start (`enter_prefix`).
+
+As a command, it runs one program in a new cgroup with a quota, as `docker run --cpus N` would:
+
+    .venv/bin/python -m cnnserve.bench.cpu_cgroup --cpus 1 -- .venv/bin/cnnserve bench train --model mnist_cnn
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,8 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnserve.contracts.cpu_limits import PROC_SELF, cgroup_mounts
 from cnnserve.contracts.errors import CnnserveError
-from cnnserve.serving.cpu_limits import PROC_SELF, cgroup_mounts
 
 PERIOD_US = 100_000  # the kernel's default CFS period
 
@@ -91,3 +97,23 @@ def quota_cgroup(cores: float, name: str = "cnnserve") -> Iterator[QuotaCgroup]:
                 break
             except OSError:
                 time.sleep(0.1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a command in a new cgroup limited to --cpus CPUs.")
+    parser.add_argument("--cpus", type=float, required=True, help="the quota: CPUs per 100 ms period")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("name the command to run after --")
+    try:
+        with quota_cgroup(args.cpus, "cnnserve-run") as cgroup:
+            return subprocess.run([*cgroup.enter_prefix(), *command]).returncode
+    except CnnserveError as error:
+        print(f"cpu_cgroup: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from cnnserve.serving.cpu_limits import available_cores
+from cnnserve.contracts.cpu_limits import available_cores
 
 LIBRARIES = (
     "cnnserve", "numpy", "onnxruntime-gpu", "onnxruntime", "tensorflow-cpu", "tensorflow", "keras",

@@ -18,7 +18,7 @@ from cnnserve.contracts.names import DEFAULT_MAX_QUEUE_SIZE, DEVICES, MAX_MESSAG
 from cnnserve.serving.cuda_options import CudaOptions
 
 if TYPE_CHECKING:
-    from cnnserve.serving.cpu_limits import CoreBudget
+    from cnnserve.contracts.cpu_limits import CoreBudget
 
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 LOG_FORMATS = ("text", "json")

@@ -4,7 +4,7 @@ A batch-1 run split over two ONNX Runtime threads is faster only while the secon
 On a busy machine the second thread waits to be scheduled, and the first waits for it, so small
 runs cost more CPU per image and finish later than on one thread (BENCHMARKS.md, "Small runs on
 one thread"). OpenMP's dynamic adjustment makes the same choice from the system's load. Under a cgroup CPU
-quota (cpu_limits.py) idle host cores are not this process's to use: what is spare is at most
+quota (contracts/cpu_limits.py) idle host cores are not this process's to use: what is spare is at most
 the quota less what the cgroup used over the same interval.
 """
 
@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cnnserve.serving.cpu_limits import CpuQuota
+from cnnserve.contracts.cpu_limits import CpuQuota
 
 PROC_STAT = Path("/proc/stat")
 REFRESH_S = 0.1  # readings this far apart: a tenth of a second of history per decision

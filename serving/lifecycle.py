@@ -23,12 +23,12 @@ from collections.abc import Callable
 import numpy as np
 import onnxruntime as ort
 
+from cnnserve.contracts.cpu_limits import core_budget
 from cnnserve.contracts.errors import CnnserveError
 from cnnserve.contracts.model_repository import MODEL_NAME_PATTERN
 from cnnserve.serving.batcher import Batcher
 from cnnserve.serving.config import BatchingConfig, ServerOptions
 from cnnserve.serving.core_load import SpareCores
-from cnnserve.serving.cpu_limits import core_budget
 from cnnserve.serving.errors import InvalidInput, ModelControlDisabled, ModelLoadFailed, ModelNotFound
 from cnnserve.serving.log_limit import RateLimitedLog, shown
 from cnnserve.serving.memory import return_free_memory

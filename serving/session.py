@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from cnnserve.contracts.cpu_limits import affinity_cores
 from cnnserve.contracts.errors import CnnserveError
 from cnnserve.contracts.names import CPU_PROVIDER as CPU
 from cnnserve.contracts.names import CUDA_PROVIDER as CUDA
 from cnnserve.serving.core_load import SpareCores
-from cnnserve.serving.cpu_limits import affinity_cores
 from cnnserve.serving.cuda_options import CudaOptions
 from cnnserve.serving.nchwc_padding import PaddedConv, cpu_session_model
 

@@ -33,9 +33,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from cnnserve.contracts.cpu_limits import available_cores, core_budget
 from cnnserve.contracts.errors import CnnserveError
 from cnnserve.serving.config import ServerOptions
-from cnnserve.serving.cpu_limits import available_cores, core_budget
 
 _LOGGER = logging.getLogger(__name__)
 RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10, 30)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cnnserve.contracts.cpu_limits import CpuQuota
 from cnnserve.serving.core_load import REFRESH_S, SpareCores, _idle_and_total
-from cnnserve.serving.cpu_limits import CpuQuota
 
 
 def _stat(idle: tuple[int, ...], busy: tuple[int, ...]) -> str:

@@ -1,4 +1,4 @@
-"""serving/cpu_limits.py: the cores a process may use, from its affinity and its cgroup's CPU quota.
+"""contracts/cpu_limits.py: the cores a process may use, from its affinity and its cgroup's CPU quota.
 
 The unit tests lay out /proc/self/cgroup, /proc/self/mountinfo and the cgroup files exactly as
 the kernel writes them, for cgroup v2, v1 and the hybrid of both; the last test puts a real
@@ -17,9 +17,7 @@ from conftest import ServerProcess
 from onnx_models import images
 
 from cnnserve.bench.cpu_cgroup import QuotaCgroup, quota_cgroup, writable_cpu_hierarchy
-from cnnserve.contracts.errors import CnnserveError
-from cnnserve.serving.config import ServerOptions
-from cnnserve.serving.cpu_limits import (
+from cnnserve.contracts.cpu_limits import (
     CoreBudget,
     CpuQuota,
     available_cores,
@@ -27,6 +25,8 @@ from cnnserve.serving.cpu_limits import (
     core_budget,
     cpu_quota,
 )
+from cnnserve.contracts.errors import CnnserveError
+from cnnserve.serving.config import ServerOptions
 
 AFFINITY = len(os.sched_getaffinity(0))
 

@@ -24,7 +24,7 @@ from onnx_models import FASHION_LABELS, cnn_model, images, write_model
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from cnnserve.serving.cpu_limits import available_cores
+from cnnserve.contracts.cpu_limits import available_cores
 
 
 @pytest.fixture
