@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def _v2_quota(directory: Path) -> float | None:
     try:
         quota, period = (directory / "cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
+    except (OSError, ValueError, ZeroDivisionError):
         return None
 
 
@@ -111,7 +112,7 @@ def _v1_quota(directory: Path) -> float | None:
     return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
-def _tightest(levels: list[Path], read) -> tuple[float, Path] | None:
+def _tightest(levels: list[Path], read: Callable[[Path], float | None]) -> tuple[float, Path] | None:
     limits = [(quota, level) for level in levels if (quota := read(level)) is not None]
     return min(limits, key=lambda limit: limit[0]) if limits else None
 

@@ -118,9 +118,10 @@ def test_hybrid_hierarchies_fall_back_to_v1_when_v2_has_no_cpu_controller(tmp_pa
         ("1:cpu:/\n", "cgroup", "rw,cpu", {"cpu__cfs_quota_us": "-1\n", "cpu__cfs_period_us": "100000\n"}),
         ("0::/\n", "cgroup2", "rw", {"cpu__max": "not numbers\n"}),
         ("0::/\n", "cgroup2", "rw", {}),
+        ("0::/\n", "cgroup2", "rw", {"cpu__max": "100000 0\n"}),
         ("1:memory:/\n", "cgroup", "rw,cpu", {"cpu__cfs_quota_us": "1\n", "cpu__cfs_period_us": "1\n"}),
     ],
-    ids=["v2-max", "v1-unlimited", "garbage", "no-file", "not-in-a-cpu-cgroup"],
+    ids=["v2-max", "v1-unlimited", "garbage", "no-file", "zero-period", "not-in-a-cpu-cgroup"],
 )
 def test_no_quota_means_the_affinity_alone(
     tmp_path: Path, cgroup: str, fstype: str, options: str, files: dict[str, str]
