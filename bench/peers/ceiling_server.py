@@ -1,9 +1,10 @@
 """The one-process Python gRPC ceiling: a grpc.aio V2 servicer that runs no model.
 
-It answers ServerReady, ModelReady and ModelInfer with a fixed `logits` reply of the right
-shape, and does nothing else: no decode of the input, no batching, no statistics. Measured by
-compare.py with the same load generator as the real servers, it is the most any one-process
-grpc.aio server can answer on this machine, which puts each server's figure in proportion.
+It answers ServerReady, ModelReady, ModelInfer and each ModelStreamInfer message (in order,
+with the message's id) with a fixed `logits` reply of the right shape, and does nothing else: no
+decode of the input, no batching, no statistics. Measured by compare.py with the same load
+generator as the real servers, it is the most any one-process grpc.aio server can answer on this
+machine (unary, or streamed: `ceiling-stream`), which puts each server's figure in proportion.
 
     .venv/bin/python bench/peers/ceiling_server.py --port 8500 --model mnist_cnn \\
         --image-shape 28,28,1 --classes 10 [--grpc-server sync]
@@ -90,6 +91,17 @@ class FixedReplyServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         return self.reply if self.answer is None else self.answer(request)
 
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Each message answered as it is read, with its id: the stream stack's own cost."""
+        async for request in request_iterator:
+            yield self._stream_answer(request)
+
+    def _stream_answer(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+        answer = pb.ModelStreamInferResponse()
+        answer.infer_response.CopyFrom(self.reply if self.answer is None else self.answer(request))
+        answer.infer_response.id = request.id
+        return answer
+
 
 class SyncFixedReplyServicer(FixedReplyServicer):
     """The same answers from plain methods, for gRPC's synchronous server."""
@@ -110,6 +122,10 @@ class SyncFixedReplyServicer(FixedReplyServicer):
 
     def ModelInfer(self, request, context):
         return self.reply if self.answer is None else self.answer(request)
+
+    def ModelStreamInfer(self, request_iterator, context):
+        for request in request_iterator:
+            yield self._stream_answer(request)
 
 
 OPTIONS = [("grpc.max_concurrent_streams", MAX_CONCURRENT_RPCS_SOFT)]

@@ -7,11 +7,12 @@ in-process on that file at batch 64 and batch 1. cnnserve runs five ways (`OURS`
 defaults, with `serve --workers` (`--workers`, one per available core by default), with `serve
 --idle-poll-us 1000`, and under the same load sent as ModelStreamInfer messages, without and with
 `--idle-poll-us 1000`; the peers run as their defaults, and the ceiling is a grpc.aio server
-that runs no model. Each server's process tree's CPU is read over each window, and the model's
+that runs no model, measured under the unary load and again under the streamed one
+(`ceiling-stream`). Each server's process tree's CPU is read over each window, and the model's
 own compute per image in-process on one thread. Writes one JSON and prints two markdown tables:
 the servers side by side, and issue 15's goals, met or not, against this run's best peer and
-in-process figures, with what this machine's cores allow at all. The peers run from the
-virtualenvs bench/peers/setup.sh creates.
+in-process figures, with what this machine's cores allow a unary server and a stream at all.
+The peers run from the virtualenvs bench/peers/setup.sh creates.
 
     .venv/bin/python bench/peers/compare.py --repository bench_results/models --model mnist_cnn \\
         --json bench_results/peers.json
@@ -74,7 +75,9 @@ OURS = {
     "cnnserve-stream": OurServer(streaming=True),
     "cnnserve-stream-poll": OurServer(polls=True, streaming=True),
 }
-SERVERS = (*OURS, "mlserver", "kserve", "ceiling")
+# The ceiling twice: unary, and under the streamed load (what any ModelStreamInfer server costs).
+CEILINGS = ("ceiling", "ceiling-stream")
+SERVERS = (*OURS, "mlserver", "kserve", *CEILINGS)
 PEERS_DIR = Path(os.environ.get("CNNSERVE_PEERS_DIR", Path.home() / ".cache" / "cnnserve-peers"))
 START_TIMEOUT_S = 180.0
 IN_PROCESS_BATCH = 64
@@ -189,12 +192,12 @@ def launch(name: str, settings: Settings, model: peer_configs.ModelFile) -> tupl
         argv = peer_configs.kserve_argv(model, grpc_port, free_port())
         command = [str(_peer_python(settings, "kserve")), str(script), *argv]
         server = ServerProcess(name, command, logs / "kserve.log", own_session=True)
-    elif name == "ceiling":
+    elif name in CEILINGS:
         script = Path(__file__).resolve().parent / "ceiling_server.py"
         command = [sys.executable, str(script), "--host", LOOPBACK, "--port", str(grpc_port),
                    "--model", model.name, "--image-shape", ",".join(map(str, model.image_shape)),
                    "--classes", str(model.classes), "--event-loop", "uvloop"]  # fmt: skip
-        server = ServerProcess(name, command, logs / "ceiling.log", own_session=True)
+        server = ServerProcess(name, command, logs / f"{name}.log", own_session=True)
     else:
         raise SystemExit(f"compare.py: unknown server {name!r}; choose from {', '.join(SERVERS)}")
     server.start()
@@ -250,7 +253,7 @@ def measure_in_process(path: Path, batch_size: int = IN_PROCESS_BATCH, min_time_
 
 
 def peer_versions(settings: Settings, name: str) -> dict[str, str]:
-    if name in (*OURS, "ceiling"):
+    if name in (*OURS, *CEILINGS):
         from cnnserve.bench.system import library_versions
 
         return library_versions()
@@ -319,7 +322,7 @@ def table(result: dict, low: int = 1, high: int = 32) -> str:
              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, entry in servers.items():
         at_low, at_high = _point(entry["records"], low), _point(entry["records"], high)
-        peer = name not in OURS
+        peer = name not in OURS and name != "ceiling-stream"  # its load streams: no unary ratio
         p50 = f"{at_low['p50_ms']:.2f} ms" if at_low else "–"
         rps = f"{at_high['requests_per_s']:,.0f}" if at_high else "–"
         p50_ratio = _ratio(ours_low, at_low, "p50_ms") if peer else ""
@@ -449,12 +452,22 @@ class MachineBound:
     client_us: float  # the load generator's, against the ceiling
     model_us: float  # the model's compute per image: one thread, in-process batch 64
     concurrency: int
+    streaming: bool = False  # the streaming ceiling under the streamed load: a stream's bound
 
     @property
     def requests_per_s(self) -> float:
         return self.cores * 1e6 / (self.server_us + self.client_us + self.model_us)
 
     def text(self) -> str:
+        if self.streaming:
+            return (
+                f"What this machine allows a stream at c={self.concurrency}: {self.cores} cores × 10⁶ ÷ "
+                f"({self.server_us:,.0f} µs, the streaming ceiling's CPU per request + {self.client_us:,.0f} "
+                f"µs, the load generator's + {self.model_us:,.0f} µs, the model's compute per image) = "
+                f"{self.requests_per_s:,.0f} req/s for any server answering ModelStreamInfer that costs at "
+                "least what the streaming ceiling does per message (the model's cost taken at batch 64, "
+                "so a stream's smaller batches leave it less)."
+            )
         return (
             f"What this machine allows at c={self.concurrency}: {self.cores} cores × 10⁶ ÷ "
             f"({self.server_us:,.0f} µs, the ceiling's CPU per request + {self.client_us:,.0f} µs, the load "
@@ -465,9 +478,10 @@ class MachineBound:
         )
 
 
-def machine_bound(result: dict, high: int = 32) -> MachineBound | None:
-    """None when the run lacks the ceiling's CPU figures or the one-thread in-process run."""
-    ceiling = _point(result["servers"].get("ceiling", {}).get("records", []), high)
+def machine_bound(result: dict, high: int = 32, streaming: bool = False) -> MachineBound | None:
+    """None when the run lacks the (streaming) ceiling's CPU figures or the one-thread in-process run."""
+    name = "ceiling-stream" if streaming else "ceiling"
+    ceiling = _point(result["servers"].get(name, {}).get("records", []), high)
     one_thread = result.get("in_process_one_thread")
     cores = result.get("system", {}).get("usable_cores")
     if not ceiling or not one_thread or not cores or ceiling.get("server_cpu_us_per_request") is None:
@@ -476,7 +490,7 @@ def machine_bound(result: dict, high: int = 32) -> MachineBound | None:
     if client is None:
         return None
     server, model = ceiling["server_cpu_us_per_request"], one_thread["cpu_us_per_image"]
-    return MachineBound(cores, server, client, model, high)
+    return MachineBound(cores, server, client, model, high, streaming)
 
 
 def goals(result: dict, low: int = 1, high: int = 32) -> str:
@@ -484,17 +498,22 @@ def goals(result: dict, low: int = 1, high: int = 32) -> str:
     needs, from the best peer and the in-process figures of the same run, and whether it was met.
     The ceiling's column shows what a server that does no work reaches under the same load."""
     servers = result["servers"]
-    columns = [name for name in (*OURS, "ceiling") if name in servers]
+    columns = [name for name in (*OURS, *CEILINGS) if name in servers]
     lines = ["| goal | needs | " + " | ".join(_column(n, servers[n]) for n in columns) + " |",
              "| --- | --- |" + " --- |" * len(columns)]  # fmt: skip
-    bound = machine_bound(result, high)
+    bounds = [b for b in (machine_bound(result, high), machine_bound(result, high, streaming=True)) if b]
     for goal in goal_list(result, low, high):
         cells = " | ".join(goal.cell(servers[name]["records"]) for name in columns)
         needs = goal.needs
-        if bound and goal.field == "requests_per_s" and goal.bound > bound.requests_per_s:
-            needs += f"; above what this machine allows a unary server ({bound.requests_per_s:,.0f})"
+        over = [
+            f"{'a streaming' if b.streaming else 'a unary'} server ({b.requests_per_s:,.0f})"
+            for b in bounds
+            if goal.field == "requests_per_s" and goal.bound > b.requests_per_s
+        ]
+        if over:
+            needs += f"; above what this machine allows {' or '.join(over)}"
         lines.append(f"| {goal.text} | {needs} | {cells} |")
-    return "\n".join(lines) + (f"\n\n{bound.text()}" if bound else "")
+    return "\n".join([*lines, *(f"\n{b.text()}" for b in bounds)])
 
 
 def _serve_flag(entry: dict) -> str:
@@ -506,7 +525,7 @@ def _serve_flag(entry: dict) -> str:
 
 
 def _streamed(name: str) -> bool:
-    return name in OURS and OURS[name].streaming
+    return name == "ceiling-stream" or (name in OURS and OURS[name].streaming)
 
 
 def _column(name: str, entry: dict) -> str:
@@ -524,7 +543,8 @@ def _column(name: str, entry: dict) -> str:
 
 
 def _short(name: str) -> str:
-    return {"mlserver": "MLServer", "kserve": "KServe", "ceiling": "the ceiling"}.get(name, name)
+    names = {"mlserver": "MLServer", "kserve": "KServe", "ceiling": "the ceiling"}
+    return {**names, "ceiling-stream": "the ceiling, ModelStreamInfer"}.get(name, name)
 
 
 def _ratio(ours: dict | None, theirs: dict | None, field: str) -> str:
@@ -543,9 +563,10 @@ def _label(name: str, entry: dict) -> str:
         return f"Seldon MLServer {versions.get('mlserver', '?')} (ORT {ort}, {batching})"
     if name == "kserve":
         return f"KServe {versions.get('kserve', '?')} ModelServer (ORT {ort}, no batching)"
-    if name == "ceiling":
+    if name in CEILINGS:
         grpcio = versions.get("grpcio", "?")
-        return f"grpc.aio servicer on uvloop, fixed reply, no model (grpcio {grpcio}; the ceiling)"
+        streamed = ", V2 ModelStreamInfer" if name == "ceiling-stream" else ""
+        return f"grpc.aio servicer on uvloop, fixed reply, no model{streamed} (grpcio {grpcio}; the ceiling)"
     ours, ort = versions.get("cnnserve", "?"), versions.get("onnxruntime-gpu", "?")
     how = ", V2 ModelStreamInfer" if _streamed(name) else ""
     flag = _serve_flag(entry)

@@ -245,6 +245,7 @@ def test_the_driver_measures_cnnserve_end_to_end(noop_repository, tmp_path):
         "cnnserve-stream",
         "cnnserve-stream-poll",
         "ceiling",
+        "ceiling-stream",
     )
     settings = compare.Settings(noop_repository, "noop", servers, (1, 2), 0.3, 0.2, tmp_path / "peers",
                                 tmp_path, channels=2, in_process_s=0.2, workers=2)  # fmt: skip
@@ -254,8 +255,11 @@ def test_the_driver_measures_cnnserve_end_to_end(noop_repository, tmp_path):
         assert [(r["concurrency"], r["errors"]) for r in records] == [(1, 0), (2, 0)]
         assert all(r["requests"] > 0 and r["protocol"] == "v2" for r in records)
         assert records[1]["channels"] == 2
-    (row,) = [line for line in compare.table(result, 1, 2).splitlines() if "fixed reply" in line]
-    assert "grpcio 1.85.1" in row
+    rows = [line for line in compare.table(result, 1, 2).splitlines() if "fixed reply" in line]
+    assert len(rows) == 2 and all("grpcio 1.85.1" in row for row in rows)
+    assert "fixed reply, no model, V2 ModelStreamInfer" in rows[1]
+    assert all(r["streaming"] for r in result["servers"]["ceiling-stream"]["records"])
+    assert not any(r["streaming"] for r in result["servers"]["ceiling"]["records"])
     assert result["servers"]["cnnserve-workers"]["workers"] == 2
     assert all(r["streaming"] for r in result["servers"]["cnnserve-stream"]["records"])
     assert not any(r["streaming"] for r in result["servers"]["cnnserve"]["records"])
@@ -270,7 +274,7 @@ def test_the_driver_measures_cnnserve_end_to_end(noop_repository, tmp_path):
     (goals_head, *_) = compare.goals(result, 1, 2).splitlines()
     assert goals_head.endswith(
         "| cnnserve, 1 worker, ModelStreamInfer | cnnserve, 1 worker, ModelStreamInfer, --idle-poll-us 1000 "
-        "| the ceiling |"
+        "| the ceiling | the ceiling, ModelStreamInfer |"
     )
     assert result["in_process"]["batch_size"] == 64 and result["in_process"]["images_per_s"] > 0
     assert result["in_process_batch1"]["batch_size"] == 1 and result["in_process_batch1"]["p50_ms"] > 0
@@ -280,6 +284,9 @@ def test_the_driver_measures_cnnserve_end_to_end(noop_repository, tmp_path):
     one_thread = result["in_process_one_thread"]
     assert one_thread["settings"]["intra_op_threads"] == 1 and one_thread["cpu_us_per_image"] > 0
     assert compare.machine_bound(result, 2).requests_per_s > 0
+    stream_bound = compare.machine_bound(result, 2, streaming=True)
+    assert stream_bound.streaming and stream_bound.requests_per_s > 0
+    assert stream_bound.text() in compare.goals(result, 1, 2)
     assert result["onnx"]["path"] == str((noop_repository / "noop" / "1" / "model.onnx").resolve())
 
 
@@ -304,6 +311,33 @@ def test_the_ceilings_variants_answer_logits(model, tmp_path, extra):
         compare.check_answer(f"127.0.0.1:{port}", model)  # raises unless logits [1, classes] come back
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("extra", [[], ["--grpc-server", "sync"]], ids=["aio", "sync"])
+def test_the_ceiling_answers_a_stream_in_order_with_each_messages_id(model, tmp_path, extra):
+    """ModelStreamInfer on the ceiling: the load generator matches answers to requests by id."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb  # not cnnserve's: the two clash in one process
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    from cnnserve.bench.serve_process import ServerProcess, free_port
+
+    port = free_port()
+    command = [sys.executable, str(PEERS / "ceiling_server.py"), "--port", str(port), "--model", model.name,
+               "--image-shape", ",".join(map(str, model.image_shape)), "--classes", str(model.classes),
+               *extra]  # fmt: skip
+    server = ServerProcess("ceiling", command, tmp_path / "ceiling.log")
+    server.start()
+    try:
+        compare.wait_ready(server, f"127.0.0.1:{port}", model.name, timeout_s=30)
+        requests = [pb.ModelInferRequest(model_name=model.name, id=name) for name in ("a", "b", "c")]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            answers = list(stub.ModelStreamInfer(iter(requests), timeout=30))
+    finally:
+        server.stop()
+    assert [a.infer_response.id for a in answers] == ["a", "b", "c"]
+    assert all(list(a.infer_response.outputs[0].shape) == [1, model.classes] for a in answers)
 
 
 def test_missing_peer_venv_is_one_line(model, tmp_path):
