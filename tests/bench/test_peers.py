@@ -212,8 +212,8 @@ def test_cpu_figures_and_the_machines_bound_of_a_recorded_run():
     assert f"= {bound.requests_per_s:,.0f} req/s" in compare.goals(result)
 
 
-@pytest.mark.parametrize("stamp", ["1833", "2135"])
-def test_benchmarks_md_shows_runs_10_and_12_as_their_json_renders(stamp, capsys):
+@pytest.mark.parametrize("stamp", ["1833", "2135", "2215"])
+def test_benchmarks_md_shows_runs_10_12_and_15_as_their_json_renders(stamp, capsys):
     """BENCHMARKS.md's tables of run 10 (five cnnserve configurations, the streamed one polled
     too) and run 12 (the first where a unary configuration met the c=1 goal) are what
     `compare.py --table` prints from the recorded JSON, line for line."""
@@ -224,7 +224,7 @@ def test_benchmarks_md_shows_runs_10_and_12_as_their_json_renders(stamp, capsys)
     assert any("ModelStreamInfer, --idle-poll-us 1000 (ORT" in line for line in lines)
     (goal,) = [line for line in lines if line.startswith("| c=1 p50 ≤ 0.7× the best peer's |")]
     polled = goal.split(" | ")[4]  # cnnserve, 1 worker, --idle-poll-us 1000
-    assert polled == ("0.91 ms ✅" if stamp == "2135" else "1.31 ms ❌")
+    assert polled == {"1833": "1.31 ms ❌", "2135": "0.91 ms ✅", "2215": "0.81 ms ❌"}[stamp]
 
 
 def test_table_command_prints_a_recorded_run(capsys):
@@ -353,13 +353,16 @@ def test_a_bad_workers_count_is_one_line(capsys, noop_repository):
     assert capsys.readouterr().err.strip() == expected
 
 
-@pytest.mark.parametrize("stamp", ["2135", "2139", "2141"])
-def test_benchmarks_md_runs_12_to_14_table_reads_the_recorded_runs(stamp):
-    """Each cell of the runs 12-14 table is that run's c=1 p50 and c=32 req/s."""
+RUN_TABLES = {"Runs 12–14": ["2135", "2139", "2141"], "Runs 15–17": ["2215", "2218", "2220"]}
+
+
+@pytest.mark.parametrize(("runs", "stamp"), [(r, s) for r, stamps in RUN_TABLES.items() for s in stamps])
+def test_benchmarks_md_run_tables_read_the_recorded_runs(runs, stamp):
+    """Each cell of the runs 12-14 and 15-17 tables is that run's c=1 p50 and c=32 req/s."""
     result = json.loads((RECORDED.parent / f"peers_run_{stamp}.json").read_text())
-    column = ["2135", "2139", "2141"].index(stamp)
+    column = RUN_TABLES[runs].index(stamp)
     benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
-    section = benchmarks[benchmarks.index("Runs 12–14 (c=1 p50; c=32 req/s):") :]
+    section = benchmarks[benchmarks.index(f"{runs} (c=1 p50; c=32 req/s):") :]
     labels = {"cnnserve": "cnnserve, 1 worker", "kserve": "KServe", "ceiling": "the ceiling (no model)"}
     for name, label in labels.items():
         records = {r["concurrency"]: r for r in result["servers"][name]["records"]}
