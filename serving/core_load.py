@@ -3,9 +3,9 @@
 A batch-1 run split over two ONNX Runtime threads is faster only while the second core is free.
 On a busy machine the second thread waits to be scheduled, and the first waits for it, so small
 runs cost more CPU per image and finish later than on one thread (BENCHMARKS.md, "Small runs on
-one thread"). OpenMP's dynamic adjustment makes the same choice from the system's load. Under a cgroup CPU
-quota (contracts/cpu_limits.py) idle host cores are not this process's to use: what is spare is at most
-the quota less what the cgroup used over the same interval.
+one thread"). OpenMP's dynamic adjustment makes the same choice from the system's load. Under a
+cgroup CPU quota (contracts/cpu_limits.py) idle host cores are not this process's to use: what is
+spare is at most the quota less what the cgroup used over the same interval.
 """
 
 from __future__ import annotations
@@ -75,12 +75,13 @@ class SpareCores:
             except (OSError, ValueError):
                 self._unreadable = True
                 return None
-            used_ns = self._quota.usage_ns() if self._quota is not None else None
+            quota = self._quota
+            used_ns = quota.usage_ns() if quota is not None else None
             if last is not None and total > last[2]:
                 spare = len(self._cpus) * (idle - last[1]) / (total - last[2])
-                if used_ns is not None and last[3] is not None and now > last[0]:
+                if quota is not None and used_ns is not None and last[3] is not None and now > last[0]:
                     used = (used_ns - last[3]) / 1e9 / (now - last[0])  # cores the cgroup used
-                    spare = min(spare, max(0.0, self._quota.cores - used))  # type: ignore[union-attr]
+                    spare = min(spare, max(0.0, quota.cores - used))
                 self._spare = spare
             self._last = (now, idle, total, used_ns)
             return self._spare
