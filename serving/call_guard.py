@@ -65,9 +65,9 @@ class CallGuard:
         self._active = 0  # calls inside a handler, parked ones excluded
         self._parked = 0
         self._last_arrival_ns = 0
-        self._drained: asyncio.Future[None] | None = None  # set when draining starts
         self._released: asyncio.Future[None] | None = None  # parked calls may answer
         self._streams_closed: asyncio.Future[None] | None = None  # server-streams must end
+        self._reading: set[GuardedRequests] = set()  # request streams waiting for a message
 
     def _future(self, name: str) -> asyncio.Future[None]:
         future = getattr(self, name)
@@ -87,7 +87,8 @@ class CallGuard:
         """New calls park from now on; request streams stop reading after their current message."""
         self.draining = True
         self._last_arrival_ns = time.monotonic_ns()
-        self._resolve(self._future("_drained"))
+        for requests in list(self._reading):
+            requests.cut()
 
     async def quiesce(self, deadline_ns: int, quiet_s: float) -> bool:
         """Wait until no accepted call is running and none has arrived for `quiet_s`; False on timeout."""
@@ -143,12 +144,16 @@ class CallGuard:
 
 
 class GuardedRequests:
-    """A request stream that ends when the server drains and turns undecodable messages into errors."""
+    """A request stream that ends when the server drains and turns undecodable messages into errors.
+
+    A read waits on gRPC alone: draining cancels the reads in progress (`cut`) instead of every
+    read racing a drain future, which cost a task and a wait per message on the loop's thread."""
 
     def __init__(self, inner: AsyncIterator[Any], guard: CallGuard, method: str) -> None:
         self._inner = inner
         self._guard = guard
         self._method = method
+        self._reader: asyncio.Task[Any] | None = None  # the task waiting for the next message
         self.cut_by_drain = False
         self.undecodable: Undecodable | None = None
 
@@ -159,22 +164,34 @@ class GuardedRequests:
         if self._guard.draining:
             self.cut_by_drain = True
             raise StopAsyncIteration
-        read = asyncio.ensure_future(self._inner.__anext__())
-        drained = self._guard._future("_drained")
+        self._reader = asyncio.current_task()
+        reading = self._guard._reading
+        reading.add(self)
         try:
-            await asyncio.wait((read, drained), return_when=asyncio.FIRST_COMPLETED)
+            message = await self._inner.__anext__()  # StopAsyncIteration when the client half-closed
         except asyncio.CancelledError:
-            read.cancel()
+            # Ours (the drain) unless someone else cancelled the task too.
+            if self.cut_by_drain and self._reader is not None and self._reader.uncancel() == 0:
+                raise StopAsyncIteration from None
             raise
-        if not read.done():
-            read.cancel()
-            self.cut_by_drain = True
-            raise StopAsyncIteration
-        message = read.result()  # StopAsyncIteration when the client half-closed
+        finally:
+            reading.discard(self)
+            self._reader = None
         if isinstance(message, Undecodable):
             self.undecodable = message
             raise InvalidInput(message.describe(self._method))
         return message
+
+    def cut(self) -> None:
+        """Stop the read in progress: the stream ends after the messages already read.
+
+        A message gRPC has taken in whose read has not yet resumed is dropped with the read; like
+        the messages still on the wire, it was never read and gets no answer: the stream ends
+        UNAVAILABLE once every message read before is answered, so the client sends the rest to
+        another replica."""
+        if self._reader is not None and not self.cut_by_drain:
+            self.cut_by_drain = True
+            self._reader.cancel()
 
 
 def _safe_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:

@@ -264,3 +264,18 @@ def test_benchmarks_md_shows_the_recorded_streamed_concurrency_32_runs(name, fla
     assert result["a"] == "" and result["b"] == flag and f'--a "" --b "{flag}"' in benchmarks
     rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
     assert len(rows) == len(result["levels"]) == 3 and all(row in benchmarks for row in rows)
+
+
+@pytest.mark.parametrize("name", ["stream_guard_ab_mnist_unary.json", "stream_guard_ab_mnist.json"])
+def test_benchmarks_md_shows_the_recorded_stream_read_runs(name):
+    """The "Stream reads without a task per message" tables: A ran the commit before the change, B the change;
+    streamed concurrency 32 served more in every round, which is why it was kept."""
+    result = json.loads((Path(__file__).parent / "data" / name).read_text())
+    benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
+    before = result["a_revision"].split()[1].strip("()")
+    assert result["a"] == result["b"] == "" and f"--a-revision {before[:7]}" in benchmarks
+    assert sum(level["streaming"] for level in result["levels"]) == 2
+    rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
+    assert len(rows) == len(result["levels"]) and all(row in benchmarks for row in rows)
+    level = next(i for i, lv in enumerate(result["levels"]) if lv["streaming"] and lv["concurrency"] == 32)
+    assert all(r["b"][level]["requests_per_s"] > r["a"][level]["requests_per_s"] for r in result["rounds"])
