@@ -8,6 +8,8 @@ and how idle the machine was. This tells which thread limits the server (its eve
 is the one whose id is PID) and what each request costs it, apart from the load generator:
 
     .venv/bin/python scripts/thread_cpu.py --pid PID --target localhost:8500 --model noop --concurrency 32
+
+`--streaming` sends the level over ModelStreamInfer streams instead, as `bench server --streaming`.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--window", type=float, default=4.0, help="seconds the readings are apart")
     parser.add_argument("--channels", type=int, default=8)
+    parser.add_argument("--streaming", action="store_true", help="send over V2 ModelStreamInfer streams")
     args = parser.parse_args(argv)
     if not Path(f"/proc/{args.pid}/task").is_dir():
         print(f"thread_cpu.py: no process {args.pid} to read (Linux /proc)", file=sys.stderr)
@@ -100,12 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     plan = ServerPlan(
         target=args.target, model=args.model, protocol="v2", concurrency=(args.concurrency,),
         duration_s=args.window + 2 * SETTLE_S, warmup_s=WARMUP_S, noop_model=None,
-        channels=min(args.channels, args.concurrency),
+        channels=min(args.channels, args.concurrency), streaming=args.streaming,
     )  # fmt: skip
     record, shares, idle = measure(args.pid, plan, args.window)
     rps, client = record["requests_per_s"], record["client_cpu_pct"]
-    print(f"{args.model} at concurrency {args.concurrency}: {rps:,.0f} req/s, p50 {record['p50_ms']:.2f} ms; "
-          f"load generator {client:.0f}% of a core; machine idle {100 * idle:.0f}%")  # fmt: skip
+    over = ", streamed" if record["streaming"] else ""  # what the load generator sent
+    print(f"{args.model} at concurrency {args.concurrency}{over}: {rps:,.0f} req/s, "
+          f"p50 {record['p50_ms']:.2f} ms; load generator {client:.0f}% of a core; "
+          f"machine idle {100 * idle:.0f}%")  # fmt: skip
     for tid, name, share in shares:
         if share >= 0.01:
             role = "  (event loop: the main thread)" if tid == args.pid else ""

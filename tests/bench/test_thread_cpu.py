@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from cnnserve.bench.proc_cpu import thread_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,15 +45,21 @@ def test_a_busy_thread_shows_its_share_of_a_core():
     assert shares[0][2] > 0.05
 
 
-def test_the_server_threads_of_a_real_server_under_load(server):
+@pytest.mark.parametrize("streamed", [False, True])
+def test_the_server_threads_of_a_real_server_under_load(server, streamed):
+    """Unary calls, or (`--streaming`) ModelStreamInfer streams, which the header says from the
+    load generator's own record."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "thread_cpu.py"), "--pid", str(server.process.pid),
-         "--target", server.target, "--model", "noop", "--concurrency", "4", "--window", "1"],
+         "--target", server.target, "--model", "noop", "--concurrency", "4", "--window", "1",
+         *(["--streaming"] if streamed else [])],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     head = done.stdout.splitlines()[0]
-    assert re.match(r"noop at concurrency 4: [\d,]+ req/s, p50 [\d.]+ ms; load generator \d+%", head), head
+    over = ", streamed" if streamed else ""
+    pattern = rf"noop at concurrency 4{over}: [\d,]+ req/s, p50 [\d.]+ ms; load generator \d+%"
+    assert re.match(pattern, head), head
     threads = THREAD_LINE.findall(done.stdout)
     loop = [t for t in threads if t[0] == str(server.process.pid)]
     assert loop and "event loop" in loop[0][4] and float(loop[0][2]) > 5, done.stdout
