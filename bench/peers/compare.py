@@ -3,16 +3,16 @@
 Serves the same ONNX file (the one `cnnserve export` wrote) from each server in turn, each on
 free loopback ports, and measures each with the same load generator as `cnnserve bench server
 --protocol v2` (single images, closed loop, concurrency 1 and 32 by default), then ONNX Runtime
-in-process on that file at batch 64 and batch 1. cnnserve runs five ways (`OURS`): with its
+in-process on that file at batch 64 and batch 1. cnnserve runs six ways (`OURS`): with its
 defaults, with `serve --workers` (`--workers`, one per available core by default), with `serve
 --idle-poll-us 1000`, and under the same load sent as ModelStreamInfer messages, without and with
-`--idle-poll-us 1000`; the peers run as their defaults, and the ceiling is a grpc.aio server
-that runs no model, measured under the unary load and again under the streamed one
-(`ceiling-stream`). Each server's process tree's CPU is read over each window, and the model's
-own compute per image in-process on one thread. Writes one JSON and prints two markdown tables:
-the servers side by side, and issue 15's goals, met or not, against this run's best peer and
-in-process figures, with what this machine's cores allow a unary server and a stream at all.
-The peers run from the virtualenvs bench/peers/setup.sh creates.
+`--idle-poll-us 1000`, and with `--workers` too; the peers run as their defaults, and the
+ceiling is a grpc.aio server that runs no model, measured under the unary load and again under
+the streamed one (`ceiling-stream`). Each server's process tree's CPU is read over each window,
+and the model's own compute per image in-process on one thread. Writes one JSON and prints two
+markdown tables: the servers side by side, and issue 15's goals, met or not, against this run's
+best peer and in-process figures, with what this machine's cores allow a unary server and a
+stream at all. The peers run from the virtualenvs bench/peers/setup.sh creates.
 
     .venv/bin/python bench/peers/compare.py --repository bench_results/models --model mnist_cnn \\
         --json bench_results/peers.json
@@ -74,6 +74,7 @@ OURS = {
     "cnnserve-poll": OurServer(polls=True),
     "cnnserve-stream": OurServer(streaming=True),
     "cnnserve-stream-poll": OurServer(polls=True, streaming=True),
+    "cnnserve-workers-stream": OurServer(workers=True, streaming=True),
 }
 # The ceiling twice: unary, and under the streamed load (what any ModelStreamInfer server costs).
 CEILINGS = ("ceiling", "ceiling-stream")
@@ -533,7 +534,7 @@ def _column(name: str, entry: dict) -> str:
         return _short(name)
     flag = _serve_flag(entry)
     if "workers" in entry:
-        return f"cnnserve {flag}"
+        return f"cnnserve {flag}" + (", ModelStreamInfer" if _streamed(name) else "")
     parts = [
         "cnnserve, 1 worker",
         *(["ModelStreamInfer"] if _streamed(name) else []),

@@ -244,6 +244,7 @@ def test_the_driver_measures_cnnserve_end_to_end(noop_repository, tmp_path):
         "cnnserve-poll",
         "cnnserve-stream",
         "cnnserve-stream-poll",
+        "cnnserve-workers-stream",
         "ceiling",
         "ceiling-stream",
     )
@@ -271,10 +272,13 @@ def test_the_driver_measures_cnnserve_end_to_end(noop_repository, tmp_path):
     assert polling in (tmp_path / "cnnserve-stream-poll.log").read_text()
     assert all(r["streaming"] for r in result["servers"]["cnnserve-stream-poll"]["records"])
     assert "idle_poll_us" not in result["servers"]["cnnserve-stream"]
+    both = result["servers"]["cnnserve-workers-stream"]
+    assert both["workers"] == 2 and all(r["streaming"] for r in both["records"])
+    assert "ready: 2 workers on 127.0.0.1:" in (tmp_path / "cnnserve-workers-stream.log").read_text()
     (goals_head, *_) = compare.goals(result, 1, 2).splitlines()
     assert goals_head.endswith(
         "| cnnserve, 1 worker, ModelStreamInfer | cnnserve, 1 worker, ModelStreamInfer, --idle-poll-us 1000 "
-        "| the ceiling | the ceiling, ModelStreamInfer |"
+        "| cnnserve --workers 2, ModelStreamInfer | the ceiling | the ceiling, ModelStreamInfer |"
     )
     assert result["in_process"]["batch_size"] == 64 and result["in_process"]["images_per_s"] > 0
     assert result["in_process_batch1"]["batch_size"] == 1 and result["in_process_batch1"]["p50_ms"] > 0
