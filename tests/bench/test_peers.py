@@ -361,19 +361,23 @@ RUN_TABLES = {
     "Runs 12–14": ["2135", "2139", "2141"],
     "Runs 15–17": ["2215", "2218", "2220"],
     "Runs 18–20": ["0800", "0802", "0804"],
+    "Runs 21–23": ["0816", "0819", "0821"],
 }
 
 
 @pytest.mark.parametrize(("runs", "stamp"), [(r, s) for r, stamps in RUN_TABLES.items() for s in stamps])
 def test_benchmarks_md_run_tables_read_the_recorded_runs(runs, stamp):
-    """Each cell of the runs 12-14, 15-17 and 18-20 tables is that run's c=1 p50 and c=32 req/s."""
+    """Each cell of the runs 12-14, 15-17, 18-20 and 21-23 tables is that run's c=1 p50 and c=32 req/s."""
     result = json.loads((RECORDED.parent / f"peers_run_{stamp}.json").read_text())
     column = RUN_TABLES[runs].index(stamp)
     benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
     section = benchmarks[benchmarks.index(f"{runs} (c=1 p50; c=32 req/s):") :]
     labels = {"cnnserve": "cnnserve, 1 worker", "cnnserve-stream": "cnnserve, ModelStreamInfer",
-              "kserve": "KServe", "ceiling": "the ceiling (no model)"}  # fmt: skip
+              "kserve": "KServe", "ceiling": "the ceiling (no model)",
+              "cnnserve-workers-stream": "cnnserve --workers 2, ModelStreamInfer"}  # fmt: skip
     for name, label in labels.items():
+        if name not in result["servers"]:
+            continue  # runs before compare.py streamed to the workers
         records = {r["concurrency"]: r for r in result["servers"][name]["records"]}
         (row,) = [line for line in section.splitlines() if line.startswith(f"| {label} |")][:1]
         cell = row.split(" | ")[1 + column].rstrip(" |")

@@ -279,3 +279,13 @@ def test_benchmarks_md_shows_the_recorded_stream_read_runs(name):
     assert len(rows) == len(result["levels"]) and all(row in benchmarks for row in rows)
     level = next(i for i, lv in enumerate(result["levels"]) if lv["streaming"] and lv["concurrency"] == 32)
     assert all(r["b"][level]["requests_per_s"] > r["a"][level]["requests_per_s"] for r in result["rounds"])
+
+
+def test_benchmarks_md_shows_the_recorded_streamed_workers_run():
+    """Runs 21–23's alternated check: `--workers 2` against one worker, streamed and unary c=32."""
+    result = json.loads((Path(__file__).parent / "data" / "stream32_ab_workers2.json").read_text())
+    benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
+    assert result["a"] == "" and result["b"] == "--workers 2" and not result["a_revision"]
+    assert '--a "" --b "--workers 2" --levels 32s,32' in benchmarks
+    rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
+    assert len(rows) == 2 and all(row in benchmarks for row in rows)
