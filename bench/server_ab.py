@@ -137,27 +137,37 @@ def _measure_rounds(args: argparse.Namespace, levels: tuple[Level, ...], servers
         result["rounds"].append(records)
 
 
-def table(result: dict, p99: bool = False) -> str:
-    """Per level: req/s and p50 (and with `p99`, p99) of A and B in each round, then the median
-    ratio B / A."""
+# What a table may show besides req/s and p50: (record field, format, column name).
+P99 = ("p99_ms", ".2f", "p99 ms")
+OWN_TIME = ("server_total_us", ",.0f", "own µs")  # the server's own time, as its trailers say
+
+
+def table(result: dict, p99: bool = False, own_time: bool = False) -> str:
+    """Per level: req/s and p50 (with `p99`, p99; with `own_time`, the server's own time per
+    request) of A and B in each round, then the median ratio B / A."""
     a, b = result["a"] or "(defaults)", result["b"] or "(defaults)"
     a_code = f" at {result['a_revision']}" if result.get("a_revision") else ""
     b_code = " in the working tree" if a_code else ""
     quota = result.get("cpu_quota")
     limited = f"; each server in its own cgroup limited to {quota:g} CPU(s)" if quota is not None else ""
+    fields = [("requests_per_s", ",.0f", "req/s"), ("p50_ms", ".2f", "p50 ms")]
+    fields += [P99] if p99 else []
+    fields += [OWN_TIME] if own_time else []
+    header = ["level"]
+    for _, _, name in fields:
+        by_round = " by round" if name == "req/s" else ""
+        header += [f"A {name}{by_round}", f"B {name}{by_round}", f"B / A {name.split()[0]} (median)"]
     lines = [
         f"A: `{a}`{a_code}; B: `{b}`{b_code}; {result['model']}, V2, {len(result['rounds'])} round(s) of "
         f"{result['duration_s']:g} s per level, A then B{limited}.",
         "",
-        "| level | A req/s by round | B req/s by round | B / A req/s (median) | A p50 ms | B p50 ms "
-        "| B / A p50 (median) |" + (" A p99 ms | B p99 ms | B / A p99 (median) |" if p99 else ""),
-        "| --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- | --- |" if p99 else ""),
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
     ]
-    fields = (("requests_per_s", ",.0f"), ("p50_ms", ".2f"), *((("p99_ms", ".2f"),) if p99 else ()))
     for index, level in enumerate(result["levels"]):
         pairs = [(r["a"][index], r["b"][index]) for r in result["rounds"]]
         cells = [Level(**level).label]
-        for field, spec in fields:
+        for field, spec, _ in fields:
             cells += [" / ".join(f"{pair[side][field]:{spec}}" for pair in pairs) for side in (0, 1)]
             cells.append(f"{statistics.median(y[field] / x[field] for x, y in pairs):.2f}×")
         lines.append("| " + " | ".join(cells) + " |")
@@ -185,9 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the run here")
     parser.add_argument("--table", type=Path, metavar="JSON", help="only print the table of a recorded run")
     parser.add_argument("--p99", action="store_true", help="the table shows each side's p99 too")
+    parser.add_argument("--own-time", action="store_true",
+                        help="the table shows each side's own time per request too")  # fmt: skip
     args = parser.parse_args(argv)
     if args.table:
-        print(table(json.loads(args.table.read_text()), args.p99))
+        print(table(json.loads(args.table.read_text()), args.p99, args.own_time))
         return 0
     if args.rounds < 1:
         raise SystemExit("server_ab: --rounds must be at least 1")
@@ -198,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"server_ab: {error}") from None
     if args.json:
         write_run(result, args.json)
-    print(table(result, args.p99))
+    print(table(result, args.p99, args.own_time))
     return 0
 
 

@@ -333,7 +333,7 @@ class ModelManager:
             [session.run_batch for session in served.sessions],
             batching,
             on_batch=served.stats.record_batch,
-            inline_run=served.sessions[0].run,  # blocks the event loop: every intra-op thread helps
+            inline_run=served.sessions[0].run_inline,
         )
         served.batcher.start()
         served.state = ModelState.READY
@@ -346,7 +346,7 @@ class ModelManager:
             served.name,
             served.version,
             served.provider,
-            _instances_text(len(served.sessions), settings.cpu_threads, served.sessions[0].has_small_session),
+            _instances_text(len(served.sessions), settings.cpu_threads, served.sessions[0]),
             batching.max_batch_size,
             batching.max_queue_delay_s * 1000,
             _inline_text(batching),
@@ -410,7 +410,8 @@ class ModelManager:
         check()
         small_us = self._options.small_run_session_us
         spare = None if small_us is None else self._spare_cores
-        session = ModelSession(served.spec.model_path, settings, spare, small_us or 0.0)
+        inline_us = served.batching.inline_run_limit_ns / 1e3
+        session = ModelSession(served.spec.model_path, settings, spare, small_us or 0.0, inline_us)
         _check_matches_config(session, served)
         for size in range(1, served.batching.max_batch_size + 1):
             check()
@@ -433,14 +434,16 @@ async def _close(served: ServedVersion) -> None:
         await asyncio.to_thread(return_free_memory)
 
 
-def _instances_text(count: int, threads: int, small_session: bool = False) -> str:
+def _instances_text(count: int, threads: int, first: ModelSession | None = None) -> str:
+    """How many instances, their threads, and which small runs the first one (as every other,
+    opened alike) gives a one-thread session."""
     each = f"{threads} intra-op thread(s)" if threads else "ONNX Runtime's intra-op threads"
-    small = (
-        f", runs under {SMALL_RUN_ROWS} images on one thread while the cores are busy"
-        if small_session
-        else ""
-    )
-    return f"{count} instance{'s' if count > 1 else ''}, {each}{' each' if count > 1 else ''}{small}"
+    text = f"{count} instance{'s' if count > 1 else ''}, {each}{' each' if count > 1 else ''}"
+    if first is not None and first.has_small_session:
+        text += f", runs under {SMALL_RUN_ROWS} images on one thread while the cores are busy"
+    if first is not None and first.inline_probe is not None:
+        text += f", {first.inline_probe.describe()}"
+    return text
 
 
 def _inline_text(batching: BatchingConfig) -> str:

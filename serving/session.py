@@ -26,6 +26,7 @@ from cnnserve.contracts.names import CPU_PROVIDER as CPU
 from cnnserve.contracts.names import CUDA_PROVIDER as CUDA
 from cnnserve.serving.core_load import SpareCores
 from cnnserve.serving.cuda_options import CudaOptions
+from cnnserve.serving.gap_probe import GapProbe, probe_after_gap
 from cnnserve.serving.nchwc_padding import PaddedConv, cpu_session_model
 
 _LOGGER = logging.getLogger(__name__)
@@ -184,11 +185,15 @@ def _threads(settings: SessionSettings) -> int:
 class ModelSession:
     """One ONNX Runtime session for one model version; `run` is blocking and thread-confined.
 
-    On CPU with several intra-op threads and `spare` given, for a model whose single-image run
-    takes at least `small_session_min_us`, a second, one-thread session of the same model takes
-    the worker's runs (`run_batch`) of fewer than `SMALL_RUN_ROWS` images while fewer than
-    `PARALLEL_SPARE_CORES` of this process's cores are idle (core_load.py says why). It costs a
-    second copy of the model's weights; `has_small_session` says whether there is one."""
+    On CPU with several intra-op threads, a second, one-thread session of the same model may
+    take two kinds of small runs. With `spare` given, for a model whose single-image run takes at
+    least `small_session_min_us`: the worker's runs (`run_batch`) of fewer than `SMALL_RUN_ROWS`
+    images while fewer than `PARALLEL_SPARE_CORES` of this process's cores are idle (core_load.py
+    says why); `has_small_session` says whether it does. For a model whose single image runs
+    within `inline_max_us` (0: no inline runs): inline runs (`run_inline`) of fewer than
+    `SMALL_RUN_ROWS` images, when the probe of gap_probe.py finds one thread faster after an idle
+    gap; `inline_probe` holds what it measured. The second session costs a copy of the weights,
+    so it is dropped again when neither kind of run takes it."""
 
     def __init__(
         self,
@@ -196,6 +201,7 @@ class ModelSession:
         settings: SessionSettings,
         spare: SpareCores | None = None,
         small_session_min_us: float = SMALL_SESSION_MIN_RUN_US,
+        inline_max_us: float = 0.0,
     ) -> None:
         # On CPU, filters are padded to ONNX Runtime's channel blocks (nchwc_padding: exact).
         source: str | bytes = str(path)
@@ -210,6 +216,9 @@ class ModelSession:
             raise CnnserveError(f"ONNX Runtime cannot load {path}: {error}") from None
         self._spare = spare
         self._small: ort.InferenceSession | None = None
+        self._small_batches = False  # the worker's small runs may take `_small`
+        self._small_inline = False  # inline runs of a few images take `_small`
+        self.inline_probe: GapProbe | None = None
         self.small_runs = 0  # runs the one-thread session took (written by the running thread)
         used = self._session.get_providers()[0]
         if used != settings.provider:
@@ -223,13 +232,39 @@ class ModelSession:
         self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inputs[0].shape)
         self.output_names = tuple(output.name for output in self._session.get_outputs())
         self.io_binding = used == CUDA if settings.io_binding is None else settings.io_binding
-        several_threads = settings.provider == CPU and not self.io_binding and _threads(settings) > 1
-        if spare is not None and several_threads and self.single_image_run_us() >= small_session_min_us:
-            one_thread = replace(settings, cpu_threads=1)
-            try:
-                self._small = ort.InferenceSession(source, session_options(one_thread), providers(CPU))
-            except Exception as error:
-                raise CnnserveError(f"ONNX Runtime cannot load {path} on one thread: {error}") from None
+        if settings.provider == CPU and not self.io_binding and _threads(settings) > 1:
+            single_us = self.single_image_run_us()
+            small_batches = spare is not None and single_us >= small_session_min_us
+            may_inline = 0 < single_us <= inline_max_us
+            if small_batches or may_inline:
+                self._open_one_thread(path, source, settings, small_batches, may_inline)
+
+    def _open_one_thread(
+        self,
+        path: Path,
+        source: str | bytes,
+        settings: SessionSettings,
+        small_batches: bool,
+        may_inline: bool,
+    ) -> None:
+        """The one-thread session, kept if the worker's small runs or (by the probe) inline runs
+        will take it."""
+        one_thread = replace(settings, cpu_threads=1)
+        try:
+            small = ort.InferenceSession(source, session_options(one_thread), providers(CPU))
+        except Exception as error:
+            raise CnnserveError(f"ONNX Runtime cannot load {path} on one thread: {error}") from None
+        if may_inline:
+            feed = {self.input_name: np.zeros((1, *self.input_shape[1:]), dtype=self.input_dtype)}
+            for _ in range(2):  # as single_image_run_us warmed the main session
+                small.run(None, feed)
+            self.inline_probe = probe_after_gap(
+                lambda: self._session.run(None, feed), lambda: small.run(None, feed), _threads(settings)
+            )
+            self._small_inline = self.inline_probe.one_thread_wins
+        self._small_batches = small_batches
+        if small_batches or self._small_inline:
+            self._small = small
 
     def single_image_run_us(self) -> float:
         """The fastest of a few single-image runs, after two to warm up (0: image size unknown)."""
@@ -246,18 +281,34 @@ class ModelSession:
 
     @property
     def has_small_session(self) -> bool:
-        return self._small is not None
+        """Whether the worker's small runs take a one-thread session while the cores are busy."""
+        return self._small_batches
+
+    @property
+    def inline_on_one_thread(self) -> bool:
+        return self._small_inline
 
     def run_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """A batcher worker's run: on the one-thread session when it is small and the cores are
-        busy, else as `run`. (An inline run blocks the event loop, so it keeps every thread.)"""
-        if self._small is not None and images.shape[0] < SMALL_RUN_ROWS:
+        busy, else as `run`."""
+        if self._small_batches and images.shape[0] < SMALL_RUN_ROWS:
             spare = self._spare.spare() if self._spare is not None else None
             if spare is not None and spare < PARALLEL_SPARE_CORES:
                 self.small_runs += 1
-                values = self._small.run(None, {self.input_name: images})
-                return dict(zip(self.output_names, values, strict=True))
+                return self._run_small(images)
         return self.run(images)
+
+    def run_inline(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """An inline run, on the event loop's thread after an idle gap: on the one-thread session
+        when it is small and the probe found one thread faster after a gap, else as `run`."""
+        if self._small_inline and images.shape[0] < SMALL_RUN_ROWS:
+            return self._run_small(images)
+        return self.run(images)
+
+    def _run_small(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        assert self._small is not None
+        values = self._small.run(None, {self.input_name: images})
+        return dict(zip(self.output_names, values, strict=True))
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         if self.io_binding:

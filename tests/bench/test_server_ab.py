@@ -289,3 +289,17 @@ def test_benchmarks_md_shows_the_recorded_streamed_workers_run():
     assert '--a "" --b "--workers 2" --levels 32s,32' in benchmarks
     rows = [line for line in server_ab.table(result).splitlines() if line.startswith("| c=")]
     assert len(rows) == 2 and all(row in benchmarks for row in rows)
+
+
+@pytest.mark.parametrize("name", ["inline_one_thread_ab_mnist.json", "inline_one_thread_ab_mnist_2.json"])
+def test_benchmarks_md_shows_the_recorded_inline_one_thread_runs(name):
+    """The "Inline runs on one thread after an idle gap" tables: A the commit before the change,
+    B the change, both with the defaults; shown with each side's own time per request."""
+    result = json.loads((Path(__file__).parent / "data" / name).read_text())
+    benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
+    before = result["a_revision"].split()[1].strip("()")
+    assert result["a"] == result["b"] == "" and f"--a-revision {before[:7]}" in benchmarks
+    text = server_ab.table(result, own_time=True)
+    assert "| A own µs | B own µs | B / A own (median) |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| c=")]
+    assert len(rows) == len(result["levels"]) == 5 and all(row in benchmarks for row in rows)

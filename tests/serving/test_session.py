@@ -10,6 +10,7 @@ from onnx_models import cnn_model, identity_model, images, write_model
 
 from cnnserve.contracts.errors import CnnserveError
 from cnnserve.serving import session
+from cnnserve.serving.gap_probe import GapProbe
 from cnnserve.serving.session import CPU, CUDA, ModelSession, SessionSettings, resolve_device
 
 
@@ -145,3 +146,56 @@ def test_serve_cli_reads_the_small_run_session_threshold(capsys) -> None:
     assert expected in capsys.readouterr().err
     with pytest.raises(CnnserveError, match="--small-run-session-us must be >= 0 or off, received -5"):
         options("--small-run-session-us", "-5")
+
+
+class _CountingSession:
+    """Wraps an ONNX Runtime session and counts the images of each run it takes."""
+
+    def __init__(self, wrapped) -> None:
+        self.wrapped = wrapped
+        self.rows: list[int] = []
+
+    def run(self, names, feed):
+        self.rows.append(len(next(iter(feed.values()))))
+        return self.wrapped.run(names, feed)
+
+
+@pytest.mark.parametrize("one_thread_wins", [True, False])
+def test_inline_runs_take_the_session_the_gap_probe_found_faster(
+    models: Path, monkeypatch: pytest.MonkeyPatch, one_thread_wins: bool
+) -> None:
+    """Where one thread won after an idle gap, inline runs of under SMALL_RUN_ROWS images take
+    the one-thread session (with the same logits) and larger ones the main session; where it
+    lost, the second session is dropped and every inline run takes the main one."""
+    probe = GapProbe(300.0, 200.0 if one_thread_wins else 400.0, 2)
+    monkeypatch.setattr(session, "probe_after_gap", lambda *args, **kwargs: probe)
+    model = ModelSession(models / "cnn/1/model.onnx", SessionSettings(CPU, cpu_threads=2), inline_max_us=1e6)
+    reference = ModelSession(models / "cnn/1/model.onnx", SessionSettings(CPU, cpu_threads=1))
+    assert model.inline_probe is probe and model.inline_on_one_thread is one_thread_wins
+    assert not model.has_small_session  # no load reading: the worker's runs never take it
+    assert (model._small is not None) is one_thread_wins
+    if one_thread_wins:
+        model._small = _CountingSession(model._small)
+    main = model._session = _CountingSession(model._session)
+    small, large = images(session.SMALL_RUN_ROWS - 1), images(session.SMALL_RUN_ROWS)
+    for batch in (small, large):
+        logits = model.run_inline(batch)["logits"]
+        np.testing.assert_allclose(logits, reference.run(batch)["logits"], rtol=1e-5, atol=1e-5)
+    model.run_batch(small)  # a worker's run, cores not read: the main session
+    if one_thread_wins:
+        assert model._small.rows == [len(small)] and main.rows == [len(large), len(small)]
+    else:
+        assert main.rows == [len(small), len(large), len(small)]
+
+
+def test_the_gap_probe_runs_only_where_inline_runs_may_split_over_threads(models: Path) -> None:
+    """It times both real sessions where a model's single image fits the inline limit on several
+    threads; not on one thread, with inline runs off, or for an image slower than the limit."""
+    path = models / "cnn/1/model.onnx"
+    probed = ModelSession(path, SessionSettings(CPU, cpu_threads=2), inline_max_us=1e6)
+    assert probed.inline_probe is not None and probed.inline_probe.threads == 2
+    assert probed.inline_probe.all_threads_us > 0 and probed.inline_probe.one_thread_us > 0
+    assert probed.inline_on_one_thread is probed.inline_probe.one_thread_wins
+    for threads, inline_max_us in ((1, 1e6), (2, 0.0), (2, 1e-3)):
+        model = ModelSession(path, SessionSettings(CPU, cpu_threads=threads), inline_max_us=inline_max_us)
+        assert model.inline_probe is None and model._small is None, (threads, inline_max_us)

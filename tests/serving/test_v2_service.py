@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import time
@@ -287,6 +288,34 @@ def test_an_idle_cheap_model_answers_one_request_at_a_time_inline(start_server, 
             assert inline_at_least <= inline <= 11, (flags, in_config)  # not the first: cost unknown
         else:
             assert inline == 0
+        assert server.stop() == 0
+
+
+def test_inline_runs_on_several_threads_get_the_gap_probe_and_say_what_it_chose(
+    start_server, tmp_path
+) -> None:
+    """With two intra-op threads the start-up line names the session inline runs take and the two
+    times the probe measured; the inline answers are the model's logits. With --inline-max-us 0
+    there is nothing to probe, and the line says no more than before."""
+    models = tmp_path / "models"
+    write_model(models, "cnn", cnn_model(seed=9), max_batch_size=8, max_queue_delay_ms=0)
+    session = ort.InferenceSession(str(models / "cnn/1/model.onnx"), providers=["CPUExecutionProvider"])
+    batch = images(6, seed=10)
+    expected, _ = session.run(None, {"images": batch})
+    label = frozenset({"model": "cnn", "version": "1"}.items())
+    probed = re.compile(
+        r"2 intra-op thread\(s\), inline runs on (one intra-op thread|2 intra-op threads) "
+        r"\(after a 1 ms idle gap: \d+ µs on one, \d+ µs on 2\)"
+    )
+    for flags, inline in ((), True), (("--inline-max-us", "0"), False):
+        server = start_server("--cpu-threads", "2", *flags, models_dir=models)
+        client = triton.InferenceServerClient(server.target)
+        for i in range(len(batch)):
+            got = client.infer("cnn", [image_input(batch[i : i + 1])]).as_numpy("logits")
+            np.testing.assert_allclose(got, expected[i : i + 1], rtol=1e-5, atol=1e-6)
+        assert bool(probed.search(server.log())) is inline, server.log()
+        ran_inline = scrape(server)[("cnnserve_inline_execution_count_total", label)]
+        assert ran_inline >= 1 if inline else ran_inline == 0
         assert server.stop() == 0
 
 
