@@ -174,6 +174,37 @@ def table(result: dict, p99: bool = False, own_time: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _commit(a_revision: str | None) -> str | None:
+    """The commit of a recorded --a-revision ("HEAD (0468c20e3017)"), however it was named."""
+    return a_revision.split()[-1].strip("()") if a_revision else None
+
+
+def pooled(results: Sequence[dict]) -> str:
+    """Every round of several runs of the same A and B, level by level (in the order levels first
+    appear): how many rounds, in how many B served more and took less of its own time, and the
+    median ratios. For effects smaller than what one run's rounds vary by."""
+    rounds: dict[Level, list[tuple[dict, dict]]] = {}
+    for result in results:
+        for recorded in result["rounds"]:
+            for level, a, b in zip(result["levels"], recorded["a"], recorded["b"], strict=True):
+                rounds.setdefault(Level(**level), []).append((a, b))
+    lines = [
+        f"{len(results)} run(s) of {results[0]['model']}, A then B in each round.",
+        "",
+        "| level | rounds | B / A req/s (median) | rounds B served more | B / A own µs (median) "
+        "| rounds B took less own time |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for level, pairs in rounds.items():
+        served = [b["requests_per_s"] / a["requests_per_s"] for a, b in pairs]
+        own = [b["server_total_us"] / a["server_total_us"] for a, b in pairs]
+        lines.append(
+            f"| {level.label} | {len(pairs)} | {statistics.median(served):.2f}× | "
+            f"{sum(r > 1 for r in served)} | {statistics.median(own):.2f}× | {sum(r < 1 for r in own)} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=Path("bench_results/models"))
@@ -194,10 +225,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="each server in a new cgroup limited to CORES CPUs (Linux, root)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the run here")
     parser.add_argument("--table", type=Path, metavar="JSON", help="only print the table of a recorded run")
+    parser.add_argument("--pool", type=Path, nargs="+", metavar="JSON",
+                        help="only print the rounds of these recorded runs, pooled by level")  # fmt: skip
     parser.add_argument("--p99", action="store_true", help="the table shows each side's p99 too")
     parser.add_argument("--own-time", action="store_true",
                         help="the table shows each side's own time per request too")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.pool:
+        runs = [json.loads(path.read_text()) for path in args.pool]
+        if len({(run["model"], run["a"], run["b"], _commit(run["a_revision"])) for run in runs}) > 1:
+            raise SystemExit("server_ab: --pool needs runs of the same model, A and B (and --a-revision)")
+        print(pooled(runs))
+        return 0
     if args.table:
         print(table(json.loads(args.table.read_text()), args.p99, args.own_time))
         return 0

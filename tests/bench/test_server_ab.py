@@ -291,7 +291,10 @@ def test_benchmarks_md_shows_the_recorded_streamed_workers_run():
     assert len(rows) == 2 and all(row in benchmarks for row in rows)
 
 
-@pytest.mark.parametrize("name", ["inline_one_thread_ab_mnist.json", "inline_one_thread_ab_mnist_2.json"])
+INLINE_ONE_THREAD_RUNS = [f"inline_one_thread_ab_mnist{suffix}.json" for suffix in ("", "_2", "_3", "_4")]
+
+
+@pytest.mark.parametrize("name", INLINE_ONE_THREAD_RUNS)
 def test_benchmarks_md_shows_the_recorded_inline_one_thread_runs(name):
     """The "Inline runs on one thread after an idle gap" tables: A the commit before the change,
     B the change, both with the defaults; shown with each side's own time per request."""
@@ -302,4 +305,36 @@ def test_benchmarks_md_shows_the_recorded_inline_one_thread_runs(name):
     text = server_ab.table(result, own_time=True)
     assert "| A own µs | B own µs | B / A own (median) |" in text
     rows = [line for line in text.splitlines() if line.startswith("| c=")]
-    assert len(rows) == len(result["levels"]) == 5 and all(row in benchmarks for row in rows)
+    assert len(rows) == len(result["levels"]) >= 2 and all(row in benchmarks for row in rows)
+
+
+def test_pooled_rounds_count_every_round_of_every_run_by_level_and_are_in_benchmarks_md():
+    """`--pool`: one row per level, its rounds summed over the runs that have it, the medians and
+    counts taken over all of them; the recorded pool is the table BENCHMARKS.md shows."""
+    runs = [
+        json.loads((Path(__file__).parent / "data" / name).read_text()) for name in INLINE_ONE_THREAD_RUNS
+    ]
+    text = server_ab.pooled(runs)
+    cells = [line.strip("| ").split(" | ") for line in text.splitlines() if line.startswith("| c=")]
+    rows = {row[0]: row[1:] for row in cells}
+    assert rows["c=4, 1 img/req"][0] == "26" and rows["c=1, 1 img/req"][0] == "17"  # 5 + 5 + 7 + 9; 5 + 5 + 7
+    assert rows["c=2, 1 img/req"][0] == "9" and len(rows) == 6
+    unary_c1 = {"concurrency": 1, "images_per_request": 1, "streaming": False}
+    c1 = [
+        (a, b)
+        for run in runs
+        for r in run["rounds"]
+        for level, a, b in zip(run["levels"], r["a"], r["b"], strict=True)
+        if level == unary_c1
+    ]
+    assert rows["c=1, 1 img/req"][4] == str(sum(b["server_total_us"] < a["server_total_us"] for a, b in c1))
+    benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
+    assert all(line in benchmarks for line in text.splitlines()[2:])
+
+
+def test_pooling_runs_of_different_servers_is_refused(capsys):
+    data = Path(__file__).parent / "data"
+    with pytest.raises(SystemExit, match="--pool needs runs of the same model, A and B"):
+        server_ab.main(
+            ["--pool", str(data / INLINE_ONE_THREAD_RUNS[0]), str(data / "stream32_ab_workers2.json")]
+        )
