@@ -146,7 +146,8 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         "US",
         "an idle model runs a request on the event loop's thread, without the hand-over to its "
         "batcher's worker and back, when requests come less often than it runs and its recent "
-        "runs of that size took at most US µs; 0: always hand over "
+        "runs of that size took at most US µs, on one intra-op thread where that ran faster after an "
+        "idle gap as the model loaded; 0: always hand over "
         f"(default: config.json's inline_max_us, else {DEFAULT_INLINE_MAX_US:g})",
     )
     serve.add_argument(
