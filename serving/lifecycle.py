@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -239,7 +240,7 @@ class ModelManager:
 
     async def _poll(self) -> None:
         while True:
-            await asyncio.sleep(self._options.poll_interval_s)
+            await asyncio.sleep(until_next_tick(time.time(), self._options.poll_interval_s))
             try:
                 scans = await asyncio.to_thread(self._scan_all)
             except CnnserveError as error:
@@ -421,6 +422,14 @@ class ModelManager:
     def _check_cancelled(self) -> None:
         if self._cancelled.is_set():
             raise LoadingCancelled
+
+
+def until_next_tick(now_s: float, interval_s: float) -> float:
+    """Seconds from `now_s` (the wall clock) to the next multiple of `interval_s`, never more than
+    one interval. Every process polling with the same interval wakes at the same moment, so the
+    workers of `--workers N` see a new version in the same rescan, however long their scans took or
+    whenever one was restarted, instead of up to one interval apart."""
+    return interval_s - now_s % interval_s
 
 
 async def _close(served: ServedVersion) -> None:

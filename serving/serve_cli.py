@@ -241,7 +241,8 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         "--poll-interval-s",
         type=float,
         default=DEFAULTS["poll_interval_s"],
-        help=f"seconds between repository scans (default: {DEFAULTS['poll_interval_s']:g})",
+        help="seconds between repository scans, on the wall clock's multiples of it so that every "
+        f"worker scans at once (default: {DEFAULTS['poll_interval_s']:g})",
     )
     serve.add_argument(
         "--event-loop",

@@ -141,12 +141,14 @@ def test_sigterm_drains_every_worker_without_a_cancelled_call(one_model: Path, s
     assert "Traceback" not in server.log()
 
 
-def ready_on_every_connection(server: ServerProcess, model: str, connections: int = 16) -> set[bool]:
+def ready_on_every_connection(
+    server: ServerProcess, model: str, connections: int = 16, version: str = ""
+) -> set[bool]:
     """ModelReady asked over many connections, so every worker answers some of them."""
     answers = set()
     for _ in range(connections):
         client = triton.InferenceServerClient(server.target, channel_args=OWN_CONNECTION)
-        answers.add(client.is_model_ready(model))
+        answers.add(client.is_model_ready(model, version))
         client.close()
     return answers
 
@@ -158,3 +160,34 @@ def test_explicit_load_and_unload_reach_every_worker(one_model: Path, start_serv
     assert ready_on_every_connection(server, "cnn") == {True}
     triton.InferenceServerClient(server.target).unload_model("cnn")
     assert ready_on_every_connection(server, "cnn") == {False}
+
+
+@pytest.mark.parametrize("interval_s", [2.0, 0.3])
+def test_workers_polling_the_repository_wake_on_the_same_wall_clock_tick(interval_s: float) -> None:
+    """Workers that started, scanned or were restarted at different moments wake for their next
+    rescan at the same instant: the next multiple of the interval, never more than one away."""
+    from cnnserve.serving.lifecycle import until_next_tick
+
+    tick = 1_780_000_000 * interval_s  # a wall-clock moment on the interval's grid
+    wakes = set()
+    for offset in (0.0, 0.001, interval_s / 3, interval_s * 0.999):  # where each process is now
+        now = tick + offset
+        wait = until_next_tick(now, interval_s)
+        assert 0 < wait <= interval_s
+        wakes.add(round(now + wait, 6))
+    assert wakes == {round(tick + interval_s, 6)}
+
+
+def test_a_polled_new_version_goes_live_in_every_worker(one_model: Path, start_server) -> None:
+    """A version committed into the polled repository is loaded by each worker (one start-up line
+    each) and then ready on every connection."""
+    from test_lifecycle import commit_version
+
+    server = start_server("--workers", "2", "--poll-interval-s", "0.3", models_dir=one_model)
+    assert ready_on_every_connection(server, "cnn", version="2") == {False}
+    commit_version(one_model, "cnn", 2, cnn_model(seed=2).SerializeToString())
+    deadline = time.monotonic() + 60
+    while server.log().count("loaded cnn version 2 ") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.log().count("loaded cnn version 2 ") == 2, server.log()
+    assert ready_on_every_connection(server, "cnn", version="2") == {True}
