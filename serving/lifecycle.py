@@ -443,14 +443,14 @@ async def _close(served: ServedVersion) -> None:
         await asyncio.to_thread(return_free_memory)
 
 
-def _instances_text(count: int, threads: int, first: ModelSession | None = None) -> str:
+def _instances_text(count: int, threads: int, first: ModelSession) -> str:
     """How many instances, their threads, and which small runs the first one (as every other,
     opened alike) gives a one-thread session."""
     each = f"{threads} intra-op thread(s)" if threads else "ONNX Runtime's intra-op threads"
     text = f"{count} instance{'s' if count > 1 else ''}, {each}{' each' if count > 1 else ''}"
-    if first is not None and first.has_small_session:
+    if first.has_small_session:
         text += f", runs under {SMALL_RUN_ROWS} images on one thread while the cores are busy"
-    if first is not None and first.inline_probe is not None:
+    if first.inline_probe is not None:
         text += f", {first.inline_probe.describe()}"
     return text
 

@@ -175,6 +175,8 @@ PARALLEL_SPARE_CORES = 0.5
 # Only a model whose single-image run takes this long gets the one-thread session: a shorter run
 # rarely loses its second thread to the scheduler midway, a longer one often does (BENCHMARKS.md).
 SMALL_SESSION_MIN_RUN_US = 1000.0
+# Runs a freshly opened session gets before any timing of it counts (allocation, first-run setup).
+WARM_RUNS = 2
 
 
 def _threads(settings: SessionSettings) -> int:
@@ -217,7 +219,6 @@ class ModelSession:
         self._spare = spare
         self._small: ort.InferenceSession | None = None
         self._small_batches = False  # the worker's small runs may take `_small`
-        self._small_inline = False  # inline runs of a few images take `_small`
         self.inline_probe: GapProbe | None = None
         self.small_runs = 0  # runs the one-thread session took (written by the running thread)
         used = self._session.get_providers()[0]
@@ -255,29 +256,32 @@ class ModelSession:
         except Exception as error:
             raise CnnserveError(f"ONNX Runtime cannot load {path} on one thread: {error}") from None
         if may_inline:
-            feed = {self.input_name: np.zeros((1, *self.input_shape[1:]), dtype=self.input_dtype)}
-            for _ in range(2):  # as single_image_run_us warmed the main session
+            feed = self._zero_image_feed()
+            for _ in range(WARM_RUNS):  # as single_image_run_us warmed the main session
                 small.run(None, feed)
             self.inline_probe = probe_after_gap(
                 lambda: self._session.run(None, feed), lambda: small.run(None, feed), _threads(settings)
             )
-            self._small_inline = self.inline_probe.one_thread_wins
         self._small_batches = small_batches
-        if small_batches or self._small_inline:
+        if small_batches or self.inline_on_one_thread:
             self._small = small
 
     def single_image_run_us(self) -> float:
         """The fastest of a few single-image runs, after two to warm up (0: image size unknown)."""
         if any(d < 0 for d in self.input_shape[1:]):
             return 0.0
-        feed = {self.input_name: np.zeros((1, *self.input_shape[1:]), dtype=self.input_dtype)}
+        feed = self._zero_image_feed()
         times = []
-        for attempt in range(5):
+        for attempt in range(WARM_RUNS + 3):
             started = time.perf_counter()
             self._session.run(None, feed)
-            if attempt >= 2:
+            if attempt >= WARM_RUNS:
                 times.append(time.perf_counter() - started)
         return 1e6 * min(times)
+
+    def _zero_image_feed(self) -> dict[str, np.ndarray]:
+        """One all-zero image of the model's input shape (known: no dimension but the batch's is -1)."""
+        return {self.input_name: np.zeros((1, *self.input_shape[1:]), dtype=self.input_dtype)}
 
     @property
     def has_small_session(self) -> bool:
@@ -286,7 +290,8 @@ class ModelSession:
 
     @property
     def inline_on_one_thread(self) -> bool:
-        return self._small_inline
+        """Whether inline runs of a few images take the one-thread session (the probe's verdict)."""
+        return self.inline_probe is not None and self.inline_probe.one_thread_wins
 
     def run_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """A batcher worker's run: on the one-thread session when it is small and the cores are
@@ -301,7 +306,7 @@ class ModelSession:
     def run_inline(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """An inline run, on the event loop's thread after an idle gap: on the one-thread session
         when it is small and the probe found one thread faster after a gap, else as `run`."""
-        if self._small_inline and images.shape[0] < SMALL_RUN_ROWS:
+        if self.inline_on_one_thread and images.shape[0] < SMALL_RUN_ROWS:
             return self._run_small(images)
         return self.run(images)
 
