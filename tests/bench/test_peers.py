@@ -362,23 +362,37 @@ RUN_TABLES = {
     "Runs 15–17": ["2215", "2218", "2220"],
     "Runs 18–20": ["0800", "0802", "0804"],
     "Runs 21–23": ["0816", "0819", "0821"],
+    "Runs 24–27": ["1813", "1820", "1822", "1825"],
+}
+RUN_TABLE_LABELS = {
+    "cnnserve, 1 worker": "cnnserve",
+    "cnnserve --workers 2": "cnnserve-workers",
+    "cnnserve --idle-poll-us 1000": "cnnserve-poll",
+    "cnnserve, ModelStreamInfer": "cnnserve-stream",
+    "cnnserve, ModelStreamInfer, --idle-poll-us 1000": "cnnserve-stream-poll",
+    "cnnserve --workers 2, ModelStreamInfer": "cnnserve-workers-stream",
+    "KServe": "kserve",
+    "MLServer": "mlserver",
+    "the ceiling (no model)": "ceiling",
+    "the ceiling, streamed": "ceiling-stream",
 }
 
 
 @pytest.mark.parametrize(("runs", "stamp"), [(r, s) for r, stamps in RUN_TABLES.items() for s in stamps])
 def test_benchmarks_md_run_tables_read_the_recorded_runs(runs, stamp):
-    """Each cell of the runs 12-14, 15-17, 18-20 and 21-23 tables is that run's c=1 p50 and c=32 req/s."""
+    """Each server's cell in the tables of runs 12-14 to 24-27 is that run's c=1 p50 and c=32 req/s."""
     result = json.loads((RECORDED.parent / f"peers_run_{stamp}.json").read_text())
     column = RUN_TABLES[runs].index(stamp)
     benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
     section = benchmarks[benchmarks.index(f"{runs} (c=1 p50; c=32 req/s):") :]
-    labels = {"cnnserve": "cnnserve, 1 worker", "cnnserve-stream": "cnnserve, ModelStreamInfer",
-              "kserve": "KServe", "ceiling": "the ceiling (no model)",
-              "cnnserve-workers-stream": "cnnserve --workers 2, ModelStreamInfer"}  # fmt: skip
-    for name, label in labels.items():
-        if name not in result["servers"]:
-            continue  # runs before compare.py streamed to the workers
-        records = {r["concurrency"]: r for r in result["servers"][name]["records"]}
-        (row,) = [line for line in section.splitlines() if line.startswith(f"| {label} |")][:1]
+    table = section[section.index("| server |") :].split("\n\n")[0].splitlines()
+    checked = set()
+    for row in table:
+        label = row.split(" | ")[0].lstrip("| ")
+        if label not in RUN_TABLE_LABELS:
+            continue  # the header and the goals' rows
+        records = {r["concurrency"]: r for r in result["servers"][RUN_TABLE_LABELS[label]]["records"]}
         cell = row.split(" | ")[1 + column].rstrip(" |")
-        assert cell == f"{records[1]['p50_ms']:.2f} ms; {records[32]['requests_per_s']:,.0f}"
+        assert cell == f"{records[1]['p50_ms']:.2f} ms; {records[32]['requests_per_s']:,.0f}", label
+        checked.add(label)
+    assert {"cnnserve, 1 worker", "cnnserve, ModelStreamInfer", "KServe", "the ceiling (no model)"} <= checked
