@@ -85,6 +85,23 @@ def thread_cpu_seconds(pid: int, proc: Path = PROC) -> dict[int, tuple[str, floa
     return threads
 
 
+def thread_wait_seconds(pid: int, proc: Path = PROC) -> dict[int, float]:
+    """Every thread of `pid`: seconds so far it was ready to run but waited for a core (the second
+    field of `/proc/PID/task/TID/schedstat`); empty where the kernel keeps no schedstats.
+
+    Beside its CPU time this says whether a thread was slow because it ran or because it queued:
+    on a machine with more runnable threads than cores, a run's wall time grows by the wait."""
+    waits = {}
+    for task in (proc / str(pid) / "task").iterdir():
+        try:
+            fields = (task / "schedstat").read_text().split()
+        except OSError:
+            continue
+        if len(fields) >= 2:
+            waits[int(task.name)] = int(fields[1]) / 1e9
+    return waits
+
+
 def machine_cpu_seconds(proc: Path = PROC) -> tuple[float, float]:
     """(all, busy) CPU seconds of every core so far, from /proc/stat's first line, busy being all
     but idle and iowait (the server's own reading, core_load.idle_and_total)."""

@@ -9,7 +9,13 @@ Runtime's `run` took of it (the model's statistics), and the difference: decodin
 the hand-over to the worker and back, statistics and the response. The median over rounds is
 what BENCHMARKS.md compares; this machine's noise moves single rounds by a fifth.
 
+With `--stream N`, the requests go through one `V2Service.ModelStreamInfer` instead, N in flight
+(a new message is read whenever an answer is taken): the path of a streamed load, where messages
+share batches. It prints the wall µs per message and the process's CPU µs per message (the event
+loop's thread and the batcher's worker together), the figure a loaded 2-core machine pays.
+
     .venv/bin/python scripts/handler_cost.py bench_results/models noop [--requests 20000] [--rounds 5]
+    .venv/bin/python scripts/handler_cost.py bench_results/models noop --stream 32
 """
 
 from __future__ import annotations
@@ -52,7 +58,34 @@ def _request(model: str, input_name: str, shape: tuple[int, ...], output: str) -
     return request.SerializeToString()
 
 
-async def measure(repository: Path, model: str, requests: int, rounds: int) -> list[tuple[float, float]]:
+class _Feed:
+    """A request stream with at most `window` messages unanswered: a closed-loop streamed client."""
+
+    def __init__(self, wire: bytes, total: int, window: int) -> None:
+        self._wire, self._total, self._window = wire, total, window
+        self._sent = self.answered = 0
+        self._slot = asyncio.Event()
+
+    def __aiter__(self) -> _Feed:
+        return self
+
+    async def __anext__(self) -> pb.ModelInferRequest:
+        if self._sent == self._total:
+            raise StopAsyncIteration
+        while self._sent - self.answered >= self._window:
+            self._slot.clear()
+            await self._slot.wait()
+        self._sent += 1
+        return pb.ModelInferRequest.FromString(self._wire)
+
+    def answer(self) -> None:
+        self.answered += 1
+        self._slot.set()
+
+
+async def measure(
+    repository: Path, model: str, requests: int, rounds: int, stream: int = 0
+) -> list[tuple[float, float]]:
     options = ServerOptions(
         repository=repository, models=(model,), model_control="none", metrics_port=None, http_port=None
     )
@@ -71,6 +104,8 @@ async def measure(repository: Path, model: str, requests: int, rounds: int) -> l
             response = await service.ModelInfer(pb.ModelInferRequest.FromString(wire), context)  # type: ignore[arg-type]
             return response if isinstance(response, bytes) else response.SerializeToString()
 
+        if stream:
+            return await _measure_stream(service, context, wire, requests, rounds, stream)
         for _ in range(min(requests, 1000)):
             await one()
         results = []
@@ -87,6 +122,30 @@ async def measure(repository: Path, model: str, requests: int, rounds: int) -> l
         await manager.close()
 
 
+async def _measure_stream(
+    service: V2Service, context: _Context, wire: bytes, requests: int, rounds: int, window: int
+) -> list[tuple[float, float]]:
+    """(wall µs, process CPU µs) per message of one stream per round, `window` in flight."""
+
+    async def one_stream(total: int) -> None:
+        feed = _Feed(wire, total, window)
+        async for answer in service.ModelStreamInfer(feed, context):  # type: ignore[arg-type]
+            if not isinstance(answer, bytes):
+                raise RuntimeError(f"the stream answered an error: {answer.error_message}")
+            feed.answer()
+        if feed.answered != total:
+            raise RuntimeError(f"{total} messages sent, {feed.answered} answered")
+
+    await one_stream(min(requests, 1000))
+    results = []
+    for _ in range(rounds):
+        started, cpu = time.perf_counter_ns(), time.process_time_ns()
+        await one_stream(requests)
+        wall_us = (time.perf_counter_ns() - started) / requests / 1e3
+        results.append((wall_us, (time.process_time_ns() - cpu) / requests / 1e3))
+    return results
+
+
 async def _no_reports() -> None:
     raise NotImplementedError("ModelStatistics is not measured here")
 
@@ -97,15 +156,28 @@ def main(argv: list[str]) -> int:
     parser.add_argument("model")
     parser.add_argument("--requests", type=int, default=20000, help="per round (default: 20000)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--stream", type=int, default=0, metavar="N", help="one ModelStreamInfer, N messages in flight"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    if args.requests < 1 or args.rounds < 1:
-        parser.error("--requests and --rounds must be >= 1")
+    if args.requests < 1 or args.rounds < 1 or args.stream < 0:
+        parser.error("--requests and --rounds must be >= 1, --stream >= 0")
     try:
-        results = asyncio.run(measure(args.repository, args.model, args.requests, args.rounds))
+        results = asyncio.run(measure(args.repository, args.model, args.requests, args.rounds, args.stream))
     except CnnserveError as error:
         print(f"handler_cost.py: {error}", file=sys.stderr)
         return 2
+    if args.stream:
+        for index, (wall, cpu) in enumerate(results, 1):
+            print(f"round {index}: {wall:.1f} µs per message, {cpu:.1f} µs of CPU")
+        wall = statistics.median(w for w, _ in results)
+        cpu = statistics.median(c for _, c in results)
+        print(
+            f"{args.model}: median {wall:.1f} µs per message, {cpu:.1f} µs of CPU, "
+            f"one stream, {args.stream} in flight"
+        )
+        return 0
     for index, (total, run) in enumerate(results, 1):
         rest = total - run
         print(f"round {index}: {total:.1f} µs per request, ONNX Runtime {run:.1f}, the rest {rest:.1f}")

@@ -5,7 +5,9 @@ Runs one closed-loop V2 level against TARGET from this process, with the load ge
 server's process PID (`/proc/PID/task/*/stat`) and the machine's idle time (`/proc/stat`), then
 again WINDOW seconds later. It prints each thread's share of a core, the server's CPU per request
 and how idle the machine was. This tells which thread limits the server (its event loop's thread
-is the one whose id is PID) and what each request costs it, apart from the load generator:
+is the one whose id is PID) and what each request costs it, apart from the load generator. Each
+thread's wait for a core (schedstat) is printed beside its CPU: a thread that waits about as long
+as it runs is slowed by the cores being shared, not by its own work:
 
     .venv/bin/python scripts/thread_cpu.py --pid PID --target localhost:8500 --model noop --concurrency 32
 
@@ -19,9 +21,10 @@ import asyncio
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from cnnserve.bench.proc_cpu import machine_cpu_seconds, thread_cpu_seconds
+from cnnserve.bench.proc_cpu import machine_cpu_seconds, thread_cpu_seconds, thread_wait_seconds
 from cnnserve.bench.server_bench import ServerPlan, run_server_bench
 
 WARMUP_S = 1.0
@@ -55,8 +58,22 @@ class _LevelStarted:
         pass
 
 
-def measure(pid: int, plan: ServerPlan, window_s: float) -> tuple[dict, list[tuple[int, str, float]], float]:
-    """The level's record, each thread's share of a core over the window, and the machine's idle share."""
+@dataclass(frozen=True)
+class Measured:
+    """One level: its record, each thread's share of a core and of waiting for one, the idle share."""
+
+    record: dict
+    shares: list[tuple[int, str, float]]
+    waits: dict[int, float]  # tid → share of the window spent ready to run without a core
+    idle: float
+
+
+def wait_shares(before: dict[int, float], after: dict[int, float], seconds: float) -> dict[int, float]:
+    return {tid: (wait - before.get(tid, 0.0)) / seconds for tid, wait in after.items()}
+
+
+def measure(pid: int, plan: ServerPlan, window_s: float) -> Measured:
+    """The level's record and each thread's CPU and run-queue wait over the window."""
     started = _LevelStarted()
     outcome: dict = {}
 
@@ -72,9 +89,11 @@ def measure(pid: int, plan: ServerPlan, window_s: float) -> tuple[dict, list[tup
     if not started.event.wait(plan.connect_timeout_s + 30):
         raise SystemExit(f"thread_cpu.py: the load never started against {plan.target}")
     time.sleep(plan.warmup_s + SETTLE_S)
+    waits_before = thread_wait_seconds(pid)
     before, machine_before, start = thread_cpu_seconds(pid), machine_cpu_seconds(), time.monotonic()
     time.sleep(window_s)
     after, machine_after, seconds = thread_cpu_seconds(pid), machine_cpu_seconds(), time.monotonic() - start
+    waits = wait_shares(waits_before, thread_wait_seconds(pid), seconds)
     runner.join()
     if "error" in outcome:
         raise SystemExit(f"thread_cpu.py: {outcome['error']}")
@@ -83,8 +102,7 @@ def measure(pid: int, plan: ServerPlan, window_s: float) -> tuple[dict, list[tup
         raise SystemExit(f"thread_cpu.py: {sweep.stopped or 'no level was measured'}")
     all_s, busy_s = machine_after[0] - machine_before[0], machine_after[1] - machine_before[1]
     idle = max(0.0, (all_s - busy_s) / all_s) if all_s > 0 else 0.0  # tree_use says why
-    shares = core_shares(before, after, seconds)
-    return sweep.records[0].to_dict(), shares, idle
+    return Measured(sweep.records[0].to_dict(), core_shares(before, after, seconds), waits, idle)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         duration_s=args.window + 2 * SETTLE_S, warmup_s=WARMUP_S, noop_model=None,
         channels=min(args.channels, args.concurrency), streaming=args.streaming,
     )  # fmt: skip
-    record, shares, idle = measure(args.pid, plan, args.window)
+    measured = measure(args.pid, plan, args.window)
+    record, shares, idle = measured.record, measured.shares, measured.idle
     rps, client = record["requests_per_s"], record["client_cpu_pct"]
     over = ", streamed" if record["streaming"] else ""  # what the load generator sent
     print(f"{args.model} at concurrency {args.concurrency}{over}: {rps:,.0f} req/s, "
@@ -115,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         if share >= 0.01:
             role = "  (event loop: the main thread)" if tid == args.pid else ""
             per_request = f"{1e6 * share / rps:6.0f} µs/request"
-            print(f"  {tid:>8} {name:<16} {100 * share:5.1f}% of a core, {per_request}{role}")
+            waited = measured.waits.get(tid)
+            queued = "" if waited is None else f", waited for a core {100 * waited:5.1f}% of the window"
+            print(f"  {tid:>8} {name:<16} {100 * share:5.1f}% of a core, {per_request}{queued}{role}")
     total = sum(share for _, _, share in shares)
     print(f"  server: {100 * total:.1f}% of a core, {1e6 * total / rps:.0f} µs CPU per request")
     return 0

@@ -347,7 +347,9 @@ class ModelManager:
             served.name,
             served.version,
             served.provider,
-            _instances_text(len(served.sessions), settings.cpu_threads, served.sessions[0]),
+            _instances_text(
+                len(served.sessions), settings.cpu_threads, served.sessions[0], settings.allow_spinning
+            ),
             batching.max_batch_size,
             batching.max_queue_delay_s * 1000,
             _inline_text(batching),
@@ -443,11 +445,13 @@ async def _close(served: ServedVersion) -> None:
         await asyncio.to_thread(return_free_memory)
 
 
-def _instances_text(count: int, threads: int, first: ModelSession) -> str:
-    """How many instances, their threads, and which small runs the first one (as every other,
-    opened alike) gives a one-thread session."""
+def _instances_text(count: int, threads: int, first: ModelSession, spinning: bool = False) -> str:
+    """How many instances, their threads (and whether they spin), and which small runs the first
+    one (as every other, opened alike) gives a one-thread session."""
     each = f"{threads} intra-op thread(s)" if threads else "ONNX Runtime's intra-op threads"
     text = f"{count} instance{'s' if count > 1 else ''}, {each}{' each' if count > 1 else ''}"
+    if spinning:
+        text += " spinning while they wait for work (--cpu-spinning)"
     if first.has_small_session:
         text += f", runs under {SMALL_RUN_ROWS} images on one thread while the cores are busy"
     if first.inline_probe is not None:

@@ -3,10 +3,12 @@
 Serves the same ONNX file (the one `cnnserve export` wrote) from each server in turn, each on
 free loopback ports, and measures each with the same load generator as `cnnserve bench server
 --protocol v2` (single images, closed loop, concurrency 1 and 32 by default), then ONNX Runtime
-in-process on that file at batch 64 and batch 1. cnnserve runs six ways (`OURS`): with its
+in-process on that file at batch 64 and batch 1. cnnserve runs seven ways (`OURS`): with its
 defaults, with `serve --workers` (`--workers`, one per available core by default), with `serve
 --idle-poll-us 1000`, and under the same load sent as ModelStreamInfer messages, without and with
-`--idle-poll-us 1000`, and with `--workers` too; the peers run as their defaults, and the
+`--idle-poll-us 1000`, with `--workers` too, and polled with `--cpu-spinning` (ONNX Runtime's
+threads spinning, as in the in-process batch-1 figure the own-time goal adds 100 µs to: the
+latency-first configuration, which costs CPU); the peers run as their defaults, and the
 ceiling is a grpc.aio server that runs no model, measured under the unary load and again under
 the streamed one (`ceiling-stream`). Each server's process tree's CPU is read over each window,
 and the model's own compute per image in-process on one thread. Writes one JSON and prints two
@@ -50,22 +52,25 @@ IDLE_POLL_US = 1000  # longer than this load generator's gap between an answer a
 @dataclass(frozen=True)
 class OurServer:
     """One way this run starts and loads cnnserve: `serve --workers`, `serve --idle-poll-us
-    IDLE_POLL_US`, and whether the load comes as V2 ModelStreamInfer messages (neither peer
-    streams single requests: KServe has no ModelStreamInfer, MLServer's feeds one model's
-    predict_stream)."""
+    IDLE_POLL_US`, `serve --cpu-spinning`, and whether the load comes as V2 ModelStreamInfer
+    messages (neither peer streams single requests: KServe has no ModelStreamInfer, MLServer's
+    feeds one model's predict_stream)."""
 
     workers: bool = False
     polls: bool = False
     streaming: bool = False
+    spins: bool = False
 
     def serve_flags(self, workers: int) -> list[str]:
         return [*(["--workers", str(workers)] if self.workers else []),
-                *(["--idle-poll-us", str(IDLE_POLL_US)] if self.polls else [])]  # fmt: skip
+                *(["--idle-poll-us", str(IDLE_POLL_US)] if self.polls else []),
+                *(["--cpu-spinning"] if self.spins else [])]  # fmt: skip
 
     def recorded(self, workers: int) -> dict:
         """What the run's JSON keeps of the flags, which the tables read back."""
         return {**({"workers": workers} if self.workers else {}),
-                **({"idle_poll_us": IDLE_POLL_US} if self.polls else {})}  # fmt: skip
+                **({"idle_poll_us": IDLE_POLL_US} if self.polls else {}),
+                **({"cpu_spinning": True} if self.spins else {})}  # fmt: skip
 
 
 OURS = {
@@ -75,6 +80,7 @@ OURS = {
     "cnnserve-stream": OurServer(streaming=True),
     "cnnserve-stream-poll": OurServer(polls=True, streaming=True),
     "cnnserve-workers-stream": OurServer(workers=True, streaming=True),
+    "cnnserve-stream-poll-spin": OurServer(polls=True, streaming=True, spins=True),
 }
 # The ceiling twice: unary, and under the streamed load (what any ModelStreamInfer server costs).
 CEILINGS = ("ceiling", "ceiling-stream")
@@ -522,6 +528,8 @@ def _serve_flag(entry: dict) -> str:
     flags = [f"--workers {entry['workers']}"] if "workers" in entry else []
     if "idle_poll_us" in entry:
         flags.append(f"--idle-poll-us {entry['idle_poll_us']}")
+    if entry.get("cpu_spinning"):
+        flags.append("--cpu-spinning")
     return " ".join(flags)
 
 

@@ -55,3 +55,29 @@ def test_handler_cost_names_a_missing_model(tmp_path) -> None:
     )
     assert done.returncode != 0
     assert "absent" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_stream_mode_answers_every_message_and_reports_wall_and_cpu(tmp_path) -> None:
+    """`--stream N`: one real ModelStreamInfer call, N messages in flight; the script fails unless
+    every message sent was answered without an error."""
+    write_model(tmp_path, "tiny", cnn_model(seed=3), max_queue_delay_ms=0)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "handler_cost.py"), str(tmp_path), "tiny",
+         "--requests", "300", "--rounds", "2", "--stream", "8"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rounds = re.findall(r"round (\d+): ([\d.]+) µs per message, ([\d.]+) µs of CPU", done.stdout)
+    assert [int(r[0]) for r in rounds] == [1, 2]
+    assert all(float(wall) > 0 and float(cpu) > 0 for _, wall, cpu in rounds)
+    assert re.search(
+        r"tiny: median [\d.]+ µs per message, [\d.]+ µs of CPU, one stream, 8 in flight", done.stdout
+    )
+
+
+def test_a_negative_stream_is_refused(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "handler_cost.py"), str(tmp_path), "tiny", "--stream", "-1"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--stream >= 0" in done.stderr

@@ -212,11 +212,11 @@ def test_cpu_figures_and_the_machines_bound_of_a_recorded_run():
     assert f"= {bound.requests_per_s:,.0f} req/s" in compare.goals(result)
 
 
-@pytest.mark.parametrize("stamp", ["1833", "2135", "2215"])
-def test_benchmarks_md_shows_runs_10_12_and_15_as_their_json_renders(stamp, capsys):
+@pytest.mark.parametrize("stamp", ["1833", "2135", "2215", "1204_1818"])
+def test_benchmarks_md_shows_runs_10_12_15_and_30_as_their_json_renders(stamp, capsys):
     """BENCHMARKS.md's tables of run 10 (five cnnserve configurations, the streamed one polled
-    too) and run 12 (the first where a unary configuration met the c=1 goal) are what
-    `compare.py --table` prints from the recorded JSON, line for line."""
+    too), run 12 (the first where a unary configuration met the c=1 goal), run 15 and run 30 (the
+    spinning stream too) are what `compare.py --table` prints from the recorded JSON, line for line."""
     assert compare.main(["--table", str(RECORDED.parent / f"peers_run_{stamp}.json")]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
@@ -224,7 +224,12 @@ def test_benchmarks_md_shows_runs_10_12_and_15_as_their_json_renders(stamp, caps
     assert any("ModelStreamInfer, --idle-poll-us 1000 (ORT" in line for line in lines)
     (goal,) = [line for line in lines if line.startswith("| c=1 p50 ≤ 0.7× the best peer's |")]
     polled = goal.split(" | ")[4]  # cnnserve, 1 worker, --idle-poll-us 1000
-    assert polled == {"1833": "1.31 ms ❌", "2135": "0.91 ms ✅", "2215": "0.81 ms ❌"}[stamp]
+    assert (
+        polled
+        == {"1833": "1.31 ms ❌", "2135": "0.91 ms ✅", "2215": "0.81 ms ❌", "1204_1818": "0.72 ms ❌"}[
+            stamp
+        ]
+    )
 
 
 def test_table_command_prints_a_recorded_run(capsys):
@@ -245,6 +250,7 @@ def test_the_driver_measures_cnnserve_end_to_end(noop_repository, tmp_path):
         "cnnserve-stream",
         "cnnserve-stream-poll",
         "cnnserve-workers-stream",
+        "cnnserve-stream-poll-spin",
         "ceiling",
         "ceiling-stream",
     )
@@ -275,10 +281,19 @@ def test_the_driver_measures_cnnserve_end_to_end(noop_repository, tmp_path):
     both = result["servers"]["cnnserve-workers-stream"]
     assert both["workers"] == 2 and all(r["streaming"] for r in both["records"])
     assert "ready: 2 workers on 127.0.0.1:" in (tmp_path / "cnnserve-workers-stream.log").read_text()
+    spinning = result["servers"]["cnnserve-stream-poll-spin"]
+    assert spinning["cpu_spinning"] is True and spinning["idle_poll_us"] == compare.IDLE_POLL_US
+    assert all(r["streaming"] for r in spinning["records"])
+    spins = "spinning while they wait for work (--cpu-spinning)"
+    assert spins in (tmp_path / "cnnserve-stream-poll-spin.log").read_text()
+    assert spins not in (tmp_path / "cnnserve-stream-poll.log").read_text()
+    assert "cpu_spinning" not in result["servers"]["cnnserve-stream-poll"]
     (goals_head, *_) = compare.goals(result, 1, 2).splitlines()
     assert goals_head.endswith(
         "| cnnserve, 1 worker, ModelStreamInfer | cnnserve, 1 worker, ModelStreamInfer, --idle-poll-us 1000 "
-        "| cnnserve --workers 2, ModelStreamInfer | the ceiling | the ceiling, ModelStreamInfer |"
+        "| cnnserve --workers 2, ModelStreamInfer "
+        "| cnnserve, 1 worker, ModelStreamInfer, --idle-poll-us 1000 --cpu-spinning "
+        "| the ceiling | the ceiling, ModelStreamInfer |"
     )
     assert result["in_process"]["batch_size"] == 64 and result["in_process"]["images_per_s"] > 0
     assert result["in_process_batch1"]["batch_size"] == 1 and result["in_process_batch1"]["p50_ms"] > 0
@@ -363,6 +378,7 @@ RUN_TABLES = {
     "Runs 18–20": ["0800", "0802", "0804"],
     "Runs 21–23": ["0816", "0819", "0821"],
     "Runs 24–27": ["1813", "1820", "1822", "1825"],
+    "Runs 28–31": ["1204_1759", "1204_1815", "1204_1818", "1204_1821"],
 }
 RUN_TABLE_LABELS = {
     "cnnserve, 1 worker": "cnnserve",
@@ -371,6 +387,7 @@ RUN_TABLE_LABELS = {
     "cnnserve, ModelStreamInfer": "cnnserve-stream",
     "cnnserve, ModelStreamInfer, --idle-poll-us 1000": "cnnserve-stream-poll",
     "cnnserve --workers 2, ModelStreamInfer": "cnnserve-workers-stream",
+    "cnnserve, ModelStreamInfer, --idle-poll-us 1000 --cpu-spinning": "cnnserve-stream-poll-spin",
     "KServe": "kserve",
     "MLServer": "mlserver",
     "the ceiling (no model)": "ceiling",
@@ -380,7 +397,8 @@ RUN_TABLE_LABELS = {
 
 @pytest.mark.parametrize(("runs", "stamp"), [(r, s) for r, stamps in RUN_TABLES.items() for s in stamps])
 def test_benchmarks_md_run_tables_read_the_recorded_runs(runs, stamp):
-    """Each server's cell in the tables of runs 12-14 to 24-27 is that run's c=1 p50 and c=32 req/s."""
+    """Each server's cell in the tables of runs 12-14 to 28-31 is that run's c=1 p50 and c=32 req/s
+    ("–" where the run had no such server)."""
     result = json.loads((RECORDED.parent / f"peers_run_{stamp}.json").read_text())
     column = RUN_TABLES[runs].index(stamp)
     benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
@@ -391,11 +409,42 @@ def test_benchmarks_md_run_tables_read_the_recorded_runs(runs, stamp):
         label = row.split(" | ")[0].lstrip("| ")
         if label not in RUN_TABLE_LABELS:
             continue  # the header and the goals' rows
-        records = {r["concurrency"]: r for r in result["servers"][RUN_TABLE_LABELS[label]]["records"]}
         cell = row.split(" | ")[1 + column].rstrip(" |")
+        entry = result["servers"].get(RUN_TABLE_LABELS[label])
+        if entry is None:
+            assert cell == "–", label
+            continue
+        records = {r["concurrency"]: r for r in entry["records"]}
         assert cell == f"{records[1]['p50_ms']:.2f} ms; {records[32]['requests_per_s']:,.0f}", label
         checked.add(label)
     required = {"cnnserve, 1 worker", "cnnserve, ModelStreamInfer", "KServe", "the ceiling (no model)"}
     if "cnnserve-workers-stream" in result["servers"]:  # runs since compare.py streamed to the workers
         required.add("cnnserve --workers 2, ModelStreamInfer")
+    if "cnnserve-stream-poll-spin" in result["servers"]:  # runs since it ran the spinning stream too
+        required.add("cnnserve, ModelStreamInfer, --idle-poll-us 1000 --cpu-spinning")
     assert required <= checked
+
+
+@pytest.mark.parametrize("stamp", RUN_TABLES["Runs 28–31"])
+def test_benchmarks_md_own_times_of_runs_28_31_are_the_recorded_ones(stamp):
+    """The own-time row of runs 28-31: each run's server_total_us at c=1 of the polled stream and
+    of the spinning one, and the goal from the run's in-process batch 1."""
+    result = json.loads((RECORDED.parent / f"peers_run_{stamp}.json").read_text())
+    column = RUN_TABLES["Runs 28–31"].index(stamp)
+    benchmarks = (Path(__file__).parents[2] / "BENCHMARKS.md").read_text()
+    section = benchmarks[benchmarks.index("Runs 28–31 (c=1 p50; c=32 req/s):") :]
+    rows = {
+        row.split(" | ")[0].lstrip("| "): row.split(" | ")[1:]
+        for row in section.split("\n\n")[1].splitlines()
+    }
+
+    def own(name: str) -> str:
+        entry = result["servers"].get(name)
+        if entry is None:
+            return "–"
+        return f"{next(r for r in entry['records'] if r['concurrency'] == 1)['server_total_us']:.0f} µs"
+
+    cell = rows["own time at c=1: the polled stream; with --cpu-spinning"][column].rstrip(" |")
+    assert cell == f"{own('cnnserve-stream-poll')}; {own('cnnserve-stream-poll-spin')}"
+    goal = rows["own-time goal (in-process batch 1 + 100 µs)"][column].rstrip(" |")
+    assert goal == f"≤ {1e3 * result['in_process_batch1']['p50_ms'] + 100:.0f} µs"

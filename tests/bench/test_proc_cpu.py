@@ -20,6 +20,7 @@ from cnnserve.bench.proc_cpu import (
     machine_cpu_seconds,
     stat_cpu_seconds,
     thread_cpu_seconds,
+    thread_wait_seconds,
     tree_use,
 )
 
@@ -42,6 +43,35 @@ def test_this_process_and_the_machine_use_cpu_as_it_spins():
     # machine busy for the whole window the two differences match up to rounding (CI: 0.6 s each).
     assert 0 < busy_after - busy_before <= total_after - total_before + 1e-6
     assert thread_cpu_seconds(os.getpid())[os.getpid()][1] > threads[os.getpid()][1]
+
+
+def test_two_spinners_on_one_core_each_wait_for_it():
+    """schedstat's run-queue wait: two processes that never sleep, pinned to the same CPU, each
+    spend much of the window ready to run while the other has the core."""
+    cpu = min(os.sched_getaffinity(0))
+    spin = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nprint(flush=True)\nwhile True:\n    pass\n"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE) for _ in range(2)]
+    try:
+        for spinner in spinners:
+            spinner.stdout.readline()  # pinned, and spinning from here on
+        first = spinners[0].pid
+        before, start = thread_wait_seconds(first), time.monotonic()
+        time.sleep(0.6)
+        waited = (thread_wait_seconds(first)[first] - before[first]) / (time.monotonic() - start)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    # About half the window each; the machine's other work moves it, never down to a sleeper's 0.
+    assert 0.2 < waited < 1.0
+
+
+def test_a_kernel_without_schedstats_gives_no_waits(tmp_path):
+    task = tmp_path / "4242" / "task"
+    (task / "4242").mkdir(parents=True)
+    (task / "4243").mkdir()
+    (task / "4243" / "schedstat").write_text("1000 2500000000 7\n")
+    assert thread_wait_seconds(4242, tmp_path) == {4243: 2.5}
 
 
 def test_cpu_sample_covers_the_whole_tree_and_each_main_thread(tmp_path):

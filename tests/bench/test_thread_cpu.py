@@ -18,7 +18,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import thread_cpu  # noqa: E402
 
-THREAD_LINE = re.compile(r"^\s+(\d+) (\S+)\s+([\d.]+)% of a core,\s+(\d+) µs/request(.*)$", re.MULTILINE)
+THREAD_LINE = re.compile(
+    r"^\s+(\d+) (\S+)\s+([\d.]+)% of a core,\s+(\d+) µs/request, "
+    r"waited for a core\s+([\d.]+)% of the window(.*)$",
+    re.MULTILINE,
+)
 
 
 def test_a_busy_thread_shows_its_share_of_a_core():
@@ -62,7 +66,9 @@ def test_the_server_threads_of_a_real_server_under_load(server, streamed):
     assert re.match(pattern, head), head
     threads = THREAD_LINE.findall(done.stdout)
     loop = [t for t in threads if t[0] == str(server.process.pid)]
-    assert loop and "event loop" in loop[0][4] and float(loop[0][2]) > 5, done.stdout
+    assert loop and "event loop" in loop[0][5] and float(loop[0][2]) > 5, done.stdout
+    # Every thread line carries its run-queue wait, a share of the window.
+    assert threads and all(0 <= float(t[4]) <= 100 for t in threads), done.stdout
     assert re.search(r"server: [\d.]+% of a core, \d+ µs CPU per request", done.stdout)
 
 
