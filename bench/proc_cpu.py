@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,16 +74,22 @@ def cpu_sample(root_pid: int, proc: Path = PROC) -> CpuSample:
     return CpuSample(sum(by_pid.values()), by_pid, main)
 
 
-def thread_cpu_seconds(pid: int, proc: Path = PROC) -> dict[int, tuple[str, float]]:
-    """Every thread of `pid`: its name and CPU seconds so far; one that ends while read is skipped."""
-    threads = {}
+def _thread_files(pid: int, name: str, proc: Path) -> Iterator[tuple[int, str]]:
+    """(tid, text) of `/proc/PID/task/TID/NAME` for every thread of `pid` whose file could be read
+    (a thread that ends while read, or a file this kernel does not keep, is skipped)."""
     for task in (proc / str(pid) / "task").iterdir():
         try:
-            stat = (task / "stat").read_text()
+            yield int(task.name), (task / name).read_text()
         except OSError:
             continue
-        threads[int(task.name)] = (stat[stat.index("(") + 1 : stat.rindex(")")], stat_cpu_seconds(stat))
-    return threads
+
+
+def thread_cpu_seconds(pid: int, proc: Path = PROC) -> dict[int, tuple[str, float]]:
+    """Every thread of `pid`: its name and CPU seconds so far; one that ends while read is skipped."""
+    return {
+        tid: (stat[stat.index("(") + 1 : stat.rindex(")")], stat_cpu_seconds(stat))
+        for tid, stat in _thread_files(pid, "stat", proc)
+    }
 
 
 def thread_wait_seconds(pid: int, proc: Path = PROC) -> dict[int, float]:
@@ -92,13 +99,10 @@ def thread_wait_seconds(pid: int, proc: Path = PROC) -> dict[int, float]:
     Beside its CPU time this says whether a thread was slow because it ran or because it queued:
     on a machine with more runnable threads than cores, a run's wall time grows by the wait."""
     waits = {}
-    for task in (proc / str(pid) / "task").iterdir():
-        try:
-            fields = (task / "schedstat").read_text().split()
-        except OSError:
-            continue
+    for tid, schedstat in _thread_files(pid, "schedstat", proc):
+        fields = schedstat.split()
         if len(fields) >= 2:
-            waits[int(task.name)] = int(fields[1]) / 1e9
+            waits[tid] = int(fields[1]) / 1e9
     return waits
 
 

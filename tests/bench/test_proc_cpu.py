@@ -66,7 +66,8 @@ def test_two_spinners_on_one_core_each_wait_for_it():
     assert 0.2 < waited < 1.0
 
 
-def test_a_kernel_without_schedstats_gives_no_waits(tmp_path):
+def test_a_thread_without_schedstat_is_left_out(tmp_path):
+    """A kernel without schedstats has no such file: that thread has no wait, the others theirs."""
     task = tmp_path / "4242" / "task"
     (task / "4242").mkdir(parents=True)
     (task / "4243").mkdir()
