@@ -22,6 +22,15 @@ sooner than the model runs waits for a worker (and for company), while a server 
 request at a time, or whose loop costs more per request than the model does, saves the two
 thread wake-ups. The loop is blocked while it runs, so `max_inline_run_s` is kept small.
 
+Under load (`inline_under_load`), batches form on the loop's thread too: a queued request asks
+for one call at the loop's next turn (`_run_queued`), by which time the requests read in the same
+turn have queued beside it. If no worker is running and the batch's recent runs took at most
+`max_inline_run_s`, it runs there; otherwise a worker takes it. On a machine whose cores the
+server shares (the 2-core VM, with the load generator beside it) the two hand-overs a worker's
+batch costs — a wake-up to the worker and `call_soon_threadsafe` back — were what left cores idle
+while threads queued for them, and small batches run on one thread for less CPU per image
+(BENCHMARKS.md, "Batches on the event loop's thread under load").
+
 With several instances (sessions) of one version, each has a worker on the same queue: the
 first takes whatever waits, the others (helpers) only `SHARE_MIN_ROWS` images or more, and a
 large batch is split into equal shares while instances are idle. A request's rows may then
@@ -215,6 +224,8 @@ class Batcher:
         self._helpers_waiting = 0
         self._busy = 0  # runs in progress: workers between taking a batch and asking for the next
         self._max_inline_ns = config.inline_run_limit_ns
+        self._inline_under_load = config.inline_under_load and bool(self._max_inline_ns)
+        self._run_scheduled = False  # a `_run_queued` call is waiting for the loop's next turn
         # Recent run times by batch size, and when the last run ended: what the inline decision
         # reads. Written by whichever thread ran; a stale read only costs a hop.
         self._recent_runs: dict[int, _RecentRuns] = {}
@@ -304,7 +315,12 @@ class Batcher:
                 self._queue.append(pending)
                 self._queued_requests += 1
                 self._queued_images += rows
-                self._wake_for_queue()
+                if self._inline_under_load and not self._busy:
+                    if not self._run_scheduled:
+                        self._run_scheduled = True
+                        loop.call_soon(self._run_queued)
+                else:
+                    self._wake_for_queue()
         if inline:
             return self._run_inline(images, rows, now)
         # One timer per request with a deadline (asyncio.wait_for would add a waiter future
@@ -332,6 +348,34 @@ class Batcher:
             return False  # no run of this many images seen yet: the cost is unknown
         cost = recent.median_ns
         return cost <= self._max_inline_ns and now_ns - self._last_end_ns >= cost
+
+    def _inline_fits(self, rows: int) -> bool:
+        """Whether recent runs of `rows` images took at most `max_inline_run_s` (hold the lock)."""
+        recent = self._recent_runs.get(rows)
+        return recent is not None and recent.median_ns <= self._max_inline_ns
+
+    def _run_queued(self) -> None:
+        """The loop's turn after requests were queued under load: run what waits as one batch
+        here when no worker is running and the batch fits the inline limit, else wake a worker.
+
+        Nothing can be queued while it runs (only this blocked thread submits), so a worker
+        woken by an earlier request finds the queue empty or holding only what this left."""
+        self._run_scheduled = False
+        with self._lock:
+            if not self._queue:
+                return
+            if self._busy or not self._inline_fits(min(self._queued_images, self.config.max_batch_size)):
+                self._wake_for_queue()
+                return
+            slices = self._take_batch(self.config.max_batch_size)
+            if not slices:
+                return
+            self._busy += 1  # the workers leave instance 0's session alone meanwhile
+        self._execute(slices, self._inline_run, on_loop=True)
+        with self._lock:
+            if self._queue and not self._run_scheduled:
+                self._run_scheduled = True
+                asyncio.get_running_loop().call_soon(self._run_queued)
 
     def _run_inline(self, images: np.ndarray, rows: int, submitted_ns: int) -> BatchedResult:
         """`images` (`rows` of them) as a batch of their own on instance 0, here and now."""
@@ -466,28 +510,34 @@ class Batcher:
                 if helper and self._queued_images < self._share_min:
                     self._wait(wake, helper)
                     continue
-                now = self._clock()
-                wait_ns = self._queue[0].enqueued_ns + delay_ns - now
+                wait_ns = self._queue[0].enqueued_ns + delay_ns - self._clock()
                 if self._queued_images < self.config.max_batch_size and wait_ns > 0 and not self._draining:
                     self._wait(wake, helper, wait_ns / 1e9)
                     continue
-                slices, expired = plan_batch(self._queue, self._batch_limit(), now)
-                if expired:
-                    self._fail([(pending, DeadlineExceeded(
-                        f"deadline exceeded after {(now - pending.enqueued_ns) / 1e6:.1f} ms waiting "
-                        f"for model {self.name!r}; dropped before compute"
-                    )) for pending in expired])  # fmt: skip
-                for pending, start, stop in slices:
-                    self._queued_images -= stop - start
-                    if stop == pending.rows and pending.queued:
-                        pending.queued = False
-                        self._queued_requests -= 1
-                        pending.queue_ns = now - pending.enqueued_ns
+                slices = self._take_batch(self._batch_limit())
                 if slices:
                     self._busy += 1
                     if len(self._runs) > 1:
                         self._wake_for_queue()  # what is left, for an idle instance
                     return slices
+
+    def _take_batch(self, limit: int) -> list[Slice]:
+        """Up to `limit` rows from the queue's head, counted out of it; requests whose deadline
+        passed are failed instead (hold the lock)."""
+        now = self._clock()
+        slices, expired = plan_batch(self._queue, limit, now)
+        if expired:
+            self._fail([(pending, DeadlineExceeded(
+                f"deadline exceeded after {(now - pending.enqueued_ns) / 1e6:.1f} ms waiting "
+                f"for model {self.name!r}; dropped before compute"
+            )) for pending in expired])  # fmt: skip
+        for pending, start, stop in slices:
+            self._queued_images -= stop - start
+            if stop == pending.rows and pending.queued:
+                pending.queued = False
+                self._queued_requests -= 1
+                pending.queue_ns = now - pending.enqueued_ns
+        return slices
 
     def _batch_limit(self) -> int:
         """Rows for the batch being formed (hold the lock): all of `max_batch_size`, or an equal
@@ -522,7 +572,9 @@ class Batcher:
         self._lock.notify_all()
         self._helper_wake.notify_all()
 
-    def _execute(self, slices: list[Slice], run: RunFn) -> None:
+    def _execute(self, slices: list[Slice], run: RunFn, on_loop: bool = False) -> None:
+        """Run one batch and answer the requests it completes: through the loop from a worker,
+        directly when it runs on the loop's thread (`on_loop`)."""
         rows = sum(stop - start for _, start, stop in slices)
         started = self._clock()
         try:
@@ -565,8 +617,13 @@ class Batcher:
                 pending.output_ns += scattered - computed
                 if pending.done_rows == pending.rows:
                     finished.append((pending, _result(pending)))
-        record = BatchRecord(rows, len(slices), gathered - started, computed - gathered, scattered - computed)
-        self._post(finished, record)
+        record = BatchRecord(
+            rows, len(slices), gathered - started, computed - gathered, scattered - computed, inline=on_loop
+        )
+        if on_loop:
+            self._deliver(finished, record)
+        else:
+            self._post(finished, record)
 
     def _check_outputs(self, outputs: Mapping[str, np.ndarray], rows: int) -> None:
         for output, value in outputs.items():

@@ -68,6 +68,9 @@ class BatchingConfig:
     # when the model is idle and its recent runs of that size took at most this (batcher.py);
     # 0: never. The loop is blocked for that long, so it stays small.
     max_inline_run_s: float = 0.0
+    # Under load too, a batch that fits `max_inline_run_s` runs on the loop's thread while no
+    # worker is running (batcher.py); off: busy traffic always goes to a worker.
+    inline_under_load: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -124,6 +127,8 @@ class ServerOptions:
     # Idle models run cheap requests on the event loop's thread (BatchingConfig.max_inline_run_s);
     # unset: config.json's inline_max_us, else DEFAULT_INLINE_MAX_US.
     inline_max_us: Override[float] = field(default_factory=Override)
+    # Busy models too run small batches on the loop's thread (BatchingConfig.inline_under_load).
+    inline_under_load: bool = True
     max_request_images: int = 4096
     max_message_bytes: int = MAX_MESSAGE_BYTES
     grace_s: float = 30.0
@@ -240,6 +245,7 @@ class ServerOptions:
                 name, DEFAULT_INLINE_MAX_US if inline_max_us is None else inline_max_us
             )
             / 1e6,
+            inline_under_load=self.inline_under_load,
         )
 
 

@@ -461,7 +461,8 @@ def _instances_text(count: int, threads: int, first: ModelSession, spinning: boo
 
 def _inline_text(batching: BatchingConfig) -> str:
     if batching.inline_run_limit_ns:
-        return f"inline runs up to {batching.inline_run_limit_ns / 1e3:g} µs when idle"
+        when = "when idle and under load" if batching.inline_under_load else "when idle"
+        return f"inline runs up to {batching.inline_run_limit_ns / 1e3:g} µs {when}"
     return "no inline runs"
 
 

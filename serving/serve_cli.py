@@ -151,6 +151,14 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         f"(default: config.json's inline_max_us, else {DEFAULT_INLINE_MAX_US:g})",
     )
     serve.add_argument(
+        "--inline-under-load",
+        choices=("on", "off"),
+        default="on",
+        help="under load, a batch whose recent runs took at most --inline-max-us also runs on the "
+        "event loop's thread while no worker is running, formed from the requests read in one turn "
+        "of the loop; off: busy traffic always goes to the worker (default: on)",
+    )
+    serve.add_argument(
         "--max-request-images", type=int, default=images, help=f"images per request (default: {images})"
     )
     serve.add_argument(
@@ -301,6 +309,7 @@ def build_options(args: argparse.Namespace) -> ServerOptions:
         max_queue_size=_override(args.max_queue_size, int, DEFAULT_MAX_QUEUE_SIZE),
         instances=_override(args.instances, int),
         inline_max_us=_override(args.inline_max_us, float),
+        inline_under_load=args.inline_under_load == "on",
         max_request_images=args.max_request_images,
         max_message_bytes=int(args.max_message_mb * MIB),
         grace_s=args.grace_s,

@@ -360,8 +360,10 @@ class TimedModel(RecordingModel):
         return outputs
 
 
-def inline_config(max_inline_us: float = 1000, delay_s: float = 0.0) -> BatchingConfig:
-    return BatchingConfig(4, delay_s, 100, max_inline_run_s=max_inline_us / 1e6)
+def inline_config(
+    max_inline_us: float = 1000, delay_s: float = 0.0, under_load: bool = False
+) -> BatchingConfig:
+    return BatchingConfig(4, delay_s, 100, max_inline_run_s=max_inline_us / 1e6, inline_under_load=under_load)
 
 
 def test_an_idle_model_runs_a_request_on_the_loops_thread_once_it_knows_the_cost() -> None:
@@ -497,3 +499,106 @@ def test_a_failing_inline_run_fails_its_request_only() -> None:
 def test_inline_limit_is_validated() -> None:
     with pytest.raises(CnnserveError, match="max_inline_run must be between 0 and 10 ms, received 20 ms"):
         BatchingConfig(4, 0.0, 100, max_inline_run_s=0.02)
+
+
+async def burst(batcher: Batcher, *request_ids: int) -> list[list[int]]:
+    """Requests submitted in one turn of the loop (as a stream's reads are), one image each."""
+    results = await asyncio.gather(*(batcher.submit(images(i)) for i in request_ids))
+    return [ids(r.outputs["logits"]) for r in results]
+
+
+def test_under_load_a_burst_batches_on_the_loops_thread_once_its_size_is_known() -> None:
+    """Three requests queued in one turn ride one batch: the first time on the worker (the cost
+    of three is unknown), then on the loop's thread, with no hand-over, each caller its own row."""
+    clock = FakeClock()
+    model = TimedModel(clock, cost_ns=300_000)
+    records: list[BatchRecord] = []
+
+    async def scenario() -> list[list[list[int]]]:
+        batcher = Batcher("test", model, inline_config(under_load=True), on_batch=records.append, clock=clock)
+        batcher.start()
+        answers = [
+            await burst(batcher, 1, 2, 3),
+            await burst(batcher, 4, 5, 6),
+            await burst(batcher, 7, 8, 9),
+        ]
+        await batcher.close()
+        return answers
+
+    assert asyncio.run(scenario()) == [[[1], [2], [3]], [[4], [5], [6]], [[7], [8], [9]]]
+    assert model.on_loop_thread == [False, True, True]
+    assert [(r.size, r.requests, r.inline) for r in records] == [(3, 3, False), (3, 3, True), (3, 3, True)]
+
+
+def test_under_load_off_or_too_costly_a_burst_goes_to_the_worker() -> None:
+    for cfg, cost_ns in (
+        (inline_config(), 300_000),
+        (inline_config(max_inline_us=200, under_load=True), 300_000),
+    ):
+        clock = FakeClock()
+        model = TimedModel(clock, cost_ns=cost_ns)
+
+        async def scenario(
+            model: TimedModel = model, cfg: BatchingConfig = cfg, clock: FakeClock = clock
+        ) -> None:
+            batcher = Batcher("test", model, cfg, clock=clock)
+            batcher.start()
+            for first in (1, 4, 7):
+                assert await burst(batcher, first, first + 1, first + 2) == [
+                    [first],
+                    [first + 1],
+                    [first + 2],
+                ]
+            await batcher.close()
+
+        asyncio.run(scenario())
+        assert model.on_loop_thread == [False] * 3, cfg
+
+
+def test_under_load_requests_wait_for_a_running_worker_not_the_loop() -> None:
+    """While the worker is mid-batch, a burst queues for it (instance 0's session is in use): the
+    worker takes the whole burst as its next batch, and nothing runs on the loop's thread."""
+    clock = FakeClock()
+    gate = threading.Event()
+    model = TimedModel(clock, cost_ns=300_000)
+
+    async def scenario() -> list[list[int]]:
+        batcher = Batcher("test", model, inline_config(under_load=True), clock=clock)
+        batcher.start()
+        await burst(batcher, 1, 2)  # the worker; the cost of two is known from here on
+        model.gate = gate
+        running = asyncio.ensure_future(batcher.submit(images(3)))
+        while len(model.on_loop_thread) < 2:
+            await asyncio.sleep(0.001)
+        waiting = asyncio.ensure_future(burst(batcher, 4, 5))
+        await asyncio.sleep(0.01)
+        gate.set()
+        first = ids((await running).outputs["logits"])
+        rest = await waiting
+        await batcher.close()
+        return [first, *rest]
+
+    assert asyncio.run(scenario()) == [[3], [4], [5]]
+    assert model.on_loop_thread == [False, False, False]
+    assert [len(b) for b in model.batches] == [2, 1, 2]
+
+
+def test_under_load_a_failing_batch_on_the_loop_fails_its_requests_only() -> None:
+    clock = FakeClock()
+    model = TimedModel(clock, cost_ns=300_000)
+
+    async def scenario() -> list[list[int]]:
+        batcher = Batcher("test", model, inline_config(under_load=True), clock=clock)
+        batcher.start()
+        await burst(batcher, 1, 2)
+        model.fail_next = True
+        with pytest.raises(
+            InferenceFailed, match="model 'test' failed on a batch of 2 images: kernel exploded"
+        ):
+            await burst(batcher, 3, 4)
+        after = await burst(batcher, 5, 6)
+        await batcher.close()
+        return after
+
+    assert asyncio.run(scenario()) == [[5], [6]]
+    assert model.on_loop_thread == [False, True, True]

@@ -219,3 +219,17 @@ def test_inline_limit_comes_from_the_model_flag_then_the_flag_then_config_json(t
     flagged = ServerOptions(repository=tmp_path, inline_max_us=Override(every=0.0, per_model=(("b", 40.0),)))
     assert limit_us(flagged, "a", 250) == 0  # --inline-max-us 0 beats config.json
     assert limit_us(flagged, "b", 250) == 40  # --inline-max-us b=40 beats both
+
+
+def test_inline_under_load_is_on_by_default_and_off_with_the_flag(tmp_path: Path) -> None:
+    from cnnserve.cli import build_parser
+    from cnnserve.serving.serve_cli import build_options
+
+    def under_load(*flags: str) -> tuple[bool, bool]:
+        options = build_options(build_parser().parse_args(["serve", "--repository", str(tmp_path), *flags]))
+        return options.inline_under_load, options.batching_for("a", 8, 0.0).inline_under_load
+
+    assert under_load() == (True, True)
+    assert under_load("--inline-under-load", "off") == (False, False)
+    result = run_serve("--repository", str(tmp_path), "--inline-under-load", "maybe")
+    assert result.returncode == 2 and "invalid choice: 'maybe'" in result.stderr

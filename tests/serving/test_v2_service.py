@@ -270,6 +270,7 @@ def test_an_idle_cheap_model_answers_one_request_at_a_time_inline(start_server, 
         (("--inline-max-us", "cheap=0"), None, 0),
         ((), 0, 0),
         (("--inline-max-us", "1000"), 0, 8),
+        (("--inline-under-load", "off"), None, 8),
     ]
     for flags, in_config, inline_at_least in cases:
         config = written if in_config is None else {**written, "inline_max_us": in_config}
@@ -279,7 +280,8 @@ def test_an_idle_cheap_model_answers_one_request_at_a_time_inline(start_server, 
         for i in range(12):
             got = client.infer("cheap", [image_input(batch[i : i + 1])]).as_numpy("logits")
             np.testing.assert_allclose(got, expected[i : i + 1], rtol=1e-5, atol=1e-6)
-        started = "inline runs up to 1000 µs when idle" if inline_at_least else "no inline runs"
+        when = "when idle" if "--inline-under-load" in flags else "when idle and under load"
+        started = f"inline runs up to 1000 µs {when}" if inline_at_least else "no inline runs"
         assert f"max_queue_delay=0.0 ms, {started}" in server.log()
         metrics = scrape(server)
         inline = metrics[("cnnserve_inline_execution_count_total", label)]
