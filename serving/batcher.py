@@ -68,6 +68,9 @@ SHARE_MIN_ROWS = 8
 # preempted thread, a busy neighbour) moves it not at all, a model that turned slow leaves the
 # inline path within three runs.
 RECENT_RUNS = 5
+# Idle cores (of this process's) from which a busy model's small batches go to a worker, which
+# runs them beside the loop, rather than onto the loop's thread (inline_under_load).
+SPARE_CORES_FOR_WORKER = 0.5
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,7 @@ class Batcher:
         on_batch: Callable[[BatchRecord], None] | None = None,
         clock: Clock = time.monotonic_ns,
         inline_run: RunFn | None = None,
+        spare_cores: Callable[[], float | None] | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -225,7 +229,8 @@ class Batcher:
         self._busy = 0  # runs in progress: workers between taking a batch and asking for the next
         self._max_inline_ns = config.inline_run_limit_ns
         self._inline_under_load = config.inline_under_load and bool(self._max_inline_ns)
-        self._run_scheduled = False  # a `_run_queued` call is waiting for the loop's next turn
+        self._run_scheduled = False  # a `_run_queued` call is waiting for the loop's next turn (lock)
+        self._spare_cores = spare_cores  # idle cores of this process's lately (core_load.SpareCores)
         # Recent run times by batch size, and when the last run ended: what the inline decision
         # reads. Written by whichever thread ran; a stale read only costs a hop.
         self._recent_runs: dict[int, _RecentRuns] = {}
@@ -316,9 +321,7 @@ class Batcher:
                 self._queued_requests += 1
                 self._queued_images += rows
                 if self._inline_under_load and not self._busy:
-                    if not self._run_scheduled:
-                        self._run_scheduled = True
-                        loop.call_soon(self._run_queued)
+                    self._schedule_run_queued(loop.call_soon)
                 else:
                     self._wake_for_queue()
         if inline:
@@ -349,22 +352,37 @@ class Batcher:
         cost = recent.median_ns
         return cost <= self._max_inline_ns and now_ns - self._last_end_ns >= cost
 
-    def _inline_fits(self, rows: int) -> bool:
-        """Whether recent runs of `rows` images took at most `max_inline_run_s` (hold the lock)."""
-        recent = self._recent_runs.get(rows)
-        return recent is not None and recent.median_ns <= self._max_inline_ns
+    def _loop_takes_queue(self) -> bool:
+        """Whether the next batch is the loop's to run under load (hold the lock): its recent runs
+        took at most `max_inline_run_s` and the cores are busy — fewer than
+        `SPARE_CORES_FOR_WORKER` of this process's idle lately, or unknown. With cores to spare,
+        a worker runs it beside the loop instead."""
+        if not self._inline_under_load or self._closed or self._draining:
+            return False
+        recent = self._recent_runs.get(min(self._queued_images, self.config.max_batch_size))
+        if recent is None or recent.median_ns > self._max_inline_ns:
+            return False
+        spare = self._spare_cores() if self._spare_cores is not None else None
+        return spare is None or spare < SPARE_CORES_FOR_WORKER
+
+    def _schedule_run_queued(self, call_soon: Callable[[Callable[[], None]], object]) -> None:
+        """Ask the loop for one `_run_queued` at its next turn, unless one is already asked for
+        (hold the lock): `call_soon` on the loop's thread, `call_soon_threadsafe` from a worker."""
+        if not self._run_scheduled:
+            self._run_scheduled = True
+            call_soon(self._run_queued)
 
     def _run_queued(self) -> None:
         """The loop's turn after requests were queued under load: run what waits as one batch
-        here when no worker is running and the batch fits the inline limit, else wake a worker.
+        here when no worker is running and `_loop_takes_queue`, else leave it to the workers.
 
-        Nothing can be queued while it runs (only this blocked thread submits), so a worker
-        woken by an earlier request finds the queue empty or holding only what this left."""
-        self._run_scheduled = False
+        A running worker is not woken: when its batch is answered (`_deliver`) the loop looks
+        again. Nothing can be queued while this runs (only this blocked thread submits)."""
         with self._lock:
-            if not self._queue:
+            self._run_scheduled = False
+            if not self._queue or self._busy:
                 return
-            if self._busy or not self._inline_fits(min(self._queued_images, self.config.max_batch_size)):
+            if not self._loop_takes_queue():
                 self._wake_for_queue()
                 return
             slices = self._take_batch(self.config.max_batch_size)
@@ -373,9 +391,8 @@ class Batcher:
             self._busy += 1  # the workers leave instance 0's session alone meanwhile
         self._execute(slices, self._inline_run, on_loop=True)
         with self._lock:
-            if self._queue and not self._run_scheduled:
-                self._run_scheduled = True
-                asyncio.get_running_loop().call_soon(self._run_queued)
+            if self._queue:
+                self._schedule_run_queued(asyncio.get_running_loop().call_soon)
 
     def _run_inline(self, images: np.ndarray, rows: int, submitted_ns: int) -> BatchedResult:
         """`images` (`rows` of them) as a batch of their own on instance 0, here and now."""
@@ -440,6 +457,10 @@ class Batcher:
                 pending.future.set_result(outcome)
         if record is not None and self._on_batch is not None:
             self._on_batch(record)
+        if self._inline_under_load:
+            with self._lock:
+                if self._queue and not self._busy:
+                    self._schedule_run_queued(asyncio.get_running_loop().call_soon)
 
     # ----------------------------------------------------------------- worker thread
 
@@ -513,6 +534,16 @@ class Batcher:
                 wait_ns = self._queue[0].enqueued_ns + delay_ns - self._clock()
                 if self._queued_images < self.config.max_batch_size and wait_ns > 0 and not self._draining:
                     self._wait(wake, helper, wait_ns / 1e9)
+                    continue
+                if self._busy == 0 and self._loop_takes_queue():
+                    # The loop runs it (a `_run_queued` is asked for), without two hand-overs.
+                    assert self._loop is not None
+                    try:
+                        self._schedule_run_queued(self._loop.call_soon_threadsafe)
+                    except RuntimeError:  # the loop is closed: nobody is left to answer
+                        self._closed = True
+                        continue
+                    self._wait(wake, helper)
                     continue
                 slices = self._take_batch(self._batch_limit())
                 if slices:

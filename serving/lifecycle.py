@@ -335,6 +335,7 @@ class ModelManager:
             batching,
             on_batch=served.stats.record_batch,
             inline_run=served.sessions[0].run_inline,
+            spare_cores=self._spare_cores.spare,
         )
         served.batcher.start()
         served.state = ModelState.READY

@@ -555,9 +555,9 @@ def test_under_load_off_or_too_costly_a_burst_goes_to_the_worker() -> None:
         assert model.on_loop_thread == [False] * 3, cfg
 
 
-def test_under_load_requests_wait_for_a_running_worker_not_the_loop() -> None:
-    """While the worker is mid-batch, a burst queues for it (instance 0's session is in use): the
-    worker takes the whole burst as its next batch, and nothing runs on the loop's thread."""
+def test_under_load_a_burst_waits_for_a_running_worker_then_runs_on_the_loop() -> None:
+    """While the worker is mid-batch (instance 0's session in use), a burst only queues; once the
+    worker's batch is answered, the loop runs the burst as one batch (the worker leaves it)."""
     clock = FakeClock()
     gate = threading.Event()
     model = TimedModel(clock, cost_ns=300_000)
@@ -567,11 +567,12 @@ def test_under_load_requests_wait_for_a_running_worker_not_the_loop() -> None:
         batcher.start()
         await burst(batcher, 1, 2)  # the worker; the cost of two is known from here on
         model.gate = gate
-        running = asyncio.ensure_future(batcher.submit(images(3)))
+        running = asyncio.ensure_future(batcher.submit(images(3)))  # one image: cost unknown
         while len(model.on_loop_thread) < 2:
             await asyncio.sleep(0.001)
         waiting = asyncio.ensure_future(burst(batcher, 4, 5))
         await asyncio.sleep(0.01)
+        assert len(model.on_loop_thread) == 2, "nothing else runs while the worker's batch does"
         gate.set()
         first = ids((await running).outputs["logits"])
         rest = await waiting
@@ -579,8 +580,35 @@ def test_under_load_requests_wait_for_a_running_worker_not_the_loop() -> None:
         return [first, *rest]
 
     assert asyncio.run(scenario()) == [[3], [4], [5]]
-    assert model.on_loop_thread == [False, False, False]
+    assert model.on_loop_thread == [False, False, True]
     assert [len(b) for b in model.batches] == [2, 1, 2]
+
+
+def test_under_load_with_cores_to_spare_a_burst_goes_to_the_worker() -> None:
+    """Half a core or more of the process's idle lately: the worker runs the batch beside the
+    loop; below that, the loop runs it itself."""
+    for spare, on_loop in (
+        (1.5, [False, False, False]),
+        (0.5, [False, False, False]),
+        (0.2, [False, True, True]),
+    ):
+        clock = FakeClock()
+        model = TimedModel(clock, cost_ns=300_000)
+
+        async def scenario(model: TimedModel = model, clock: FakeClock = clock, spare: float = spare) -> None:
+            cfg = inline_config(under_load=True)
+            batcher = Batcher("test", model, cfg, clock=clock, spare_cores=lambda: spare)
+            batcher.start()
+            for first in (1, 4, 7):
+                assert await burst(batcher, first, first + 1, first + 2) == [
+                    [first],
+                    [first + 1],
+                    [first + 2],
+                ]
+            await batcher.close()
+
+        asyncio.run(scenario())
+        assert model.on_loop_thread == on_loop, spare
 
 
 def test_under_load_a_failing_batch_on_the_loop_fails_its_requests_only() -> None:
