@@ -530,29 +530,26 @@ def test_under_load_a_burst_batches_on_the_loops_thread_once_its_size_is_known()
     assert [(r.size, r.requests, r.inline) for r in records] == [(3, 3, False), (3, 3, True), (3, 3, True)]
 
 
+def threads_of_three_bursts(cfg: BatchingConfig, spare: float | None = None) -> list[bool]:
+    """Whether each of three bursts of three (a 300 µs model) ran on the loop's thread; each
+    caller must get its own row back either way."""
+    clock = FakeClock()
+    model = TimedModel(clock, cost_ns=300_000)
+
+    async def scenario() -> None:
+        batcher = Batcher("test", model, cfg, clock=clock, spare_cores=lambda: spare)
+        batcher.start()
+        for first in (1, 4, 7):
+            assert await burst(batcher, first, first + 1, first + 2) == [[first], [first + 1], [first + 2]]
+        await batcher.close()
+
+    asyncio.run(scenario())
+    return model.on_loop_thread
+
+
 def test_under_load_off_or_too_costly_a_burst_goes_to_the_worker() -> None:
-    for cfg, cost_ns in (
-        (inline_config(), 300_000),
-        (inline_config(max_inline_us=200, under_load=True), 300_000),
-    ):
-        clock = FakeClock()
-        model = TimedModel(clock, cost_ns=cost_ns)
-
-        async def scenario(
-            model: TimedModel = model, cfg: BatchingConfig = cfg, clock: FakeClock = clock
-        ) -> None:
-            batcher = Batcher("test", model, cfg, clock=clock)
-            batcher.start()
-            for first in (1, 4, 7):
-                assert await burst(batcher, first, first + 1, first + 2) == [
-                    [first],
-                    [first + 1],
-                    [first + 2],
-                ]
-            await batcher.close()
-
-        asyncio.run(scenario())
-        assert model.on_loop_thread == [False] * 3, cfg
+    assert threads_of_three_bursts(inline_config()) == [False] * 3
+    assert threads_of_three_bursts(inline_config(max_inline_us=200, under_load=True)) == [False] * 3
 
 
 def test_under_load_a_burst_waits_for_a_running_worker_then_runs_on_the_loop() -> None:
@@ -586,29 +583,12 @@ def test_under_load_a_burst_waits_for_a_running_worker_then_runs_on_the_loop() -
 
 def test_under_load_with_cores_to_spare_a_burst_goes_to_the_worker() -> None:
     """Half a core or more of the process's idle lately: the worker runs the batch beside the
-    loop; below that, the loop runs it itself."""
-    for spare, on_loop in (
-        (1.5, [False, False, False]),
-        (0.5, [False, False, False]),
-        (0.2, [False, True, True]),
-    ):
-        clock = FakeClock()
-        model = TimedModel(clock, cost_ns=300_000)
-
-        async def scenario(model: TimedModel = model, clock: FakeClock = clock, spare: float = spare) -> None:
-            cfg = inline_config(under_load=True)
-            batcher = Batcher("test", model, cfg, clock=clock, spare_cores=lambda: spare)
-            batcher.start()
-            for first in (1, 4, 7):
-                assert await burst(batcher, first, first + 1, first + 2) == [
-                    [first],
-                    [first + 1],
-                    [first + 2],
-                ]
-            await batcher.close()
-
-        asyncio.run(scenario())
-        assert model.on_loop_thread == on_loop, spare
+    loop; below that, or unknown, the loop runs it itself."""
+    under_load = inline_config(under_load=True)
+    assert threads_of_three_bursts(under_load, spare=1.5) == [False] * 3
+    assert threads_of_three_bursts(under_load, spare=0.5) == [False] * 3
+    assert threads_of_three_bursts(under_load, spare=0.2) == [False, True, True]
+    assert threads_of_three_bursts(under_load, spare=None) == [False, True, True]
 
 
 def test_under_load_a_failing_batch_on_the_loop_fails_its_requests_only() -> None:
