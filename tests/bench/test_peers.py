@@ -379,7 +379,7 @@ RUN_TABLES = {
     "Runs 21–23": ["0816", "0819", "0821"],
     "Runs 24–27": ["1813", "1820", "1822", "1825"],
     "Runs 28–31": ["1204_1759", "1204_1815", "1204_1818", "1204_1821"],
-    "Runs 32–33": ["1204_2033", "1204_2035"],
+    "Runs 32–35": ["1204_2033", "1204_2035", "1204_2057", "1204_2100"],
 }
 RUN_TABLE_LABELS = {
     "cnnserve, 1 worker": "cnnserve",
@@ -398,7 +398,7 @@ RUN_TABLE_LABELS = {
 
 @pytest.mark.parametrize(("runs", "stamp"), [(r, s) for r, stamps in RUN_TABLES.items() for s in stamps])
 def test_benchmarks_md_run_tables_read_the_recorded_runs(runs, stamp):
-    """Each server's cell in the tables of runs 12-14 to 32-33 is that run's c=1 p50 and c=32 req/s
+    """Each server's cell in the tables of runs 12-14 to 32-35 is that run's c=1 p50 and c=32 req/s
     ("–" where the run had no such server)."""
     result = json.loads((RECORDED.parent / f"peers_run_{stamp}.json").read_text())
     column = RUN_TABLES[runs].index(stamp)
@@ -427,10 +427,10 @@ def test_benchmarks_md_run_tables_read_the_recorded_runs(runs, stamp):
 
 
 @pytest.mark.parametrize(
-    ("runs", "stamp"), [(r, s) for r in ("Runs 28–31", "Runs 32–33") for s in RUN_TABLES[r]]
+    ("runs", "stamp"), [(r, s) for r in ("Runs 28–31", "Runs 32–35") for s in RUN_TABLES[r]]
 )
-def test_benchmarks_md_own_times_of_runs_28_33_are_the_recorded_ones(runs, stamp):
-    """The own-time row of runs 28-31 and 32-33: each run's server_total_us at c=1 of the polled
+def test_benchmarks_md_own_times_of_runs_28_35_are_the_recorded_ones(runs, stamp):
+    """The own-time row of runs 28-31 and 32-35: each run's server_total_us at c=1 of the polled
     stream and of the spinning one, and the goal from the run's in-process batch 1."""
     result = json.loads((RECORDED.parent / f"peers_run_{stamp}.json").read_text())
     column = RUN_TABLES[runs].index(stamp)
