@@ -155,8 +155,9 @@ def _register_serve(commands: argparse._SubParsersAction) -> None:
         choices=("on", "off"),
         default="on",
         help="under load, a batch whose recent runs took at most --inline-max-us also runs on the "
-        "event loop's thread while no worker is running, formed from the requests read in one turn "
-        "of the loop; off: busy traffic always goes to the worker (default: on)",
+        "event loop's thread, formed from the requests read in one turn of the loop, while no worker "
+        "is running and less than half a core of the server's CPUs is idle; off: busy traffic "
+        "always goes to the worker (default: on)",
     )
     serve.add_argument(
         "--max-request-images", type=int, default=images, help=f"images per request (default: {images})"
