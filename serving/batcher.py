@@ -24,12 +24,14 @@ thread wake-ups. The loop is blocked while it runs, so `max_inline_run_s` is kep
 
 Under load (`inline_under_load`), batches form on the loop's thread too: a queued request asks
 for one call at the loop's next turn (`_run_queued`), by which time the requests read in the same
-turn have queued beside it. If no worker is running and the batch's recent runs took at most
-`max_inline_run_s`, it runs there; otherwise a worker takes it. On a machine whose cores the
-server shares (the 2-core VM, with the load generator beside it) the two hand-overs a worker's
-batch costs — a wake-up to the worker and `call_soon_threadsafe` back — were what left cores idle
-while threads queued for them, and small batches run on one thread for less CPU per image
-(BENCHMARKS.md, "Batches on the event loop's thread under load").
+turn have queued beside it. If no worker is running, the batch's recent runs took at most
+`max_inline_run_s` and the cores are busy (under `SPARE_CORES_FOR_WORKER` idle), it runs there,
+and a worker that finds such a batch leaves it to the loop; otherwise a worker takes it, beside
+the loop. On a machine whose cores the server shares (the 2-core VM, with the load generator
+beside it) the two hand-overs a worker's batch costs — a wake-up to the worker and
+`call_soon_threadsafe` back — were what left cores idle while threads queued for them, and small
+batches run on one thread for less CPU per image (BENCHMARKS.md, "Batches on the event loop's
+thread under load").
 
 With several instances (sessions) of one version, each has a worker on the same queue: the
 first takes whatever waits, the others (helpers) only `SHARE_MIN_ROWS` images or more, and a
