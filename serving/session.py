@@ -304,8 +304,9 @@ class ModelSession:
         return self.run(images)
 
     def run_inline(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """An inline run, on the event loop's thread after an idle gap: on the one-thread session
-        when it is small and the probe found one thread faster after a gap, else as `run`."""
+        """An inline run, on the event loop's thread (after an idle gap, or a batch under load):
+        on the one-thread session when it is small and the probe found one thread faster after a
+        gap, else as `run`."""
         if self.inline_on_one_thread and images.shape[0] < SMALL_RUN_ROWS:
             return self._run_small(images)
         return self.run(images)
