@@ -378,8 +378,9 @@ class Batcher:
         """The loop's turn after requests were queued under load: run what waits as one batch
         here when no worker is running and `_loop_takes_queue`, else leave it to the workers.
 
-        A running worker is not woken: when its batch is answered (`_deliver`) the loop looks
-        again. Nothing can be queued while this runs (only this blocked thread submits)."""
+        A running worker is not woken: when its batch is answered (`_deliver`, as this one's is)
+        the loop looks again. Nothing can be queued while this runs (only this blocked thread
+        submits)."""
         with self._lock:
             self._run_scheduled = False
             if not self._queue or self._busy:
@@ -392,9 +393,6 @@ class Batcher:
                 return
             self._busy += 1  # the workers leave instance 0's session alone meanwhile
         self._execute(slices, self._inline_run, on_loop=True)
-        with self._lock:
-            if self._queue:
-                self._schedule_run_queued(asyncio.get_running_loop().call_soon)
 
     def _run_inline(self, images: np.ndarray, rows: int, submitted_ns: int) -> BatchedResult:
         """`images` (`rows` of them) as a batch of their own on instance 0, here and now."""
@@ -459,7 +457,7 @@ class Batcher:
                 pending.future.set_result(outcome)
         if record is not None and self._on_batch is not None:
             self._on_batch(record)
-        if self._inline_under_load:
+        if self._inline_under_load:  # what queued meanwhile, or was left: the loop looks again
             with self._lock:
                 if self._queue and not self._busy:
                     self._schedule_run_queued(asyncio.get_running_loop().call_soon)

@@ -69,7 +69,8 @@ class BatchingConfig:
     # 0: never. The loop is blocked for that long, so it stays small.
     max_inline_run_s: float = 0.0
     # Under load too, a batch that fits `max_inline_run_s` runs on the loop's thread while no
-    # worker is running (batcher.py); off: busy traffic always goes to a worker.
+    # worker is running and the cores are busy (batcher.py); off: busy traffic always goes to a
+    # worker.
     inline_under_load: bool = False
 
     def __post_init__(self) -> None:
